@@ -1,0 +1,3 @@
+"""Callbacks: sample logging to TensorBoard."""
+
+from kgen.callbacks.samples import SampleLogger

@@ -1,0 +1,103 @@
+"""Log generated samples to TensorBoard (and to files) as training goes."""
+
+import pathlib
+
+import keras
+import numpy as np
+
+from kgen import media
+
+
+class SampleLogger(keras.callbacks.Callback):
+    """Every `every` epochs, draw samples from fixed seeds and log them.
+
+    Images go to TensorBoard as one grid (`tf.summary.image`) and to
+    `out_dir/epoch_NNN.png`; audio (models with `output_kind = "audio"` and
+    a `sample_rate`) as `tf.summary.audio` and WAV files; text as
+    `tf.summary.text` and `.txt` files. The seeds stay fixed, so the grids of
+    successive epochs show the same draws improving.
+
+    Args:
+        log_dir: TensorBoard log directory (samples go to `log_dir/samples`).
+        n: number of samples per log.
+        seed: seed of the samples (the same every epoch).
+        every: log every this many epochs.
+        out_dir: optional directory for PNG / WAV / text files.
+        generate_kwargs: extra keyword arguments of `model.generate()` (e.g.
+            labels or prompts).
+
+    Example:
+
+    ```python
+    model.fit(data, epochs=10, callbacks=[SampleLogger("runs/vae/logs")])
+    ```
+    """
+
+    def __init__(self, log_dir, n=16, seed=0, every=1, out_dir=None,
+                 generate_kwargs=None):
+        super().__init__()
+        if every < 1:
+            raise ValueError(f"every={every}: must be at least 1")
+        self.log_dir = pathlib.Path(log_dir) / "samples"
+        self.n = n
+        self.seed = seed
+        self.every = every
+        self.out_dir = pathlib.Path(out_dir) if out_dir else None
+        self.generate_kwargs = dict(generate_kwargs or {})
+        self._writer = None
+
+    @property
+    def writer(self):
+        import tensorflow as tf
+
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(str(self.log_dir))
+        return self._writer
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every:
+            return
+        samples = self.model.generate(self.n, seed=self.seed, **self.generate_kwargs)
+        kind = getattr(self.model, "output_kind", "images")
+        getattr(self, f"_log_{kind}")(samples, epoch)
+        self.writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _log_images(self, images, epoch):
+        import tensorflow as tf
+
+        grid = media.image_grid(images)
+        with self.writer.as_default():
+            tf.summary.image("samples", grid[None], step=epoch)
+        if self.out_dir:
+            media.save_image_grid(self.out_dir / f"epoch_{epoch + 1:03d}.png", images)
+
+    def _log_audio(self, audio, epoch):
+        import tensorflow as tf
+
+        audio = np.asarray(audio, dtype="float32")
+        if audio.ndim == 2:
+            audio = audio[..., None]
+        rate = int(self.model.sample_rate)
+        with self.writer.as_default():
+            tf.summary.audio("samples", audio, rate, step=epoch, max_outputs=self.n)
+        if self.out_dir:
+            for i, clip in enumerate(audio):
+                media.save_wav(self.out_dir / f"epoch_{epoch + 1:03d}_{i:02d}.wav", clip, rate)
+
+    def _log_text(self, texts, epoch):
+        import tensorflow as tf
+
+        texts = [t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t)
+                 for t in np.asarray(texts).reshape(-1)]
+        with self.writer.as_default():
+            tf.summary.text("samples", "\n\n---\n\n".join(texts), step=epoch)
+        if self.out_dir:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / f"epoch_{epoch + 1:03d}.txt").write_text(
+                "\n\n---\n\n".join(texts), encoding="utf-8"
+            )

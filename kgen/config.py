@@ -1,0 +1,142 @@
+"""Recipes and their settings: loading, `--set key=value`, validation."""
+
+import ast
+import importlib
+import importlib.util
+import pathlib
+import pkgutil
+
+
+class ConfigError(ValueError):
+    """A recipe name or a `--set` value is wrong; the message names it."""
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+_NONE = {"none", "null"}
+
+
+def recipe_names():
+    """Names of the recipes that ship with kgen, sorted."""
+    import kgen.recipes
+
+    return sorted(
+        m.name for m in pkgutil.iter_modules(kgen.recipes.__path__)
+        if not m.name.startswith("_")
+    )
+
+
+def recipe_summary(name):
+    """First line of a recipe's docstring, read without importing it."""
+    import kgen.recipes
+
+    for folder in kgen.recipes.__path__:
+        path = pathlib.Path(folder) / f"{name}.py"
+        if path.is_file():
+            doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
+            return (doc or "").strip().splitlines()[0] if doc else ""
+    return ""
+
+
+def load_recipe(name_or_path):
+    """Import a recipe by name (`vae_digits`) or by path (`my_recipe.py`)."""
+    text = str(name_or_path)
+    if text.endswith(".py") or "/" in text:
+        path = pathlib.Path(text)
+        if not path.is_file():
+            raise ConfigError(f"recipe file {path} does not exist")
+        spec = importlib.util.spec_from_file_location(f"kgen_recipe_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.RECIPE_NAME = path.stem
+    else:
+        if text not in recipe_names():
+            raise ConfigError(
+                f"unknown recipe {text!r}; available: {', '.join(recipe_names())}"
+            )
+        module = importlib.import_module(f"kgen.recipes.{text}")
+        module.RECIPE_NAME = text
+    for attr in ("CONFIG", "build"):
+        if not hasattr(module, attr):
+            raise ConfigError(f"recipe {text!r} has no {attr}")
+    return module
+
+
+def parse_sets(items):
+    """`["epochs=3", "data=/x"]` -> `{"epochs": "3", "data": "/x"}`."""
+    sets = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        sets[key] = value.strip()
+    return sets
+
+
+def _coerce(key, text, default):
+    where = f"--set {key}={text}"
+    lowered = text.lower()
+    if isinstance(default, bool):
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ConfigError(f"{where}: expected true or false")
+    if isinstance(default, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer") from None
+    if isinstance(default, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number") from None
+    if isinstance(default, (tuple, list)):
+        parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
+        if not parts:
+            raise ConfigError(f"{where}: expected a comma-separated list")
+        sample = default[0] if default else ""
+        return type(default)(_coerce(key, p.strip(), sample) for p in parts)
+    if default is None:
+        if lowered in _NONE:
+            return None
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+    return text
+
+
+def apply_overrides(defaults, sets):
+    """A copy of `defaults` with `sets` (strings) coerced to their types."""
+    config = dict(defaults)
+    for key, text in sets.items():
+        if key not in defaults:
+            raise ConfigError(
+                f"--set {key}={text}: unknown setting {key!r}; this recipe's "
+                f"settings are: {', '.join(sorted(defaults))}"
+            )
+        config[key] = _coerce(key, text, defaults[key])
+    validate(config)
+    return config
+
+
+def _require(config, key, ok, what):
+    if key in config and not ok(config[key]):
+        raise ConfigError(f"--set {key}={config[key]}: {key} must be {what}")
+
+
+def validate(config):
+    """Checks every recipe shares; recipes may add their own in `build`."""
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    _require(config, "epochs", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    _require(config, "batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    _require(config, "steps_per_epoch", lambda v: v is None or (is_int(v) and v >= 1),
+             "none or an integer >= 1")
+    _require(config, "learning_rate",
+             lambda v: isinstance(v, (int, float)) and v > 0, "a number > 0")
+    _require(config, "validation_fraction",
+             lambda v: isinstance(v, (int, float)) and 0 < v < 1, "in (0, 1)")
+    return config

@@ -1,0 +1,11 @@
+"""Data loaders per modality, each ending in a `tf.data` pipeline."""
+
+from kgen.data.errors import DataError
+from kgen.data.images import ImageData
+from kgen.data.images import image_datasets
+from kgen.data.images import load_digits
+from kgen.data.images import load_idx
+from kgen.data.images import load_image_folder
+from kgen.data.images import load_images
+from kgen.data.images import load_mnist
+from kgen.data.images import load_npz

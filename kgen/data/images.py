@@ -1,0 +1,384 @@
+"""Image data: IDX (MNIST), `.npz`, image folders and scikit-learn's digits.
+
+Every loader returns images as float32 in [0, 1], NHWC, and integer labels,
+then `image_datasets()` splits, batches and prefetches them as `tf.data`
+pipelines, which Keras' `fit()` takes on every backend.
+
+Errors name the file and what was expected, so a user with a truncated
+download or the wrong file sees what to fix.
+"""
+
+import dataclasses
+import gzip
+import os
+import pathlib
+
+import numpy as np
+
+from kgen.data.errors import DataError
+
+# IDX element types, from the format's published description.
+_IDX_DTYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+@dataclasses.dataclass
+class ImageData:
+    """Train and validation pipelines plus what a model needs to know.
+
+    Attributes:
+        train: `tf.data.Dataset` of image batches, or `(images, labels)`
+            batches when loaded `with_labels`.
+        validation: the same for the held-out split.
+        image_shape: `(height, width, channels)`.
+        num_classes: number of distinct labels (0 when there are none).
+        train_size: number of training examples.
+        validation_size: number of validation examples.
+    """
+
+    train: object
+    validation: object
+    image_shape: tuple
+    num_classes: int
+    train_size: int
+    validation_size: int
+
+
+def _read_bytes(path):
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if not path.is_file():
+        raise DataError(f"{path}: expected a file, found a directory")
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise DataError(
+                f"{path}: gzip data is truncated or corrupt ({e})"
+            ) from None
+    return raw
+
+
+def load_idx(path):
+    """Read an IDX file (as MNIST ships), gzipped or not, into a numpy array.
+
+    Args:
+        path: the file, e.g. `t10k-images-idx3-ubyte.gz`.
+
+    Returns:
+        A numpy array with the file's element type and shape.
+
+    Raises:
+        DataError: naming the file when it is missing, not IDX, or shorter
+            than its header says.
+    """
+    raw = _read_bytes(path)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(
+            f"{path}: not an IDX file (expected the magic bytes 00 00 <type> "
+            f"<ndim>, found {raw[:4].hex(' ') or 'an empty file'})"
+        )
+    type_code, ndim = raw[2], raw[3]
+    if type_code not in _IDX_DTYPES:
+        raise DataError(
+            f"{path}: unknown IDX element type 0x{type_code:02x} (expected one "
+            f"of {', '.join(f'0x{c:02x}' for c in _IDX_DTYPES)})"
+        )
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes)")
+    shape = tuple(
+        int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)
+    )
+    dtype = np.dtype(_IDX_DTYPES[type_code])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise DataError(
+            f"{path}: truncated or padded IDX data: header says shape {shape} "
+            f"({expected} bytes of data), file holds {len(raw) - header}"
+        )
+    return np.frombuffer(raw, dtype, offset=header).reshape(shape)
+
+
+def _find_one(directory, patterns, what):
+    matches = sorted(
+        p for pattern in patterns for p in directory.glob(pattern) if p.is_file()
+    )
+    if not matches:
+        raise DataError(
+            f"{directory}: no {what} file found (expected one of "
+            f"{', '.join(patterns)})"
+        )
+    return matches[0]
+
+
+def load_mnist(directory):
+    """Load MNIST-style IDX images and labels from a directory.
+
+    Takes the training split (`train-images-idx3-ubyte[.gz]`) when present,
+    else the test split (`t10k-images-idx3-ubyte[.gz]`).
+
+    Returns:
+        `(images, labels)`: float32 `(n, 28, 28, 1)` in [0, 1] and int32 `(n,)`.
+    """
+    directory = pathlib.Path(directory)
+    prefix = "train" if list(directory.glob("train-images-idx3-ubyte*")) else "t10k"
+    images_path = _find_one(
+        directory, [f"{prefix}-images-idx3-ubyte*"], f"{prefix} IDX images"
+    )
+    labels_path = _find_one(
+        directory, [f"{prefix}-labels-idx1-ubyte*"], f"{prefix} IDX labels"
+    )
+    images = load_idx(images_path)
+    labels = load_idx(labels_path)
+    if images.ndim != 3:
+        raise DataError(
+            f"{images_path}: expected 3 dimensions (count, rows, cols), "
+            f"found shape {images.shape}"
+        )
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise DataError(
+            f"{labels_path}: expected {len(images)} labels to match "
+            f"{images_path.name}, found shape {labels.shape}"
+        )
+    return _scale(images[..., None], 255.0), labels.astype("int32")
+
+
+def load_npz(path, images_key=None, labels_key=None):
+    """Load images (and labels, when present) from a `.npz` archive.
+
+    The images key defaults to the first of `x`, `images`, `x_train`; labels
+    to `y`, `labels`, `y_train`. Integer images are scaled by 255, floats must
+    already be in [0, 1]. A 3-D array gains a channel axis.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as e:  # zipfile, pickle and value errors alike
+        raise DataError(f"{path}: not a readable .npz archive ({e})") from None
+    with archive:
+        keys = list(archive.keys())
+        images_key = images_key or _first_present(keys, ("x", "images", "x_train"))
+        if images_key not in keys:
+            raise DataError(
+                f"{path}: no images array (looked for "
+                f"{images_key or 'x, images, x_train'}; found {keys})"
+            )
+        images = archive[images_key]
+        labels_key = labels_key or _first_present(keys, ("y", "labels", "y_train"))
+        labels = archive[labels_key] if labels_key in keys else None
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise DataError(
+            f"{path}: '{images_key}' must be (n, h, w) or (n, h, w, c), "
+            f"found shape {images.shape}"
+        )
+    if np.issubdtype(images.dtype, np.integer):
+        images = _scale(images, 255.0)
+    else:
+        images = images.astype("float32")
+        if images.size and (images.min() < 0 or images.max() > 1):
+            raise DataError(
+                f"{path}: float images in '{images_key}' must lie in [0, 1], "
+                f"found [{images.min():.3g}, {images.max():.3g}]"
+            )
+    if labels is not None:
+        if labels.shape != (len(images),):
+            raise DataError(
+                f"{path}: '{labels_key}' must hold one label per image "
+                f"({len(images)}), found shape {labels.shape}"
+            )
+        labels = labels.astype("int32")
+    return images, labels
+
+
+def load_digits(image_size=None):
+    """scikit-learn's 8x8 handwritten digits (1,797 images, embedded).
+
+    Args:
+        image_size: optional `(height, width)` to resize to (bilinear).
+    """
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    digits = sk_load_digits()
+    images = (digits.images / 16.0).astype("float32")[..., None]
+    if image_size is not None:
+        images = _resize(images, image_size)
+    return images, digits.target.astype("int32")
+
+
+def load_image_folder(directory, image_size, color_mode="grayscale"):
+    """Load a folder of images (one sub-folder per class, or flat).
+
+    Uses `keras.utils.image_dataset_from_directory`, then gathers the images
+    into memory: fine for the small data sets recipes train on.
+    """
+    import keras
+
+    directory = pathlib.Path(directory)
+    files = [
+        p for p in directory.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES
+    ]
+    if not files:
+        raise DataError(
+            f"{directory}: no images found (expected files ending in "
+            f"{', '.join(_IMAGE_SUFFIXES)})"
+        )
+    has_classes = any(p.is_dir() for p in directory.iterdir())
+    ds = keras.utils.image_dataset_from_directory(
+        directory,
+        labels="inferred" if has_classes else None,
+        image_size=tuple(image_size),
+        color_mode=color_mode,
+        batch_size=256,
+        shuffle=False,
+        verbose=False,
+    )
+    images, labels = [], []
+    for batch in ds.as_numpy_iterator():
+        if has_classes:
+            batch, y = batch
+            labels.append(y)
+        images.append(batch)
+    images = np.concatenate(images).astype("float32") / 255.0
+    labels = np.concatenate(labels).astype("int32") if labels else None
+    return images, labels
+
+
+def load_images(source, image_size=None):
+    """Load images from any supported source.
+
+    Args:
+        source: `"digits"` (embedded), a directory of MNIST IDX files, a
+            single IDX images file, a `.npz` file, or a folder of images.
+        image_size: `(height, width)`; required for image folders, optional
+            resize for the others.
+
+    Returns:
+        `(images, labels)`; labels may be `None`.
+    """
+    if source == "digits":
+        return load_digits(image_size)
+    path = pathlib.Path(os.path.expanduser(str(source)))
+    if not path.exists():
+        raise DataError(
+            f"{path}: no such file or directory (expected 'digits', an MNIST "
+            f"IDX directory, an IDX file, a .npz file or an image folder)"
+        )
+    if path.is_dir():
+        if list(path.glob("*-images-idx3-ubyte*")):
+            images, labels = load_mnist(path)
+        else:
+            if image_size is None:
+                raise DataError(
+                    f"{path}: an image folder needs image_size=(height, width)"
+                )
+            return load_image_folder(path, image_size)
+    elif path.suffix == ".npz":
+        images, labels = load_npz(path)
+    else:
+        raw = load_idx(path)
+        if raw.ndim != 3:
+            raise DataError(
+                f"{path}: expected IDX images of shape (count, rows, cols), "
+                f"found {raw.shape}"
+            )
+        images, labels = _scale(raw[..., None], 255.0), None
+    if image_size is not None and tuple(images.shape[1:3]) != tuple(image_size):
+        images = _resize(images, image_size)
+    return images, labels
+
+
+def image_datasets(
+    images,
+    labels=None,
+    batch_size=64,
+    validation_fraction=0.1,
+    with_labels=False,
+    repeat=False,
+    shuffle_seed=0,
+    limit=None,
+):
+    """Split arrays into shuffled, batched, prefetched `tf.data` pipelines.
+
+    The split is by position (the last `validation_fraction` validates), as
+    the data sets' publishers define their splits.
+
+    Args:
+        images: float32 `(n, h, w, c)` in [0, 1].
+        labels: int `(n,)` or `None`.
+        batch_size: examples per batch.
+        validation_fraction: share of examples held out, in (0, 1).
+        with_labels: yield `(images, labels)` instead of images alone.
+        repeat: repeat the training pipeline forever (for `steps_per_epoch`).
+        shuffle_seed: seed of the training shuffle.
+        limit: keep only the first `limit` examples (quick runs).
+
+    Returns:
+        An `ImageData`.
+    """
+    import tensorflow as tf
+
+    if not 0 < validation_fraction < 1:
+        raise DataError(
+            f"validation_fraction must be in (0, 1), got {validation_fraction}"
+        )
+    if batch_size < 1:
+        raise DataError(f"batch_size must be at least 1, got {batch_size}")
+    if with_labels and labels is None:
+        raise DataError("this model needs labels, but the data source has none")
+    if limit is not None:
+        images = images[:limit]
+        labels = labels[:limit] if labels is not None else None
+    n_val = max(1, int(round(len(images) * validation_fraction)))
+    n_train = len(images) - n_val
+    if n_train < 1:
+        raise DataError(f"too few images to split: {len(images)}")
+
+    def pipeline(start, stop, training):
+        parts = images[start:stop]
+        if with_labels:
+            parts = (parts, labels[start:stop])
+        ds = tf.data.Dataset.from_tensor_slices(parts)
+        if training:
+            ds = ds.shuffle(min(stop - start, 10_000), seed=shuffle_seed)
+            if repeat:
+                ds = ds.repeat()
+        ds = ds.batch(batch_size, drop_remainder=training and repeat)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    num_classes = int(labels.max()) + 1 if labels is not None and len(labels) else 0
+    return ImageData(
+        train=pipeline(0, n_train, True),
+        validation=pipeline(n_train, len(images), False),
+        image_shape=tuple(int(d) for d in images.shape[1:]),
+        num_classes=num_classes,
+        train_size=n_train,
+        validation_size=n_val,
+    )
+
+
+def _first_present(keys, candidates):
+    return next((k for k in candidates if k in keys), None)
+
+
+def _scale(images, maximum):
+    return images.astype("float32") / maximum
+
+
+def _resize(images, image_size):
+    import tensorflow as tf
+
+    return tf.image.resize(images, tuple(image_size)).numpy().clip(0, 1)

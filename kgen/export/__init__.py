@@ -1,0 +1,120 @@
+"""SavedModel export for TensorFlow Serving.
+
+`export_model(model, to)` writes `to/<next version>/` with each family's
+serving signatures, `generate` also published as `serving_default`. Export
+runs on the TensorFlow backend: from a JAX or PyTorch process the model is
+saved as `.keras` and exported by a TensorFlow-backend subprocess.
+"""
+
+import datetime
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+from kgen.export.publish import latest_version_dir
+from kgen.export.publish import next_version
+from kgen.export.publish import publish
+from kgen.export.publish import versions
+
+METADATA_FILE = "assets.extra/kgen.json"
+
+
+def _signature_builder(model):
+    # One builder per family, looked up by class so subclasses inherit it.
+    from kgen import models
+
+    builders = {}
+    from kgen.export.vae import vae_signatures
+
+    builders[models.VAE] = vae_signatures
+    for cls in type(model).__mro__:
+        if cls in builders:
+            return builders[cls]
+    raise TypeError(
+        f"no serving signatures for {type(model).__name__}; exportable "
+        f"families: {', '.join(c.__name__ for c in builders)}"
+    )
+
+
+def _load(path):
+    import keras
+
+    import kgen.models  # noqa: F401  (registers the classes)
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file (expected a .keras file)")
+    return keras.saving.load_model(path)
+
+
+def export_model(model, to, verbose=False):
+    """Publish `model` (a kgen model or a `.keras` path) under `to`.
+
+    Args:
+        model: a kgen model, or the path of its `.keras` file.
+        to: the model's base path, `saved_models/<name>`.
+        verbose: print the variables Keras writes.
+
+    Returns:
+        `pathlib.Path` of the new version directory.
+    """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return _export_in_tensorflow_process(model, to)
+    if isinstance(model, (str, os.PathLike)):
+        model = _load(model)
+    builder = _signature_builder(model)
+    endpoints, metadata = builder(model)
+
+    def write(directory):
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        for name, fn in endpoints.items():
+            archive.add_endpoint(name, fn)
+        archive.add_endpoint("serving_default", endpoints["generate"])
+        archive.write_out(str(directory), verbose=verbose)
+        meta_path = pathlib.Path(directory) / METADATA_FILE
+        meta_path.parent.mkdir(parents=True, exist_ok=True)
+        meta_path.write_text(json.dumps({
+            "family": type(model).__name__,
+            "kgen_version": _version(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            **metadata,
+        }, indent=2))
+
+    return publish(to, write)
+
+
+def _export_in_tensorflow_process(model, to):
+    with tempfile.TemporaryDirectory() as tmp:
+        if not isinstance(model, (str, os.PathLike)):
+            path = pathlib.Path(tmp) / "model.keras"
+            model.save(path)
+            model = path
+        env = dict(os.environ, KERAS_BACKEND="tensorflow")
+        result = subprocess.run(
+            [sys.executable, "-m", "kgen", "export", str(model), "--to", str(to)],
+            env=env, capture_output=True, text=True,
+        )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"export of {model} in a TensorFlow-backend process failed:\n"
+            f"{result.stderr[-4000:]}"
+        )
+    return pathlib.Path(result.stdout.strip().splitlines()[-1])
+
+
+def read_metadata(version_dir):
+    """The `kgen.json` written beside a SavedModel ({} when absent)."""
+    path = pathlib.Path(version_dir) / METADATA_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _version():
+    from kgen.version import __version__
+
+    return __version__

@@ -1,0 +1,43 @@
+"""Graph pieces shared by the families' serving signatures (TensorFlow)."""
+
+import tensorflow as tf
+
+SEED_SPEC = tf.TensorSpec([None], tf.int64, name="seed")
+
+
+def normal_per_row(seeds, shape, dtype=tf.float32):
+    """One standard normal tensor of `shape` per int64 seed.
+
+    Row `i` depends only on `seeds[i]`, so a row's sample does not change
+    with the other rows of the request (TF Serving's row format).
+    """
+    zero = tf.zeros([], tf.int64)
+
+    def draw(seed):
+        return tf.random.stateless_normal(
+            shape, seed=tf.stack([seed, zero]), dtype=dtype
+        )
+
+    return tf.map_fn(
+        draw, seeds, fn_output_signature=tf.TensorSpec(shape, dtype)
+    )
+
+
+def check_images(images, image_shape, name="images"):
+    """Assert `images` is `[batch, *image_shape]` float in [0, 1]."""
+    return [
+        tf.debugging.assert_equal(
+            tf.shape(images)[1:], tf.constant(image_shape, tf.int32),
+            message=f"{name} must have shape [batch, {', '.join(map(str, image_shape))}]",
+        ),
+        tf.debugging.assert_greater_equal(
+            images, tf.zeros([], images.dtype), message=f"{name} must be in [0, 1]"
+        ),
+        tf.debugging.assert_less_equal(
+            images, tf.ones([], images.dtype), message=f"{name} must be in [0, 1]"
+        ),
+    ]
+
+
+def check_finite(x, name):
+    return [tf.debugging.assert_all_finite(x, message=f"{name} must be finite")]

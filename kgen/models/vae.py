@@ -1,0 +1,159 @@
+"""Variational autoencoder (Kingma & Welling, 2014)."""
+
+import math
+
+import keras
+from keras import ops
+
+from kgen.api import kgen_export
+from kgen.models.base import GenerativeModel
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+
+
+@kgen_export("kgen.models.VAE")
+class VAE(GenerativeModel):
+    """A VAE with a diagonal Gaussian latent and a pixel likelihood.
+
+    `call(images)` returns a dict (`z_mean`, `z_log_var`, `z`, `logits`);
+    `compute_loss()` is the negative ELBO per image in nats,
+    `reconstruction + beta * kl`, written in `keras.ops` so Keras' own trainer
+    computes gradients on every backend. `fit()` logs `loss`,
+    `reconstruction_loss` and `kl_loss`.
+
+    Args:
+        encoder: a model mapping images to `[mean, log_var]`.
+        decoder: a model mapping latents to per-pixel logits.
+        likelihood: `"bernoulli"` (binary cross-entropy on logits) or
+            `"gaussian"` (mean `sigmoid(logits)`, fixed `gaussian_scale`).
+        beta: weight of the KL term (beta-VAE; 1 is the true ELBO).
+        gaussian_scale: standard deviation of the Gaussian likelihood.
+        seed: seed of the reparameterisation noise during training.
+
+    Example:
+
+    ```python
+    from kgen.networks import conv_encoder, conv_decoder
+    vae = VAE(conv_encoder((28, 28, 1), 16), conv_decoder(16, (28, 28, 1)))
+    vae.compile(optimizer="adam")
+    vae.fit(images, epochs=1)
+    samples = vae.generate(16, seed=0)  # (16, 28, 28, 1) in [0, 1]
+    ```
+    """
+
+    def __init__(
+        self,
+        encoder,
+        decoder,
+        likelihood="bernoulli",
+        beta=1.0,
+        gaussian_scale=0.1,
+        seed=None,
+        **kwargs,
+    ):
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(
+                f"likelihood={likelihood!r}: expected one of {LIKELIHOODS}"
+            )
+        if beta < 0:
+            raise ValueError(f"beta={beta}: must be >= 0")
+        if gaussian_scale <= 0:
+            raise ValueError(f"gaussian_scale={gaussian_scale}: must be > 0")
+        super().__init__(seed=seed, **kwargs)
+        # === Layers ===
+        self.encoder = encoder
+        self.decoder = decoder
+        # === Config ===
+        self.likelihood = likelihood
+        self.beta = float(beta)
+        self.gaussian_scale = float(gaussian_scale)
+        self.image_shape = tuple(encoder.input_shape[1:])
+        self.latent_dim = int(decoder.input_shape[-1])
+        # === Metrics ===
+        self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction_loss")
+        self.kl_tracker = keras.metrics.Mean(name="kl_loss")
+        self.build((None, *self.image_shape))
+
+    def build(self, input_shape):
+        # The encoder and decoder arrive built; nothing else holds weights.
+        pass
+
+    # --- the model ---------------------------------------------------------
+
+    def reparameterize(self, mean, log_var):
+        eps = keras.random.normal(ops.shape(mean), seed=self.seed_generator)
+        return mean + ops.exp(0.5 * log_var) * eps
+
+    def call(self, images, training=False):
+        mean, log_var = self.encoder(images, training=training)
+        z = self.reparameterize(mean, log_var)
+        logits = self.decoder(z, training=training)
+        return {"z_mean": mean, "z_log_var": log_var, "z": z, "logits": logits}
+
+    def loss_terms(self, images, outputs):
+        """Mean over the batch of the reconstruction and KL terms, in nats."""
+        images = ops.cast(images, outputs["logits"].dtype)
+        logits = outputs["logits"]
+        if self.likelihood == "bernoulli":
+            nll = ops.softplus(logits) - images * logits
+        else:
+            s = self.gaussian_scale
+            diff = (images - ops.sigmoid(logits)) / s
+            nll = 0.5 * ops.square(diff) + math.log(s) + 0.5 * math.log(2 * math.pi)
+        reconstruction = ops.mean(ops.sum(ops.reshape(nll, (ops.shape(nll)[0], -1)), -1))
+        mean, log_var = outputs["z_mean"], outputs["z_log_var"]
+        kl = -0.5 * ops.sum(1.0 + log_var - ops.square(mean) - ops.exp(log_var), -1)
+        return reconstruction, ops.mean(kl)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
+                     training=True):
+        reconstruction, kl = self.loss_terms(x, y_pred)
+        loss = reconstruction + self.beta * kl
+        for extra in self.losses:
+            loss = loss + ops.cast(extra, loss.dtype)
+        return loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        reconstruction, kl = self.loss_terms(x, y_pred)
+        self.reconstruction_tracker.update_state(reconstruction)
+        self.kl_tracker.update_state(kl)
+        return self.get_metrics_result()
+
+    # --- inference ---------------------------------------------------------
+
+    def encode(self, images):
+        """Images in [0, 1] -> `(mean, log_var)` of the posterior."""
+        return self.encoder(images, training=False)
+
+    def decode(self, latents):
+        """Latents -> images in [0, 1] (the likelihood's mean)."""
+        return ops.sigmoid(self.decoder(latents, training=False))
+
+    def generate(self, n, seed=None):
+        """Decode `n` draws from the prior; returns numpy `(n, h, w, c)`."""
+        if int(n) < 1:
+            raise ValueError(f"n={n}: must be at least 1")
+        latents = keras.random.normal(
+            (int(n), self.latent_dim),
+            seed=self.seed_generator if seed is None else int(seed),
+        )
+        return ops.convert_to_numpy(self.decode(latents))
+
+    # --- config ------------------------------------------------------------
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "decoder": keras.saving.serialize_keras_object(self.decoder),
+            "likelihood": self.likelihood,
+            "beta": self.beta,
+            "gaussian_scale": self.gaussian_scale,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("encoder", "decoder"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)

@@ -1,0 +1,4 @@
+"""Plain functional networks that the model families are built from."""
+
+from kgen.networks.conv_vae import conv_decoder
+from kgen.networks.conv_vae import conv_encoder

@@ -1,0 +1,62 @@
+"""Convolutional encoder and decoder for a VAE on small images."""
+
+import keras
+from keras import layers
+
+
+def _check_divisible(image_shape, filters):
+    factor = 2 ** len(filters)
+    height, width = image_shape[:2]
+    if height % factor or width % factor:
+        raise ValueError(
+            f"image_shape {tuple(image_shape)}: height and width must be "
+            f"divisible by {factor} (2 ** len(filters), filters={tuple(filters)})"
+        )
+
+
+def conv_encoder(image_shape, latent_dim, filters=(32, 64), hidden_dim=128,
+                 name="encoder"):
+    """Images -> `(mean, log_var)` of a diagonal Gaussian over the latents.
+
+    Each entry of `filters` is a stride-2 3x3 convolution with ReLU.
+
+    Example:
+
+    ```python
+    encoder = conv_encoder((28, 28, 1), latent_dim=16)
+    mean, log_var = encoder(images)
+    ```
+    """
+    _check_divisible(image_shape, filters)
+    images = keras.Input(tuple(image_shape), name="images")
+    x = images
+    for f in filters:
+        x = layers.Conv2D(f, 3, strides=2, padding="same", activation="relu")(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(hidden_dim, activation="relu")(x)
+    mean = layers.Dense(latent_dim, name="z_mean")(x)
+    log_var = layers.Dense(latent_dim, name="z_log_var")(x)
+    return keras.Model(images, [mean, log_var], name=name)
+
+
+def conv_decoder(latent_dim, image_shape, filters=(64, 32), hidden_dim=128,
+                 name="decoder"):
+    """Latents -> per-pixel logits (or means) of shape `image_shape`.
+
+    Mirrors `conv_encoder`: a dense layer to a `1 / 2**len(filters)` size
+    grid, then one stride-2 transposed convolution per entry of `filters`.
+    """
+    _check_divisible(image_shape, filters)
+    height, width, channels = image_shape
+    factor = 2 ** len(filters)
+    h, w = height // factor, width // factor
+    latents = keras.Input((latent_dim,), name="latents")
+    x = layers.Dense(hidden_dim, activation="relu")(latents)
+    x = layers.Dense(h * w * filters[0], activation="relu")(x)
+    x = layers.Reshape((h, w, filters[0]))(x)
+    for f in filters:
+        x = layers.Conv2DTranspose(
+            f, 3, strides=2, padding="same", activation="relu"
+        )(x)
+    logits = layers.Conv2D(channels, 3, padding="same", name="logits")(x)
+    return keras.Model(latents, logits, name=name)

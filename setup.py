@@ -1,0 +1,58 @@
+"""kgen: generative models from the lab to the market, on Keras 3."""
+
+import pathlib
+
+from setuptools import setup
+
+HERE = pathlib.Path(__file__).parent
+VERSION = {}
+exec((HERE / "kgen" / "version.py").read_text(), VERSION)
+
+setup(
+    name="kgen",
+    version=VERSION["__version__"],
+    description=(
+        "Train GAN, VAE, diffusion and autoregressive models with Keras 3 on "
+        "TensorFlow, JAX or PyTorch and ship them to TensorFlow Serving."
+    ),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=[
+        "kgen",
+        "kgen.callbacks",
+        "kgen.data",
+        "kgen.export",
+        "kgen.metrics",
+        "kgen.models",
+        "kgen.networks",
+        "kgen.schedulers",
+        "kgen.serving",
+        "kgen.trainers",
+        "kgen.recipes",
+    ],
+    # The recipes live in a flat top-level folder so they read like scripts,
+    # and install as `kgen.recipes` so `kgen recipes` finds them anywhere.
+    package_dir={"kgen.recipes": "recipes"},
+    install_requires=[
+        "keras>=3.15,<4",
+        # keras-hub pulls in tensorflow-text, which requires the full
+        # `tensorflow` wheel, so that is the one kgen asks for too.
+        "tensorflow>=2.21,<3",
+        "keras-hub>=0.32",
+        "tensorboard>=2.21",
+        "numpy",
+        "scikit-learn",
+        "pillow",
+    ],
+    extras_require={
+        "jax": ["jax>=0.10"],
+        # The CPU build that this project is tested with; a bare `torch`
+        # pulls a multi-GB CUDA build.
+        "torch": ["torch==2.13.0"],
+        "serving": ["tensorflow-serving-api>=2.21", "grpcio"],
+        "test": ["pytest>=8"],
+    },
+    entry_points={"console_scripts": ["kgen=kgen.cli:main"]},
+)
