@@ -77,6 +77,8 @@ def parse_sets(items):
 def _coerce(key, text, default):
     where = f"--set {key}={text}"
     lowered = text.lower()
+    if lowered in _NONE:
+        return None  # validate() rejects None where a setting needs a value
     if isinstance(default, bool):
         if lowered in _TRUE:
             return True
@@ -100,8 +102,6 @@ def _coerce(key, text, default):
         sample = default[0] if default else ""
         return type(default)(_coerce(key, p.strip(), sample) for p in parts)
     if default is None:
-        if lowered in _NONE:
-            return None
         try:
             return ast.literal_eval(text)
         except (ValueError, SyntaxError):

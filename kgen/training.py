@@ -124,6 +124,7 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
         epochs=config["epochs"],
         steps_per_epoch=config.get("steps_per_epoch"),
         callbacks=callbacks,
+        shuffle=False,  # the pipelines shuffle themselves
         verbose=verbose,
     )
     wall = time.time() - start

@@ -8,13 +8,13 @@ CONFIG = dict(
     data="digits",             # embedded in scikit-learn: no download
     latent_dim=8,
     filters=(32, 64),          # one stride-2 conv per entry: 8x8 -> 4x4 -> 2x2
-    hidden_dim=128,
+    hidden_dim=256,
     likelihood="bernoulli",
     beta=1.0,
-    epochs=40,
+    epochs=120,
     steps_per_epoch=None,      # None: one pass over the training split
     batch_size=32,
-    learning_rate=2e-3,
+    learning_rate=1e-3,
     validation_fraction=0.1,
     seed=0,
 )
@@ -29,17 +29,12 @@ def build(config):
         repeat=config["steps_per_epoch"] is not None,
         shuffle_seed=config["seed"],
     )
+    encoder, decoder = networks.conv_vae_networks(
+        ds.image_shape, config["latent_dim"], config["filters"], config["hidden_dim"]
+    )
     model = models.VAE(
-        encoder=networks.conv_encoder(
-            ds.image_shape, config["latent_dim"], config["filters"], config["hidden_dim"]
-        ),
-        decoder=networks.conv_decoder(
-            config["latent_dim"], ds.image_shape, tuple(reversed(config["filters"])),
-            config["hidden_dim"],
-        ),
-        likelihood=config["likelihood"],
-        beta=config["beta"],
-        seed=config["seed"],
+        encoder, decoder,
+        likelihood=config["likelihood"], beta=config["beta"], seed=config["seed"],
     )
     model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]))
     return model, ds

@@ -33,17 +33,12 @@ def build(config):
         repeat=config["steps_per_epoch"] is not None,
         shuffle_seed=config["seed"],
     )
+    encoder, decoder = networks.conv_vae_networks(
+        ds.image_shape, config["latent_dim"], config["filters"], config["hidden_dim"]
+    )
     model = models.VAE(
-        encoder=networks.conv_encoder(
-            ds.image_shape, config["latent_dim"], config["filters"], config["hidden_dim"]
-        ),
-        decoder=networks.conv_decoder(
-            config["latent_dim"], ds.image_shape, tuple(reversed(config["filters"])),
-            config["hidden_dim"],
-        ),
-        likelihood=config["likelihood"],
-        beta=config["beta"],
-        seed=config["seed"],
+        encoder, decoder,
+        likelihood=config["likelihood"], beta=config["beta"], seed=config["seed"],
     )
     model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]))
     return model, ds

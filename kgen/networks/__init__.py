@@ -2,3 +2,4 @@
 
 from kgen.networks.conv_vae import conv_decoder
 from kgen.networks.conv_vae import conv_encoder
+from kgen.networks.conv_vae import conv_vae_networks

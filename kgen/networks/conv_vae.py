@@ -60,3 +60,11 @@ def conv_decoder(latent_dim, image_shape, filters=(64, 32), hidden_dim=128,
         )(x)
     logits = layers.Conv2D(channels, 3, padding="same", name="logits")(x)
     return keras.Model(latents, logits, name=name)
+
+
+def conv_vae_networks(image_shape, latent_dim, filters=(32, 64), hidden_dim=128):
+    """A matching `(encoder, decoder)` pair; the decoder mirrors the filters."""
+    return (
+        conv_encoder(image_shape, latent_dim, filters, hidden_dim),
+        conv_decoder(latent_dim, image_shape, tuple(reversed(filters)), hidden_dim),
+    )

@@ -1,0 +1,105 @@
+"""The `kgen` command as a user runs it, in subprocesses."""
+
+import csv
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from tests.conftest import kgen_env
+from tests.conftest import run_kgen
+
+QUICK = ["--set", "epochs=1", "--set", "steps_per_epoch=3"]
+
+
+def test_help_explains_each_command(tmp_path):
+    out = run_kgen("--help", cwd=tmp_path).stdout
+    for command in ("recipes", "train", "export", "sample"):
+        assert command in out
+    train_help = run_kgen("train", "--help", cwd=tmp_path).stdout
+    assert "--set KEY=VALUE" in train_help and "--backend" in train_help
+
+
+def test_recipes_lists_one_line_each(tmp_path):
+    lines = run_kgen("recipes", cwd=tmp_path).stdout.strip().splitlines()
+    assert any(line.startswith("vae_digits ") and "digits" in line for line in lines)
+    assert any(line.startswith("vae_mnist ") for line in lines)
+
+
+def test_train_export_sample(tmp_path):
+    """The README's main job in miniature: train, export, sample a PNG."""
+    train = run_kgen("train", "vae_digits", *QUICK, cwd=tmp_path)
+    assert "3/3" in train.stdout  # Keras' progress bar reached the last step
+    run_dir = tmp_path / "runs" / "vae_digits"
+    for written in ("best.keras", "config.json", "history.csv", "samples/epoch_001.png"):
+        assert (run_dir / written).exists(), written
+    assert list((run_dir / "logs" / "samples").glob("events.out.tfevents.*"))
+    assert (tmp_path / "saved_models" / "vae_digits" / "1" / "saved_model.pb").exists()
+    assert "exported:    saved_models/vae_digits/1" in train.stdout
+
+    sample = run_kgen("sample", "saved_models/vae_digits", "--n", "9", "--out",
+                      "grid.png", cwd=tmp_path)
+    assert sample.stdout.strip().endswith("grid.png")
+    from PIL import Image
+
+    with Image.open(tmp_path / "grid.png") as picture:
+        pixels = np.asarray(picture)
+    assert pixels.ndim == 2 and pixels.std() > 0  # a real grid, not blank
+
+    # `kgen export` publishes the next version from the .keras file.
+    export = run_kgen("export", run_dir / "best.keras", "--to", "saved_models/vae_digits",
+                      cwd=tmp_path)
+    assert export.stdout.strip().splitlines()[-1] == "saved_models/vae_digits/2"
+
+
+def test_bad_set_value_is_a_clear_error(tmp_path):
+    result = run_kgen("train", "vae_digits", "--set", "epochs=abc", cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert "kgen: error: --set epochs=abc: expected an integer" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_data_path_is_a_clear_error(tmp_path):
+    result = run_kgen("train", "vae_mnist", "--set", "data=missing_dir", *QUICK,
+                      cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert "kgen: error: missing_dir: no such file or directory" in result.stderr
+
+
+def test_sample_missing_model_is_a_clear_error(tmp_path):
+    result = run_kgen("sample", "saved_models/none", cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert "saved_models/none: no such exported model" in result.stderr
+
+
+def _epochs_done(history):
+    if not history.exists():
+        return []
+    with history.open() as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+def test_killed_run_resumes_where_it_stopped(tmp_path):
+    command = [sys.executable, "-m", "kgen", "train", "vae_digits", "--set", "epochs=4",
+               "--set", "steps_per_epoch=25", "--run-dir", "run", "--no-export"]
+    history = tmp_path / "run" / "history.csv"
+    first = subprocess.Popen(command, cwd=tmp_path, env=kgen_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not _epochs_done(history) and first.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    still_running = first.poll() is None
+    first.kill()
+    first.wait()
+    assert still_running, "the first run ended before it could be killed"
+    done = _epochs_done(history)
+    assert done and done[-1] < 3
+
+    second = subprocess.run(command, cwd=tmp_path, env=kgen_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Epoch 1/4" not in second.stdout, "the run started over"
+    assert "Epoch 4/4" in second.stdout
+    assert _epochs_done(history) == [0, 1, 2, 3]
+    assert not (tmp_path / "run" / "backup").exists()
