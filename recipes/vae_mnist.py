@@ -25,13 +25,12 @@ def build(config):
         raise data.DataError(
             "vae_mnist needs the MNIST IDX files: --set data=DIR"
         )
-    images, labels = data.load_images(config["data"])
-    ds = data.image_datasets(
-        images, labels,
+    ds = data.load_image_data(
+        config["data"],
         batch_size=config["batch_size"],
         validation_fraction=config["validation_fraction"],
-        repeat=config["steps_per_epoch"] is not None,
-        shuffle_seed=config["seed"],
+        repeat=config["steps_per_epoch"] is not None,  # steps_per_epoch: an endless stream
+        seed=config["seed"],
     )
     encoder, decoder = networks.conv_vae_networks(
         ds.image_shape, config["latent_dim"], config["filters"], config["hidden_dim"]

@@ -5,6 +5,7 @@ from kgen.data.images import ImageData
 from kgen.data.images import image_datasets
 from kgen.data.images import load_digits
 from kgen.data.images import load_idx
+from kgen.data.images import load_image_data
 from kgen.data.images import load_image_folder
 from kgen.data.images import load_images
 from kgen.data.images import load_mnist

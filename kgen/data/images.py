@@ -382,3 +382,19 @@ def _resize(images, image_size):
     import tensorflow as tf
 
     return tf.image.resize(images, tuple(image_size)).numpy().clip(0, 1)
+
+
+def load_image_data(source, batch_size=64, validation_fraction=0.1,
+                    with_labels=False, repeat=False, seed=0, image_size=None,
+                    limit=None):
+    """`load_images(source)` then `image_datasets(...)`: a recipe's one call.
+
+    Returns:
+        An `ImageData` with train and validation pipelines.
+    """
+    images, labels = load_images(source, image_size)
+    return image_datasets(
+        images, labels, batch_size=batch_size,
+        validation_fraction=validation_fraction, with_labels=with_labels,
+        repeat=repeat, shuffle_seed=seed, limit=limit,
+    )
