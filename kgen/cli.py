@@ -122,7 +122,7 @@ def _cmd_train(args):
     logs = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result["logs"].items())
                      if isinstance(v, float))
     print(f"\ntrained in {result['wall_s']:.1f}s: {logs}")
-    print(f"best model:  {result['best']}")
+    print(f"model:       {result['best']}")
     print(f"samples:     {result['run_dir'] / 'samples'}")
     print(f"TensorBoard: tensorboard --logdir {result['run_dir'] / 'logs'}")
     if result["exported"]:

@@ -8,7 +8,8 @@ runs/NAME/config.json     the resolved settings and backend
 runs/NAME/logs/           TensorBoard: scalars per epoch, sample grids
 runs/NAME/samples/        the same samples as PNG / WAV / text files
 runs/NAME/history.csv     one row per finished epoch
-runs/NAME/best.keras      the model of the best epoch (lowest val_loss)
+runs/NAME/best.keras      the model of the best epoch (lowest val_loss), or
+runs/NAME/last.keras      the last epoch's, for families no loss ranks (GAN)
 runs/NAME/backup/         BackupAndRestore state while a run is unfinished
 ```
 
@@ -91,17 +92,21 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
     with strategy_scope(strategy):
         model, data = module.build(config)
 
-    monitor = "val_loss" if data.validation is not None else "loss"
+    monitor = getattr(model, "checkpoint_monitor", "val_loss")
+    validation = data.validation if monitor else None
+    if monitor == "val_loss" and validation is None:
+        monitor = "loss"
     backup_dir = run_dir / "backup"
     resuming = backup_dir.exists()
+    checkpoint_path = run_dir / ("best.keras" if monitor else "last.keras")
     checkpoint = keras.callbacks.ModelCheckpoint(
-        run_dir / "best.keras", monitor=monitor, save_best_only=True
+        checkpoint_path, monitor=monitor or "loss", save_best_only=bool(monitor)
     )
-    if resuming:
+    if resuming and monitor:
         best = _best_so_far(run_dir / "history.csv", monitor)
         if best is not None:
             checkpoint.best = best
-    elif (run_dir / "history.csv").exists():
+    elif not resuming and (run_dir / "history.csv").exists():
         (run_dir / "history.csv").unlink()  # a fresh run: a fresh history
     callbacks = [
         # Order matters: the backup is written before the history row, so a
@@ -120,7 +125,7 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
     start = time.time()
     history = model.fit(
         data.train,
-        validation_data=data.validation,
+        validation_data=validation,
         epochs=config["epochs"],
         steps_per_epoch=config.get("steps_per_epoch"),
         callbacks=callbacks,
@@ -131,7 +136,7 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
     final_logs = {k: v[-1] for k, v in history.history.items()}
     if any(isinstance(v, float) and not math.isfinite(v) for v in final_logs.values()):
         raise RuntimeError(f"training diverged: {final_logs}")
-    best_path = run_dir / "best.keras"
+    best_path = checkpoint_path
     if not best_path.exists():  # every epoch had been run before the resume
         model.save(best_path)
     result = {"run_dir": run_dir, "best": best_path, "wall_s": wall,

@@ -26,10 +26,10 @@ def _signature_builder(model):
     # One builder per family, looked up by class so subclasses inherit it.
     from kgen import models
 
-    builders = {}
+    from kgen.export.gan import gan_signatures
     from kgen.export.vae import vae_signatures
 
-    builders[models.VAE] = vae_signatures
+    builders = {models.VAE: vae_signatures, models.GAN: gan_signatures}
     for cls in type(model).__mro__:
         if cls in builders:
             return builders[cls]

@@ -20,6 +20,9 @@ class GenerativeModel(keras.Model):
     """
 
     output_kind = "images"
+    # The logged value that ranks epochs for the best checkpoint; None keeps
+    # the last epoch (and trains without a validation pass).
+    checkpoint_monitor = "val_loss"
 
     def __init__(self, seed=None, **kwargs):
         super().__init__(**kwargs)

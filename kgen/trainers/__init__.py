@@ -1,0 +1,29 @@
+"""The only backend switch in kgen.
+
+Keras' own trainers serve every family whose loss is one `compute_loss()`.
+A GAN needs two optimizers and alternating updates, so it gets a train step
+per backend here; its losses stay in `keras.ops` in `kgen/models/gan.py`.
+
+`GANTrainer` is the mixin of the backend Keras runs on:
+
+- TensorFlow: a `tf.GradientTape` per phase.
+- JAX: a stateless `train_step(state, data)`; both optimizers' variables
+  travel in the trainer's `optimizer_variables` as the sub-optimizers of
+  one public `keras.optimizers.MultiOptimizer`.
+- PyTorch: `zero_grad()` / `backward()` per phase, fakes detached for D.
+"""
+
+import keras
+
+_BACKEND = keras.backend.backend()
+
+if _BACKEND == "tensorflow":
+    from kgen.trainers.tensorflow import GANTrainer
+elif _BACKEND == "jax":
+    from kgen.trainers.jax import GANTrainer
+elif _BACKEND == "torch":
+    from kgen.trainers.torch import GANTrainer
+else:  # pragma: no cover - Keras itself rejects other backends first
+    raise ImportError(f"kgen supports tensorflow, jax and torch, not {_BACKEND}")
+
+__all__ = ["GANTrainer"]

@@ -2,9 +2,6 @@
 `saved_model_cli` (the C++ SavedModel loader and session) and through
 `tf.saved_model.load` in a process that cannot import kgen."""
 
-import json
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -17,8 +14,10 @@ from kgen.export import versions
 from kgen.models import VAE
 from kgen.networks import conv_decoder
 from kgen.networks import conv_encoder
-
-FORBIDDEN_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc", "XlaCallModule"}
+from tests.export.helpers import FORBIDDEN_OPS
+from tests.export.helpers import graph_op_types
+from tests.export.helpers import run_without_kgen
+from tests.export.helpers import saved_model_cli
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +33,6 @@ def exported(tmp_path_factory, mnist_arrays):
     version_dir = export_model(tmp / "vae.keras", tmp / "saved_models" / "vae")
     return {"dir": version_dir, "base": tmp / "saved_models" / "vae",
             "model": vae, "tmp": tmp}
-
-
-def saved_model_cli(*args):
-    result = subprocess.run(
-        [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", *map(str, args)],
-        capture_output=True, text=True, timeout=300,
-    )
-    return result
 
 
 def test_first_version_is_1_with_metadata(exported):
@@ -80,17 +71,6 @@ def test_saved_model_cli_rejects_wrong_dtype(exported):
 
 
 NO_KGEN = textwrap.dedent("""
-    import json, sys
-    sys.modules["kgen"] = None  # any `import kgen` now fails
-    try:
-        import kgen
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("kgen was importable")
-    import numpy as np
-    import tensorflow as tf
-
     m = tf.saved_model.load(sys.argv[1])
     gen = m.signatures["generate"]
     a = gen(seed=tf.constant([1, 2, 3], tf.int64))["images"].numpy()
@@ -118,14 +98,7 @@ NO_KGEN = textwrap.dedent("""
 
 
 def test_loads_and_runs_without_kgen(exported, tmp_path):
-    script = tmp_path / "no_kgen.py"
-    script.write_text(NO_KGEN)
-    result = subprocess.run(
-        [sys.executable, str(script), str(exported["dir"])], cwd=tmp_path,
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = run_without_kgen(tmp_path, NO_KGEN, exported["dir"])
     assert out["shape"] == [3, 28, 28, 1]
     assert out["row_independent"], "a row's sample must depend on its seed alone"
     assert out["default_matches"], "serving_default must be generate"
@@ -147,16 +120,7 @@ def test_exported_generate_matches_the_model_decoder(exported):
 
 
 def test_graph_has_only_core_ops(exported):
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    proto = saved_model_pb2.SavedModel()
-    proto.ParseFromString((exported["dir"] / "saved_model.pb").read_bytes())
-    ops = set()
-    for meta_graph in proto.meta_graphs:
-        ops.update(node.op for node in meta_graph.graph_def.node)
-        for fn in meta_graph.graph_def.library.function:
-            ops.update(node.op for node in fn.node_def)
-    assert ops, "no ops found: the check would pass vacuously"
+    ops = graph_op_types(exported["dir"])
     assert "StatelessRandomNormalV2" in ops or "StatelessRandomNormal" in ops
     assert not ops & FORBIDDEN_OPS
 

@@ -1,0 +1,78 @@
+"""DCGAN generator and discriminator (Radford et al., 2016), optionally
+class-conditional through a label embedding."""
+
+import keras
+from keras import layers
+
+
+def _base_size(image_shape, filters):
+    factor = 2 ** len(filters)
+    height, width = image_shape[:2]
+    if height % factor or width % factor:
+        raise ValueError(
+            f"image_shape {tuple(image_shape)}: height and width must be "
+            f"divisible by {factor} (2 ** len(filters), filters={tuple(filters)})"
+        )
+    return height // factor, width // factor
+
+
+def dcgan_generator(latent_dim, image_shape, filters=(128, 64), num_classes=0,
+                    name="generator"):
+    """Latents (and labels) -> images in [-1, 1] (tanh).
+
+    A dense projection to a `1 / 2**len(filters)` size grid, then one
+    stride-2 transposed convolution with batch norm and LeakyReLU per entry
+    of `filters`. With `num_classes > 0` the model takes `[latents, labels]`
+    and concatenates a learned label embedding to the latents.
+
+    Example:
+
+    ```python
+    g = dcgan_generator(64, (28, 28, 1), num_classes=10)
+    images = g([latents, labels])  # (batch, 28, 28, 1) in [-1, 1]
+    ```
+    """
+    h, w = _base_size(image_shape, filters)
+    latents = keras.Input((latent_dim,), name="latents")
+    inputs, x = [latents], latents
+    if num_classes:
+        labels = keras.Input((), dtype="int32", name="labels")
+        inputs.append(labels)
+        x = layers.Concatenate()([x, layers.Embedding(num_classes, latent_dim)(labels)])
+    x = layers.Dense(h * w * filters[0], use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.LeakyReLU(0.2)(x)
+    x = layers.Reshape((h, w, filters[0]))(x)
+    for f in filters:
+        x = layers.Conv2DTranspose(f, 4, strides=2, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.LeakyReLU(0.2)(x)
+    images = layers.Conv2D(image_shape[-1], 3, padding="same", activation="tanh",
+                           name="images")(x)
+    return keras.Model(inputs if num_classes else latents, images, name=name)
+
+
+def dcgan_discriminator(image_shape, filters=(64, 128), num_classes=0,
+                        name="discriminator"):
+    """Images in [-1, 1] (and labels) -> one real/fake logit per image.
+
+    One stride-2 convolution with LeakyReLU per entry of `filters`, no batch
+    norm (so gradient penalties stay per-sample). With `num_classes > 0` the
+    model takes `[images, labels]` and adds the label as an embedded extra
+    image channel.
+    """
+    _base_size(image_shape, filters)
+    height, width = image_shape[:2]
+    images = keras.Input(tuple(image_shape), name="images")
+    inputs, x = [images], images
+    if num_classes:
+        labels = keras.Input((), dtype="int32", name="labels")
+        inputs.append(labels)
+        plane = layers.Embedding(num_classes, height * width)(labels)
+        x = layers.Concatenate()([x, layers.Reshape((height, width, 1))(plane)])
+    for f in filters:
+        x = layers.Conv2D(f, 4, strides=2, padding="same")(x)
+        x = layers.LeakyReLU(0.2)(x)
+    x = layers.Flatten()(x)
+    logits = layers.Dense(1, name="logits")(x)
+    return keras.Model(inputs if num_classes else images, logits, name=name)

@@ -1,0 +1,30 @@
+"""GAN phases on TensorFlow: one `tf.GradientTape` per phase."""
+
+import tensorflow as tf
+
+from kgen.trainers.stateful import StatefulGANTrainer
+
+
+class GANTrainer(StatefulGANTrainer):
+    """Mixin giving `kgen.models.GAN` its TensorFlow gradient steps."""
+
+    def input_gradients(self, fn, x):
+        """d sum(fn(x)) / dx, differentiable again (for gradient penalties)."""
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+        return tape.gradient(y, x)
+
+    def discriminator_phase(self, real, labels):
+        variables = self.discriminator.trainable_variables
+        with tf.GradientTape() as tape:
+            loss, aux = self.discriminator_loss(real, labels)
+        self.d_optimizer.apply(tape.gradient(loss, variables), variables)
+        return aux
+
+    def generator_phase(self, real, labels):
+        variables = self.generator.trainable_variables
+        with tf.GradientTape() as tape:
+            loss = self.generator_loss(real, labels)
+        self.g_optimizer.apply(tape.gradient(loss, variables), variables)
+        return loss

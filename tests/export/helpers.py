@@ -1,0 +1,57 @@
+"""Checks shared by the export tests: TF Serving's loader, a process
+without kgen, and the op types in a SavedModel's graph."""
+
+import json
+import subprocess
+import sys
+
+FORBIDDEN_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc", "XlaCallModule"}
+
+# Prepended to scripts run by `run_without_kgen`: any `import kgen` fails.
+NO_KGEN_PRELUDE = """
+import json, sys
+sys.modules["kgen"] = None
+try:
+    import kgen
+except ImportError:
+    pass
+else:
+    raise SystemExit("kgen was importable")
+import numpy as np
+import tensorflow as tf
+"""
+
+
+def saved_model_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", *map(str, args)],
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+def run_without_kgen(tmp_path, body, *args):
+    """Run `body` (after NO_KGEN_PRELUDE) in a fresh process; it must print
+    one JSON line last, which is returned."""
+    script = tmp_path / "no_kgen.py"
+    script.write_text(NO_KGEN_PRELUDE + body)
+    result = subprocess.run(
+        [sys.executable, str(script), *map(str, args)], cwd=tmp_path,
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def graph_op_types(version_dir):
+    """Every op type in a SavedModel's graph and function library."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((version_dir / "saved_model.pb").read_bytes())
+    ops = set()
+    for meta_graph in proto.meta_graphs:
+        ops.update(node.op for node in meta_graph.graph_def.node)
+        for fn in meta_graph.graph_def.library.function:
+            ops.update(node.op for node in fn.node_def)
+    assert ops, "no ops found: a check on them would pass vacuously"
+    return ops
