@@ -102,6 +102,8 @@ def _coerce(key, text, default):
         sample = default[0] if default else ""
         return type(default)(_coerce(key, p.strip(), sample) for p in parts)
     if default is None:
+        if lowered in _TRUE - {"1"} or lowered in _FALSE - {"0"}:
+            return lowered in _TRUE
         try:
             return ast.literal_eval(text)
         except (ValueError, SyntaxError):

@@ -121,9 +121,13 @@ class GAN(GANTrainer, GenerativeModel):
 
     # --- compile: two optimizers in one public MultiOptimizer --------------
 
-    def compile(self, g_optimizer="adam", d_optimizer="adam", jit_compile="auto",
+    def compile(self, g_optimizer="adam", d_optimizer="adam", jit_compile=None,
                 **kwargs):
         """Set the generator's and discriminator's optimizers.
+
+        `jit_compile=None` compiles the step with XLA on JAX only: on CPU,
+        TensorFlow and PyTorch run the GAN step faster without it
+        (`bench/gan.py`), while JAX without it runs op by op.
 
         Both are built here, on the caller's distribution strategy scope, and
         carried as the sub-optimizers of one `keras.optimizers.MultiOptimizer`
@@ -137,6 +141,8 @@ class GAN(GANTrainer, GenerativeModel):
         optimizer = keras.optimizers.MultiOptimizer(
             lambda v: g_optimizer if id(v) in generator_ids else d_optimizer
         )
+        if jit_compile is None:
+            jit_compile = keras.backend.backend() == "jax"
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
         self.g_optimizer = g_optimizer
         self.d_optimizer = d_optimizer

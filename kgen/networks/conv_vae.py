@@ -3,6 +3,8 @@
 import keras
 from keras import layers
 
+from kgen.networks.dcgan import upsampling_block
+
 
 def _check_divisible(image_shape, filters):
     factor = 2 ** len(filters)
@@ -40,11 +42,12 @@ def conv_encoder(image_shape, latent_dim, filters=(32, 64), hidden_dim=128,
 
 
 def conv_decoder(latent_dim, image_shape, filters=(64, 32), hidden_dim=128,
-                 name="decoder"):
+                 upsample="resize", name="decoder"):
     """Latents -> per-pixel logits (or means) of shape `image_shape`.
 
     Mirrors `conv_encoder`: a dense layer to a `1 / 2**len(filters)` size
-    grid, then one stride-2 transposed convolution per entry of `filters`.
+    grid, then one 2x upsampling with ReLU per entry of `filters`
+    (`upsample`: `"resize"` or `"transpose"`, see `dcgan_generator`).
     """
     _check_divisible(image_shape, filters)
     height, width, channels = image_shape
@@ -55,9 +58,7 @@ def conv_decoder(latent_dim, image_shape, filters=(64, 32), hidden_dim=128,
     x = layers.Dense(h * w * filters[0], activation="relu")(x)
     x = layers.Reshape((h, w, filters[0]))(x)
     for f in filters:
-        x = layers.Conv2DTranspose(
-            f, 3, strides=2, padding="same", activation="relu"
-        )(x)
+        x = upsampling_block(x, f, upsample, activation="relu")
     logits = layers.Conv2D(channels, 3, padding="same", name="logits")(x)
     return keras.Model(latents, logits, name=name)
 

@@ -17,12 +17,15 @@ def _base_size(image_shape, filters):
 
 
 def dcgan_generator(latent_dim, image_shape, filters=(128, 64), num_classes=0,
-                    name="generator"):
+                    upsample="resize", name="generator"):
     """Latents (and labels) -> images in [-1, 1] (tanh).
 
-    A dense projection to a `1 / 2**len(filters)` size grid, then one
-    stride-2 transposed convolution with batch norm and LeakyReLU per entry
-    of `filters`. With `num_classes > 0` the model takes `[latents, labels]`
+    A dense projection to a `1 / 2**len(filters)` size grid, then one 2x
+    upsampling with batch norm and LeakyReLU per entry of `filters`:
+    `upsample="resize"` (nearest-neighbour resize then a 3x3 convolution,
+    free of checkerboard artifacts and several times faster than a
+    transposed convolution on JAX and PyTorch CPUs) or `"transpose"` (the
+    paper's stride-2 transposed convolution). With `num_classes > 0` the model takes `[latents, labels]`
     and concatenates a learned label embedding to the latents.
 
     Example:
@@ -44,12 +47,24 @@ def dcgan_generator(latent_dim, image_shape, filters=(128, 64), num_classes=0,
     x = layers.LeakyReLU(0.2)(x)
     x = layers.Reshape((h, w, filters[0]))(x)
     for f in filters:
-        x = layers.Conv2DTranspose(f, 4, strides=2, padding="same", use_bias=False)(x)
+        x = upsampling_block(x, f, upsample, use_bias=False)
         x = layers.BatchNormalization()(x)
         x = layers.LeakyReLU(0.2)(x)
     images = layers.Conv2D(image_shape[-1], 3, padding="same", activation="tanh",
                            name="images")(x)
     return keras.Model(inputs if num_classes else latents, images, name=name)
+
+
+def upsampling_block(x, filters, upsample="resize", use_bias=True, activation=None):
+    """Double the height and width of `x` with `filters` output channels."""
+    if upsample == "resize":
+        x = layers.UpSampling2D(2, interpolation="nearest")(x)
+        return layers.Conv2D(filters, 3, padding="same", use_bias=use_bias,
+                             activation=activation)(x)
+    if upsample == "transpose":
+        return layers.Conv2DTranspose(filters, 4, strides=2, padding="same",
+                                      use_bias=use_bias, activation=activation)(x)
+    raise ValueError(f"upsample={upsample!r}: expected 'resize' or 'transpose'")
 
 
 def dcgan_discriminator(image_shape, filters=(64, 128), num_classes=0,

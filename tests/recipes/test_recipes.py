@@ -9,8 +9,12 @@ from kgen import training
 from tests.conftest import shared
 
 # Settings each recipe needs beyond its defaults (data paths).
+MNIST = lambda: {"data": str(shared("mnist"))}  # noqa: E731
 DATA = {
-    "vae_mnist": lambda: {"data": str(shared("mnist"))},
+    "vae_mnist": MNIST,
+    "dcgan_mnist": MNIST,
+    "wgan_gp_mnist": MNIST,
+    "cgan_mnist": MNIST,
 }
 
 

@@ -1,0 +1,37 @@
+import numpy as np
+import pytest
+from keras import ops
+
+from kgen.networks import conv_vae_networks
+from kgen.networks import dcgan_discriminator
+from kgen.networks import dcgan_generator
+
+
+@pytest.mark.parametrize("upsample", ["resize", "transpose"])
+def test_generator_shapes_and_range(upsample):
+    g = dcgan_generator(8, (28, 28, 1), (16, 8), num_classes=10, upsample=upsample)
+    images = ops.convert_to_numpy(g([np.zeros((3, 8), "float32"), np.array([0, 1, 2])]))
+    assert images.shape == (3, 28, 28, 1)
+    assert -1.0 <= images.min() and images.max() <= 1.0
+
+
+def test_discriminator_gives_one_logit_per_image():
+    d = dcgan_discriminator((8, 8, 3), (8, 16))
+    assert tuple(d(np.zeros((5, 8, 8, 3), "float32")).shape) == (5, 1)
+
+
+def test_bad_upsample_is_named():
+    with pytest.raises(ValueError, match=r"upsample='bilinear': expected 'resize' or 'transpose'"):
+        dcgan_generator(8, (8, 8, 1), (8,), upsample="bilinear")
+
+
+def test_sizes_must_fit_the_strides():
+    with pytest.raises(ValueError, match=r"image_shape \(10, 10, 1\).*divisible by 4"):
+        dcgan_generator(8, (10, 10, 1), (16, 8))
+
+
+def test_vae_networks_mirror_each_other():
+    encoder, decoder = conv_vae_networks((8, 8, 1), 3, (4, 8), 16)
+    mean, log_var = encoder(np.zeros((2, 8, 8, 1), "float32"))
+    assert tuple(mean.shape) == (2, 3)
+    assert tuple(decoder(mean).shape) == (2, 8, 8, 1)
