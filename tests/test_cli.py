@@ -103,3 +103,14 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
     assert "Epoch 4/4" in second.stdout
     assert _epochs_done(history) == [0, 1, 2, 3]
     assert not (tmp_path / "run" / "backup").exists()
+
+
+def test_conditional_gan_train_and_sample_a_label(tmp_path, mnist_dir):
+    run_kgen("train", "cgan_mnist", "--set", f"data={mnist_dir}", *QUICK, cwd=tmp_path)
+    assert (tmp_path / "runs" / "cgan_mnist" / "last.keras").exists()
+    sample = run_kgen("sample", "saved_models/cgan_mnist", "--n", "4", "--label", "3",
+                      "--out", "threes.png", cwd=tmp_path)
+    assert sample.stdout.strip().endswith("threes.png")
+    bad = run_kgen("sample", "saved_models/cgan_mnist", "--label", "12", cwd=tmp_path,
+                   check=False)
+    assert bad.returncode == 2 and "--label 12: must be in [0, 10)" in bad.stderr
