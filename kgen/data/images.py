@@ -269,6 +269,11 @@ def load_images(source, image_size=None):
     Returns:
         `(images, labels)`; labels may be `None`.
     """
+    if source is None or source == "":
+        raise DataError(
+            "no data source given: set data to a path, e.g. --set data=DIR "
+            "(an MNIST IDX directory, an IDX file, a .npz file or an image folder)"
+        )
     if source == "digits":
         return load_digits(image_size)
     path = pathlib.Path(os.path.expanduser(str(source)))

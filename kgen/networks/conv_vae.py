@@ -3,17 +3,8 @@
 import keras
 from keras import layers
 
-from kgen.networks.dcgan import upsampling_block
-
-
-def _check_divisible(image_shape, filters):
-    factor = 2 ** len(filters)
-    height, width = image_shape[:2]
-    if height % factor or width % factor:
-        raise ValueError(
-            f"image_shape {tuple(image_shape)}: height and width must be "
-            f"divisible by {factor} (2 ** len(filters), filters={tuple(filters)})"
-        )
+from kgen.networks.blocks import grid_size
+from kgen.networks.blocks import upsampling_block
 
 
 def conv_encoder(image_shape, latent_dim, filters=(32, 64), hidden_dim=128,
@@ -29,7 +20,7 @@ def conv_encoder(image_shape, latent_dim, filters=(32, 64), hidden_dim=128,
     mean, log_var = encoder(images)
     ```
     """
-    _check_divisible(image_shape, filters)
+    grid_size(image_shape, filters)
     images = keras.Input(tuple(image_shape), name="images")
     x = images
     for f in filters:
@@ -47,12 +38,10 @@ def conv_decoder(latent_dim, image_shape, filters=(64, 32), hidden_dim=128,
 
     Mirrors `conv_encoder`: a dense layer to a `1 / 2**len(filters)` size
     grid, then one 2x upsampling with ReLU per entry of `filters`
-    (`upsample`: `"resize"` or `"transpose"`, see `dcgan_generator`).
+    (`upsample`: `"resize"` or `"transpose"`, see `kgen.networks.blocks.upsampling_block`).
     """
-    _check_divisible(image_shape, filters)
-    height, width, channels = image_shape
-    factor = 2 ** len(filters)
-    h, w = height // factor, width // factor
+    h, w = grid_size(image_shape, filters)
+    channels = image_shape[-1]
     latents = keras.Input((latent_dim,), name="latents")
     x = layers.Dense(hidden_dim, activation="relu")(latents)
     x = layers.Dense(h * w * filters[0], activation="relu")(x)

@@ -4,16 +4,8 @@ class-conditional through a label embedding."""
 import keras
 from keras import layers
 
-
-def _base_size(image_shape, filters):
-    factor = 2 ** len(filters)
-    height, width = image_shape[:2]
-    if height % factor or width % factor:
-        raise ValueError(
-            f"image_shape {tuple(image_shape)}: height and width must be "
-            f"divisible by {factor} (2 ** len(filters), filters={tuple(filters)})"
-        )
-    return height // factor, width // factor
+from kgen.networks.blocks import grid_size
+from kgen.networks.blocks import upsampling_block
 
 
 def dcgan_generator(latent_dim, image_shape, filters=(128, 64), num_classes=0,
@@ -21,11 +13,9 @@ def dcgan_generator(latent_dim, image_shape, filters=(128, 64), num_classes=0,
     """Latents (and labels) -> images in [-1, 1] (tanh).
 
     A dense projection to a `1 / 2**len(filters)` size grid, then one 2x
-    upsampling with batch norm and LeakyReLU per entry of `filters`:
-    `upsample="resize"` (nearest-neighbour resize then a 3x3 convolution,
-    free of checkerboard artifacts and several times faster than a
-    transposed convolution on JAX and PyTorch CPUs) or `"transpose"` (the
-    paper's stride-2 transposed convolution). With `num_classes > 0` the model takes `[latents, labels]`
+    upsampling with batch norm and LeakyReLU per entry of `filters`
+    (`upsample`: `"resize"` or the paper's `"transpose"`; see
+    `kgen.networks.blocks.upsampling_block`). With `num_classes > 0` the model takes `[latents, labels]`
     and concatenates a learned label embedding to the latents.
 
     Example:
@@ -35,7 +25,7 @@ def dcgan_generator(latent_dim, image_shape, filters=(128, 64), num_classes=0,
     images = g([latents, labels])  # (batch, 28, 28, 1) in [-1, 1]
     ```
     """
-    h, w = _base_size(image_shape, filters)
+    h, w = grid_size(image_shape, filters)
     latents = keras.Input((latent_dim,), name="latents")
     inputs, x = [latents], latents
     if num_classes:
@@ -55,18 +45,6 @@ def dcgan_generator(latent_dim, image_shape, filters=(128, 64), num_classes=0,
     return keras.Model(inputs if num_classes else latents, images, name=name)
 
 
-def upsampling_block(x, filters, upsample="resize", use_bias=True, activation=None):
-    """Double the height and width of `x` with `filters` output channels."""
-    if upsample == "resize":
-        x = layers.UpSampling2D(2, interpolation="nearest")(x)
-        return layers.Conv2D(filters, 3, padding="same", use_bias=use_bias,
-                             activation=activation)(x)
-    if upsample == "transpose":
-        return layers.Conv2DTranspose(filters, 4, strides=2, padding="same",
-                                      use_bias=use_bias, activation=activation)(x)
-    raise ValueError(f"upsample={upsample!r}: expected 'resize' or 'transpose'")
-
-
 def dcgan_discriminator(image_shape, filters=(64, 128), num_classes=0,
                         name="discriminator"):
     """Images in [-1, 1] (and labels) -> one real/fake logit per image.
@@ -76,7 +54,7 @@ def dcgan_discriminator(image_shape, filters=(64, 128), num_classes=0,
     model takes `[images, labels]` and adds the label as an embedded extra
     image channel.
     """
-    _base_size(image_shape, filters)
+    grid_size(image_shape, filters)
     height, width = image_shape[:2]
     images = keras.Input(tuple(image_shape), name="images")
     inputs, x = [images], images

@@ -136,3 +136,8 @@ def test_repeat_gives_full_batches_forever():
 def test_labels_required_but_missing():
     with pytest.raises(DataError, match="needs labels"):
         image_datasets(np.zeros((10, 4, 4, 1), "float32"), with_labels=True)
+
+
+def test_unset_data_source_says_how_to_set_it():
+    with pytest.raises(DataError, match=r"no data source given: set data to a path, e.g. --set data=DIR"):
+        load_images(None)
