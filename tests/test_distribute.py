@@ -5,6 +5,7 @@ process; it is a TensorFlow-only path and is skipped on other backends.
 """
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -44,7 +45,7 @@ def test_gan_trains_on_two_mirrored_replicas(tmp_path):
         pytest.skip("tf.distribute.MirroredStrategy is the TensorFlow backend's")
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT], cwd=tmp_path, capture_output=True, text=True,
-        timeout=600, env={**__import__("os").environ, "KERAS_BACKEND": "tensorflow"},
+        timeout=600, env={**os.environ, "KERAS_BACKEND": "tensorflow"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
