@@ -82,7 +82,9 @@ def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=No
     kind = metadata.get("output_kind", "images")
     if kind == "images":
         out = pathlib.Path(out or "samples.png")
-        return media.save_image_grid(out, outputs["images"].numpy())
+        # Rows cycling through the classes: one column per class.
+        columns = metadata.get("num_classes") if label is None else None
+        return media.save_image_grid(out, outputs["images"].numpy(), columns=columns or None)
     if kind == "audio":
         out = pathlib.Path(out or "samples")
         rate = int(metadata["sample_rate"])
