@@ -3,3 +3,4 @@
 from kgen.networks.conv_vae import conv_decoder
 from kgen.networks.conv_vae import conv_encoder
 from kgen.networks.conv_vae import conv_vae_networks
+from kgen.networks.transformer import transformer_lm
