@@ -30,6 +30,9 @@ def _signature_builder(model):
     from kgen.export.vae import vae_signatures
 
     builders[models.VAE] = vae_signatures
+    from kgen.export.autoregressive import causal_lm_signatures
+
+    builders[models.CausalLM] = causal_lm_signatures
     for cls in type(model).__mro__:
         if cls in builders:
             return builders[cls]

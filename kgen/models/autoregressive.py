@@ -6,6 +6,8 @@ from keras import ops
 
 from kgen import trainers
 from kgen.api import kgen_export
+from kgen import metrics  # noqa: F401  (registers the LM metrics for .keras files)
+from kgen.data import tokenizers  # noqa: F401  (registers them for .keras files)
 from kgen.models.base import GenerativeModel
 from kgen.networks import transformer
 
