@@ -69,7 +69,7 @@ class _Codec:
         known = tf.equal(tf.gather(self.code_points, ids), code_points)
         check = tf.debugging.assert_equal(
             tf.reduce_all(known), True,
-            message="prompt contains characters outside the model's vocabulary",
+            message="prompt contains characters outside the vocabulary",
         )
         return ids, [check]
 
@@ -137,15 +137,14 @@ def causal_lm_signatures(model):
             out = tokens[0, :lengths[0]]
             return codec.decode(out), codec.decode(out[length:])
 
-        text, completion = tf.map_fn(
-            row, (prompt, seed, max_new_tokens, temperature, top_k),
-            fn_output_signature=(tf.TensorSpec([], tf.string),
-                                 tf.TensorSpec([], tf.string)),
-        )
+        # Patched for the trace itself: saving may trace the function again.
+        with core_ops_only():
+            text, completion = tf.map_fn(
+                row, (prompt, seed, max_new_tokens, temperature, top_k),
+                fn_output_signature=(tf.TensorSpec([], tf.string),
+                                     tf.TensorSpec([], tf.string)),
+            )
         return {"text": text, "completion": completion}
-
-    with core_ops_only():
-        generate.get_concrete_function()  # traced now, with core ops only
 
     metadata = {
         "output_kind": "text",
