@@ -3,50 +3,23 @@
 The graph tokenises the prompt with core `tf.strings` ops (a sorted
 code-point table for characters, `tf.io.decode_raw` for bytes), runs the
 model's own cached sampling loop (`CausalLM.generate_loop`, traced on the
-TensorFlow backend into a `While` op) once per row under `tf.map_fn`, and
-joins the sampled tokens back into strings. No tf-text, no PyFunc, no XLA
+TensorFlow backend into a `While` op) over the whole batch at once (rows
+keep their own prompt lengths, token counts, seeds and settings), and joins
+the sampled tokens back into strings. No tf-text, no PyFunc, no XLA
 ops: TF Serving runs it as it is.
 """
-
-import contextlib
 
 import tensorflow as tf
 
 from kgen.export import common
 from kgen.models.autoregressive import MAX_NEW_TOKENS
+from kgen.trainers.tensorflow import core_ops_only
 
 DEFAULTS = {"max_new_tokens": 256, "temperature": 0.8, "top_k": 20}
 
 
-def _core_slice_update(inputs, start_indices, updates):
-    """`keras.ops.slice_update` from `Pad` + `SelectV2` instead of XLA's
-    `XlaDynamicUpdateSlice` (which TF Serving's CPU build does not run)."""
-    inputs = tf.convert_to_tensor(inputs)
-    updates = tf.cast(updates, inputs.dtype)
-    start = tf.stack([tf.cast(s, tf.int32) for s in start_indices])
-    after = tf.shape(inputs) - start - tf.shape(updates)
-    paddings = tf.stack([start, after], axis=1)
-    mask = tf.pad(tf.ones_like(updates, tf.bool), paddings)
-    out = tf.where(mask, tf.pad(updates, paddings), inputs)
-    out.set_shape(inputs.shape)
-    return out
-
-
-@contextlib.contextmanager
-def core_ops_only():
-    """While tracing: keras-hub's cache update uses core ops only."""
-    from keras.src.backend.tensorflow import core
-
-    original = core.slice_update
-    core.slice_update = _core_slice_update
-    try:
-        yield
-    finally:
-        core.slice_update = original
-
-
 class _Codec:
-    """Prompt string <-> token ids with core ops, per tokenizer kind."""
+    """Prompt strings <-> token ids with core ops, per tokenizer kind."""
 
     def __init__(self, tokenizer):
         self.kind = tokenizer.kind
@@ -59,22 +32,27 @@ class _Codec:
         else:
             raise TypeError(f"cannot export tokenizer kind {self.kind!r}")
 
-    def encode(self, prompt):
-        """A scalar string -> `(ids (length,), checks)`."""
+    def encode(self, prompts):
+        """Strings `(batch,)` -> `(ragged ids (batch, None), checks)`."""
         if self.kind == "byte":
-            return tf.cast(tf.io.decode_raw(prompt, tf.uint8), tf.int32), []
-        code_points = tf.strings.unicode_decode(prompt, "UTF-8")
-        ids = tf.searchsorted(self.code_points, code_points)
+            pieces = tf.strings.bytes_split(prompts)
+            flat = tf.reshape(tf.io.decode_raw(pieces.flat_values, tf.uint8), [-1])
+            return pieces.with_flat_values(tf.cast(flat, tf.int32)), []
+        code_points = tf.strings.unicode_decode(prompts, "UTF-8")
+        flat = code_points.flat_values
+        ids = tf.searchsorted(self.code_points, flat)
         ids = tf.minimum(ids, tf.size(self.code_points) - 1)
-        known = tf.equal(tf.gather(self.code_points, ids), code_points)
+        known = tf.equal(tf.gather(self.code_points, ids), flat)
         check = tf.debugging.assert_equal(
             tf.reduce_all(known), True,
             message="prompt contains characters outside the vocabulary",
         )
-        return ids, [check]
+        return code_points.with_flat_values(ids), [check]
 
-    def decode(self, ids):
-        return tf.strings.reduce_join(tf.gather(self.pieces, ids))
+    def decode(self, ids, lengths):
+        """Ids `(batch, n)` valid up to `lengths` -> strings `(batch,)`."""
+        ragged = tf.RaggedTensor.from_tensor(ids, lengths=lengths)
+        return tf.strings.reduce_join(tf.gather(self.pieces, ragged), axis=-1)
 
 
 def causal_lm_signatures(model):
@@ -116,34 +94,28 @@ def causal_lm_signatures(model):
                 top_k, 0, message="top_k must be >= 0 (0: no top-k filter)"),
         ]
         with tf.control_dependencies(checks):
-            seed = tf.identity(seed)
-
-        def row(args):
-            text, row_seed, new_tokens, row_temperature, row_top_k = args
-            ids, row_checks = codec.encode(text)
-            length = tf.size(ids)
-            row_checks.append(tf.debugging.assert_less_equal(
-                length, context,
-                message=f"prompt is longer than the context of {context} tokens"))
-            with tf.control_dependencies(row_checks):
-                ids = tf.identity(ids)
-            end = length + new_tokens
-            buffer = tf.concat([ids, tf.zeros([new_tokens + context], tf.int32)], 0)
+            ids, token_checks = codec.encode(tf.identity(prompt))
+        prompt_lengths = tf.cast(ids.row_lengths(), tf.int32)
+        token_checks.append(tf.debugging.assert_less_equal(
+            prompt_lengths, context,
+            message=f"prompt is longer than the context of {context} tokens"))
+        with tf.control_dependencies(token_checks):
+            prompt_lengths = tf.identity(prompt_lengths)
+        ends = prompt_lengths + max_new_tokens
+        width = tf.reduce_max(tf.concat([ends, [0]], 0)) + context
+        dense = ids.to_tensor(0)
+        buffer = tf.pad(dense, [[0, 0], [0, width - tf.shape(dense)[1]]])
+        # Traced with core ops only: saving may trace the function again.
+        with core_ops_only():
             tokens, lengths = model.generate_loop(
-                buffer[None], length, end, tf.cast(row_seed, tf.int32)[None],
-                row_temperature, row_top_k, tf.constant(1.0), tf.constant(-1),
+                buffer, prompt_lengths, ends, tf.cast(seed, tf.int32),
+                temperature, top_k, tf.ones_like(temperature), tf.constant(-1),
                 kind="top_k", use_cache=True,
             )
-            out = tokens[0, :lengths[0]]
-            return codec.decode(out), codec.decode(out[length:])
-
-        # Patched for the trace itself: saving may trace the function again.
-        with core_ops_only():
-            text, completion = tf.map_fn(
-                row, (prompt, seed, max_new_tokens, temperature, top_k),
-                fn_output_signature=(tf.TensorSpec([], tf.string),
-                                     tf.TensorSpec([], tf.string)),
-            )
+        text = codec.decode(tokens, lengths)
+        prompt_bytes = tf.strings.length(prompt)
+        completion = tf.strings.substr(
+            text, prompt_bytes, tf.strings.length(text) - prompt_bytes)
         return {"text": text, "completion": completion}
 
     metadata = {

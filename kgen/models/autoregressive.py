@@ -53,32 +53,31 @@ def gumbel_noise(seeds, step, vocabulary_size):
 
 
 def filter_top_k(logits, k):
-    """Keep the `k` largest logits per row (`k <= 0`: keep all)."""
+    """Keep the `k` largest logits of each row (`k (batch,)`; `k <= 0`: all)."""
     vocabulary_size = ops.shape(logits)[-1]
     k = ops.cast(k, "int32")
     k = ops.where(ops.logical_or(k <= 0, k > vocabulary_size), vocabulary_size, k)
     ascending = ops.sort(logits, axis=-1)
-    index = ops.broadcast_to(ops.reshape(vocabulary_size - k, (1, 1)),
-                             (ops.shape(logits)[0], 1))
-    threshold = ops.take_along_axis(ascending, index, axis=-1)
+    threshold = ops.take_along_axis(ascending, (vocabulary_size - k)[:, None], axis=-1)
     return ops.where(logits < threshold, -1e9, logits)
 
 
 def filter_top_p(logits, p):
-    """Keep the smallest set of most likely tokens whose mass reaches `p`."""
+    """Keep the fewest most likely tokens whose mass reaches `p (batch,)`."""
     probs = ops.softmax(logits, axis=-1)
     descending = -ops.sort(-probs, axis=-1)
     before = ops.cumsum(descending, axis=-1) - descending
-    kept = ops.where(before < ops.cast(p, "float32"), descending, 2.0)
+    kept = ops.where(before < ops.cast(p, "float32")[:, None], descending, 2.0)
     threshold = ops.min(kept, axis=-1, keepdims=True)
     return ops.where(probs < threshold, -1e9, logits)
 
 
 def sample_next(logits, seeds, step, kind, temperature, top_k, top_p):
-    """Next token ids `(batch,)` from `(batch, vocabulary)` logits."""
+    """Next token ids `(batch,)` from `(batch, vocabulary)` logits; the
+    sampling settings are one value per row."""
     if kind == "greedy":
         return ops.cast(ops.argmax(logits, axis=-1), "int32")
-    logits = logits / ops.cast(temperature, logits.dtype)
+    logits = logits / ops.cast(temperature, logits.dtype)[:, None]
     if kind == "top_k":
         logits = filter_top_k(logits, top_k)
     elif kind == "top_p":
@@ -155,17 +154,24 @@ class CausalLM(GenerativeModel):
 
     # --- generation ----------------------------------------------------------
 
-    def generate_loop(self, tokens, prompt_length, end, seeds, temperature,
+    def generate_loop(self, tokens, prompt_lengths, ends, seeds, temperature,
                       top_k, top_p, stop_token, kind="top_k", use_cache=True):
         """The sampling loop in `keras.ops` (traced as one graph).
 
+        Rows may have prompts of different lengths and ask for different
+        numbers of tokens: the loop starts at the shortest prompt, keeps each
+        row's own prompt tokens until its prompt ends (feeding them through
+        the cache), and runs until every row has reached its end or its
+        stop token. A row's tokens depend on its own prompt, seed and
+        settings only.
+
         Args:
-            tokens: int32 `(batch, >= end + context)`: the prompts in
-                positions `[0, prompt_length)`, anything after.
-            prompt_length: int32 scalar, `1 <= prompt_length <= context`.
-            end: int32 scalar: fill positions up to `end` (exclusive).
+            tokens: int32 `(batch, >= max(ends) + context)`, each row's prompt
+                in its first `prompt_lengths[r]` positions, anything after.
+            prompt_lengths: int32 `(batch,)`, each in `[1, context]`.
+            ends: int32 `(batch,)`: fill each row up to this position.
             seeds: int32 `(batch,)`, one per row.
-            temperature, top_p: float32 scalars; top_k: int32 scalar.
+            temperature, top_p: float32 `(batch,)`; top_k: int32 `(batch,)`.
             stop_token: int32 scalar; a row ends after it (`-1`: none).
             kind: one of `SAMPLERS` (static).
             use_cache: use the self-attention cache (static).
@@ -177,6 +183,10 @@ class CausalLM(GenerativeModel):
         context = self.context
         batch = ops.shape(tokens)[0]
         zeros = ops.zeros(transformer.cache_shape(network, batch))
+        prompt_lengths = ops.cast(prompt_lengths, "int32")
+        ends = ops.cast(ends, "int32")
+        stop_token = ops.cast(stop_token, "int32")
+        no_tokens = ops.zeros((batch,), "int32")
 
         def window_logits(tokens, w, slot, cache):
             window = ops.slice(tokens, [0, w], [batch, context])
@@ -186,22 +196,22 @@ class CausalLM(GenerativeModel):
                 logits = network(window, training=False)
             return ops.take(logits, slot, axis=1), cache
 
-        zero = ops.convert_to_tensor(0, "int32")
-        prompt_length = ops.cast(prompt_length, "int32")
-        logits, cache = window_logits(tokens, zero, prompt_length - 1, zeros)
-        batch_zeros = ops.zeros((batch,), "int32")
-
         def cond(i, w, tokens, cache, logits, done, lengths):
-            return ops.logical_and(i < end, ops.logical_not(ops.all(done)))
+            return ops.any(ops.logical_and(i < ends, ops.logical_not(done)))
 
         def body(i, w, tokens, cache, logits, done, lengths):
-            token = sample_next(logits, seeds, i, kind, temperature, top_k, top_p)
-            token = ops.where(done, batch_zeros, token)
+            active = ops.logical_and(i < ends, ops.logical_not(done))
+            in_prompt = i < prompt_lengths
+            sampled = sample_next(logits, seeds, i, kind, temperature, top_k, top_p)
+            given = ops.slice(tokens, [0, i], [batch, 1])[:, 0]
+            token = ops.where(in_prompt, given, ops.where(active, sampled, no_tokens))
             tokens = ops.slice_update(tokens, [0, i], token[:, None])
-            stopped = ops.logical_and(ops.logical_not(done), token == stop_token)
+            stopped = ops.logical_and(
+                ops.logical_and(active, ops.logical_not(in_prompt)), token == stop_token)
             lengths = ops.where(stopped, i + 1, lengths)
             done = ops.logical_or(done, stopped)
-            # Feed token i to get the logits of position i + 1.
+            # Feed token i to get the logits of position i + 1; past the
+            # context, slide the window to keep the last half of it.
             slide = (i - w) >= context
             w = ops.where(slide, i - context // 2, w)
             slot = i - w
@@ -220,19 +230,20 @@ class CausalLM(GenerativeModel):
                 logits, cache = window_logits(tokens, w, slot, cache)
             return i + 1, w, tokens, cache, logits, done, lengths
 
-        end = ops.cast(end, "int32")
+        start = ops.clip(ops.min(prompt_lengths), 1, context)
+        zero = ops.convert_to_tensor(0, "int32")
+        logits, cache = window_logits(tokens, zero, start - 1, zeros)
         i, w, tokens, cache, logits, done, lengths = ops.while_loop(
             cond, body,
-            (prompt_length, zero, tokens, cache, logits,
-             ops.zeros((batch,), "bool"), batch_zeros + end),
+            (start, zero, tokens, cache, logits, ops.zeros((batch,), "bool"), ends),
         )
         return tokens, lengths
 
     def _compiled(self, kind, use_cache):
         key = (kind, use_cache)
         if key not in self._generate_functions:
-            def fn(tokens, prompt_length, end, seeds, temperature, top_k, top_p, stop):
-                return self.generate_loop(tokens, prompt_length, end, seeds,
+            def fn(tokens, prompt_lengths, ends, seeds, temperature, top_k, top_p, stop):
+                return self.generate_loop(tokens, prompt_lengths, ends, seeds,
                                           temperature, top_k, top_p, stop,
                                           kind=kind, use_cache=use_cache)
 
@@ -242,41 +253,47 @@ class CausalLM(GenerativeModel):
     def generate_ids(self, prompt_ids, max_new_tokens, sampler="top_k", seeds=0,
                      temperature=1.0, top_k=10, top_p=0.9, stop_token=None,
                      use_cache=True):
-        """Token-level generation for prompts of one length.
+        """Token-level generation: all rows in one compiled loop.
 
         Args:
-            prompt_ids: int `(batch, prompt_length)`.
+            prompt_ids: int `(batch, length)`, or a list of 1-D prompts of
+                any lengths.
             seeds: an int (row `r` uses `seeds + r`) or one int per row.
 
         Returns:
-            `(ids, lengths)` as NumPy: `ids (batch, prompt_length +
-            max_new_tokens)`, and each row's length (shorter after a stop
-            token; the stop token is kept).
+            `(ids, lengths)` as NumPy: `ids (batch, longest prompt +
+            max_new_tokens)`, row `r` valid up to `lengths[r]` (its prompt
+            length + `max_new_tokens`, or less after a stop token, which is
+            kept).
         """
-        prompt_ids = np.asarray(prompt_ids, dtype="int32")
-        if prompt_ids.ndim != 2:
-            raise ValueError(f"prompt_ids: expected (batch, length), got {prompt_ids.shape}")
-        batch, length = prompt_ids.shape
-        self._check(length, max_new_tokens, sampler, temperature)
+        rows = [np.asarray(p, dtype="int32").reshape(-1) for p in prompt_ids]
+        if not rows:
+            raise ValueError("prompt_ids: no prompts")
+        lengths = np.array([len(r) for r in rows], dtype="int32")
+        for length in lengths:
+            self._check(length, max_new_tokens, sampler, temperature)
+        batch = len(rows)
         if np.ndim(seeds) == 0:
             seeds = [int(seeds) + r for r in range(batch)]
         seeds = np.array([_int32(s) for s in seeds], dtype="int32")
-        end = length + int(max_new_tokens)
-        buffer = np.zeros((batch, end + self.context), "int32")
-        buffer[:, :length] = prompt_ids
+        ends = lengths + int(max_new_tokens)
+        width = int(ends.max())
+        buffer = np.zeros((batch, width + self.context), "int32")
+        for r, ids in enumerate(rows):
+            buffer[r, :len(ids)] = ids
         stop = -1 if stop_token is None else int(stop_token)
         fn = self._compiled(sampler, bool(use_cache))
-        tokens, lengths = fn(
+        tokens, out_lengths = fn(
             ops.convert_to_tensor(buffer, "int32"),
-            ops.convert_to_tensor(length, "int32"),
-            ops.convert_to_tensor(end, "int32"),
+            ops.convert_to_tensor(lengths, "int32"),
+            ops.convert_to_tensor(ends, "int32"),
             ops.convert_to_tensor(seeds, "int32"),
-            ops.convert_to_tensor(float(temperature), "float32"),
-            ops.convert_to_tensor(int(top_k or 0), "int32"),
-            ops.convert_to_tensor(float(top_p), "float32"),
+            ops.convert_to_tensor(np.full(batch, temperature, "float32")),
+            ops.convert_to_tensor(np.full(batch, int(top_k or 0), "int32")),
+            ops.convert_to_tensor(np.full(batch, top_p, "float32")),
             ops.convert_to_tensor(stop, "int32"),
         )
-        return ops.convert_to_numpy(tokens)[:, :end], ops.convert_to_numpy(lengths)
+        return ops.convert_to_numpy(tokens)[:, :width], ops.convert_to_numpy(out_lengths)
 
     def _check(self, length, max_new_tokens, sampler, temperature):
         if sampler not in SAMPLERS:
@@ -331,20 +348,12 @@ class CausalLM(GenerativeModel):
         max_new_tokens = self.context if max_new_tokens is None else int(max_new_tokens)
         stop = None if stop_token is None else self.tokenizer.token_id(stop_token)
         encoded = [self.tokenizer.encode(text) for text in rows]
-        texts = [None] * len(rows)
-        by_length = {}
-        for r, ids in enumerate(encoded):
-            by_length.setdefault(len(ids), []).append(r)
-        for length, members in sorted(by_length.items()):
-            ids, lengths = self.generate_ids(
-                np.stack([encoded[r] for r in members]) if length else
-                np.zeros((len(members), 0), "int32"),
-                max_new_tokens, sampler=sampler,
-                seeds=[int(seed) + r for r in members], temperature=temperature,
-                top_k=top_k, top_p=top_p, stop_token=stop, use_cache=use_cache,
-            )
-            for row, r in enumerate(members):
-                texts[r] = self.tokenizer.decode(ids[row, :lengths[row]])
+        ids, lengths = self.generate_ids(
+            encoded, max_new_tokens, sampler=sampler, seeds=int(seed),
+            temperature=temperature, top_k=top_k, top_p=top_p, stop_token=stop,
+            use_cache=use_cache,
+        )
+        texts = [self.tokenizer.decode(row[:n]) for row, n in zip(ids, lengths)]
         return texts[0] if single else texts
 
     # --- config --------------------------------------------------------------

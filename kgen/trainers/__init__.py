@@ -2,7 +2,8 @@
 
 `compile_inference(model, fn)` compiles a function that reads the model's
 variables and runs a `keras.ops.while_loop` (the shape of keras-hub's
-`CausalLM.make_generate_function`): `tf.function` on TensorFlow, `jax.jit`
+`CausalLM.make_generate_function`): `tf.function` on TensorFlow (traced
+with core ops only, the same graph an export holds), `jax.jit`
 over a stateless call (the variables passed in as arguments, so training
 later is seen) on JAX, plain eager code under `torch.no_grad()` on PyTorch.
 """
@@ -16,7 +17,13 @@ def compile_inference(model, fn):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(fn, autograph=False, reduce_retracing=True)
+        from kgen.trainers.tensorflow import core_ops_only
+
+        def traced(*args):
+            with core_ops_only():
+                return fn(*args)
+
+        return tf.function(traced, autograph=False, reduce_retracing=True)
     if backend == "jax":
         import jax
 
