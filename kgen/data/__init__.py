@@ -10,3 +10,10 @@ from kgen.data.images import load_image_folder
 from kgen.data.images import load_images
 from kgen.data.images import load_mnist
 from kgen.data.images import load_npz
+from kgen.data.text import TextData
+from kgen.data.text import load_pydoc_text
+from kgen.data.text import load_text
+from kgen.data.text import text_datasets
+from kgen.data.tokenizers import ByteTokenizer
+from kgen.data.tokenizers import CharTokenizer
+from kgen.data.tokenizers import make_tokenizer

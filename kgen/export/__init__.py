@@ -29,7 +29,10 @@ def _signature_builder(model):
     from kgen.export.gan import gan_signatures
     from kgen.export.vae import vae_signatures
 
-    builders = {models.VAE: vae_signatures, models.GAN: gan_signatures}
+    from kgen.export.autoregressive import causal_lm_signatures
+
+    builders = {models.VAE: vae_signatures, models.GAN: gan_signatures,
+                models.CausalLM: causal_lm_signatures}
     for cls in type(model).__mro__:
         if cls in builders:
             return builders[cls]

@@ -1,5 +1,6 @@
 """One model family per file; every class registers for `.keras` files."""
 
+from kgen.models.autoregressive import CausalLM
 from kgen.models.base import GenerativeModel
 from kgen.models.gan import GAN
 from kgen.models.vae import VAE

@@ -11,6 +11,9 @@ per backend here; its losses stay in `keras.ops` in `kgen/models/gan.py`.
   travel in the trainer's `optimizer_variables` as the sub-optimizers of
   one public `keras.optimizers.MultiOptimizer`.
 - PyTorch: `zero_grad()` / `backward()` per phase, fakes detached for D.
+
+`compile_inference` compiles a sampling loop once per backend
+(`kgen/trainers/inference.py`).
 """
 
 import keras
@@ -26,4 +29,6 @@ elif _BACKEND == "torch":
 else:  # pragma: no cover - Keras itself rejects other backends first
     raise ImportError(f"kgen supports tensorflow, jax and torch, not {_BACKEND}")
 
-__all__ = ["GANTrainer"]
+from kgen.trainers.inference import compile_inference  # noqa: E402
+
+__all__ = ["GANTrainer", "compile_inference"]

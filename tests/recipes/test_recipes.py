@@ -15,6 +15,12 @@ DATA = {
     "dcgan_mnist": MNIST,
     "wgan_gp_mnist": MNIST,
     "cgan_mnist": MNIST,
+    # Smaller samples and validation so a language model's smoke run takes seconds.
+    "char_lm_shakespeare": lambda: {
+        "data": str(shared("tinyshakespeare", "input.txt")),
+        "validation_batches": "2", "sample_max_new_tokens": "16",
+    },
+    "char_lm_pydoc": lambda: {"validation_batches": "2", "sample_max_new_tokens": "16"},
 }
 
 
@@ -24,4 +30,14 @@ def test_recipe_runs_a_few_steps(name, tmp_path):
     result = training.train(name, sets=sets, run_dir=tmp_path / "run", verbose=0)
     assert result["best"].exists()
     assert all(math.isfinite(v) for v in result["logs"].values())
-    assert (tmp_path / "run" / "samples" / "epoch_002.png").exists()
+    samples = tmp_path / "run" / "samples"
+    assert list(samples.glob("epoch_002.png")) or list(samples.glob("epoch_002.txt"))
+
+
+def test_text_recipe_logs_text_samples_to_tensorboard(tmp_path):
+    sets = {"epochs": "1", "steps_per_epoch": "2", **DATA["char_lm_pydoc"]()}
+    result = training.train("char_lm_pydoc", sets=sets, run_dir=tmp_path / "run", verbose=0)
+    texts = (tmp_path / "run" / "samples" / "epoch_001.txt").read_text().split("\n\n---\n\n")
+    assert len(texts) == 4 and texts[0].startswith("The ") and texts[1].startswith("class ")
+    assert list((tmp_path / "run" / "logs" / "samples").glob("events.out.tfevents.*"))
+    assert {"loss", "val_loss", "bits_per_token", "perplexity"} <= set(result["logs"])

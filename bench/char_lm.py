@@ -1,0 +1,162 @@
+"""Benchmark: char_lm_shakespeare at nanoGPT's CPU config, once per backend.
+
+    python bench/char_lm.py [--data ../shared/data/tinyshakespeare/input.txt]
+                            [--backends tensorflow,jax,torch]
+
+Trains the recipe's defaults (4 layers, 4 heads, 128 dims, context 64,
+batch 12, 2,000 iterations, AdamW 1e-3 with warm-up and cosine decay to
+1e-4, beta2 0.99, dropout 0) with `fit()`, then reports:
+
+- validation loss (mean over 200 fixed batches of the held-out 10%) and
+  the wall time of `fit()` (targets: <= 1.88 within 3 minutes);
+- tokens/s generating 256 new tokens with the KV cache vs recomputing the
+  whole window at every step (target: cache >= 5x), for one row and for a
+  batch of 16 rows;
+- tokens/s of the exported SavedModel's `generate` vs in-process cached
+  generation, same rows (target: export within 1.5x).
+
+Each backend runs in its own process (Keras fixes the backend at import).
+The output ends with one line per backend:
+`char_lm backend=NAME val_loss=FLOAT wall_s=FLOAT`.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+NEW_TOKENS = 256
+PROMPT = "ROMEO:"
+BATCHES = (1, 16)
+
+
+def _best_of(fn, repeats=3):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def worker(data_path, iterations):
+    import keras
+    import numpy as np
+
+    from kgen import config as kgen_config
+    from kgen.export import export_model
+
+    backend = keras.backend.backend()
+    recipe = kgen_config.load_recipe("char_lm_shakespeare")
+    sets = {"data": str(data_path), "validation_batches": "200"}
+    if iterations is not None:
+        sets.update(epochs="1", steps_per_epoch=str(iterations))
+    config = kgen_config.apply_overrides(recipe.CONFIG, sets)
+    keras.utils.set_random_seed(config["seed"])
+    model, data = recipe.build(config)
+
+    start = time.perf_counter()
+    model.fit(data.train, epochs=config["epochs"],
+              steps_per_epoch=config["steps_per_epoch"], verbose=2)
+    wall = time.perf_counter() - start
+    val = model.evaluate(data.validation, return_dict=True, verbose=0)
+    print(f"[{backend}] trained {config['epochs'] * config['steps_per_epoch']} "
+          f"iterations in {wall:.1f}s; val_loss={val['loss']:.4f} "
+          f"val_bits_per_token={val['bits_per_token']:.3f}", flush=True)
+
+    # --- generation: KV cache vs recomputing the window ---------------------
+    def run(batch, use_cache):
+        prompts = [model.tokenizer.encode(PROMPT)] * batch
+        return lambda: model.generate_ids(prompts, NEW_TOKENS, sampler="top_k",
+                                          top_k=20, temperature=0.8, seeds=0,
+                                          use_cache=use_cache)
+
+    speed = {}
+    for batch in BATCHES:
+        for use_cache in (True, False):
+            run(batch, use_cache)()  # compile once per backend and shape
+            seconds = _best_of(run(batch, use_cache))
+            speed[f"{'cached' if use_cache else 'uncached'}_b{batch}"] = (
+                batch * NEW_TOKENS / seconds)
+    sample = model.generate(PROMPT, max_new_tokens=NEW_TOKENS, sampler="top_k",
+                            top_k=20, temperature=0.8, seed=0)
+
+    # --- the exported SavedModel vs in-process ------------------------------
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(pathlib.Path(tmp) / "lm.keras")
+        version_dir = export_model(pathlib.Path(tmp) / "lm.keras",
+                                   pathlib.Path(tmp) / "saved_models" / "lm")
+        generate = tf.saved_model.load(str(version_dir)).signatures["generate"]
+        for batch in BATCHES:
+            inputs = dict(
+                prompt=tf.constant([PROMPT] * batch),
+                seed=tf.range(batch, dtype=tf.int64),
+                max_new_tokens=tf.fill([batch], NEW_TOKENS),
+                temperature=tf.fill([batch], 0.8), top_k=tf.fill([batch], 20),
+            )
+            generate(**inputs)
+            seconds = _best_of(lambda: generate(**inputs))
+            speed[f"exported_b{batch}"] = batch * NEW_TOKENS / seconds
+        exported_text = generate(
+            prompt=tf.constant([PROMPT]), seed=tf.constant([0], tf.int64),
+            max_new_tokens=tf.constant([NEW_TOKENS]), temperature=tf.constant([0.8]),
+            top_k=tf.constant([20]))["text"].numpy()[0].decode("utf-8")
+
+    result = dict(backend=backend, val_loss=float(val["loss"]), wall_s=wall,
+                  speed=speed, sample=sample, exported_sample=exported_text)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=pathlib.Path, default=DEFAULT_DATA)
+    parser.add_argument("--backends", default="tensorflow,jax,torch")
+    parser.add_argument("--iterations", type=int,
+                        help="override the recipe's 2,000 (for a quick check)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args.data, args.iterations)
+
+    results = []
+    for backend in args.backends.split(","):
+        print(f"\n===== KERAS_BACKEND={backend} =====", flush=True)
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+        cmd = [sys.executable, __file__, "--worker", "--data", str(args.data)]
+        if args.iterations:
+            cmd += ["--iterations", str(args.iterations)]
+        proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+        lines = proc.stdout.splitlines()
+        print("\n".join(l for l in lines if not l.startswith("RESULT ")), flush=True)
+        found = [json.loads(l[len("RESULT "):]) for l in lines if l.startswith("RESULT ")]
+        if proc.returncode or not found:
+            print(proc.stderr[-3000:])
+            print(f"char_lm backend={backend} FAILED (exit {proc.returncode})")
+            continue
+        r = found[0]
+        results.append(r)
+        print(f"sample ({backend}, top_k=20, temperature=0.8):\n{r['sample']}\n")
+        v = r["speed"]
+        for batch in BATCHES:
+            cached, uncached = v[f"cached_b{batch}"], v[f"uncached_b{batch}"]
+            exported = v[f"exported_b{batch}"]
+            print(f"generate {NEW_TOKENS} tokens batch={batch} backend={backend} "
+                  f"cached_tok_s={cached:.0f} uncached_tok_s={uncached:.0f} "
+                  f"cache_speedup={cached / uncached:.1f}x "
+                  f"exported_tok_s={exported:.0f} in_process/exported={cached / exported:.2f}")
+    print()
+    for r in results:
+        print(f"char_lm backend={r['backend']} val_loss={r['val_loss']:.4f} "
+              f"wall_s={r['wall_s']:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Character Transformer LM on tiny Shakespeare, nanoGPT's CPU config: `--set data=PATH/input.txt`."""
+
+import keras
+
+from kgen import data, metrics, models, networks
+
+CONFIG = dict(
+    data=None,                 # tinyshakespeare/input.txt (or any UTF-8 text file)
+    tokenizer="char",          # "char" (vocabulary from the text) or "byte"
+    context=64,                # nanoGPT's block_size
+    num_layers=4,
+    num_heads=4,
+    hidden_dim=128,
+    dropout=0.0,
+    tie_weights=True,
+    epochs=10,                 # 10 x 200 = nanoGPT's 2,000 iterations
+    steps_per_epoch=200,
+    batch_size=12,
+    learning_rate=1e-3,        # AdamW, linear warm-up, cosine decay to min_learning_rate
+    min_learning_rate=1e-4,
+    warmup_steps=100,
+    beta_2=0.99,
+    weight_decay=0.1,
+    clipnorm=1.0,
+    validation_fraction=0.1,   # first 90% of the characters train, last 10% validate
+    validation_batches=50,     # fixed validation windows, the same every epoch
+    seed=0,
+    sample_count=4,            # text samples logged to TensorBoard every epoch
+    sample_prompts=("ROMEO:", "JULIET:"),
+    sample_max_new_tokens=200,
+    sample_temperature=0.8,
+    sample_top_k=20,
+)
+
+
+def build(config):
+    if config["data"] is None:
+        raise data.DataError("this recipe needs a text file: --set data=PATH/input.txt")
+    return build_char_lm(config, data.load_text(config["data"]))
+
+
+def build_char_lm(config, text):
+    if config["steps_per_epoch"] is None:
+        raise data.DataError("steps_per_epoch: needed, the training windows are endless")
+    ds = data.text_datasets(
+        text, config["tokenizer"],
+        context=config["context"],
+        batch_size=config["batch_size"],
+        validation_fraction=config["validation_fraction"],
+        validation_batches=config["validation_batches"],
+        seed=config["seed"],
+    )
+    network = networks.transformer_lm(
+        ds.tokenizer.vocabulary_size, config["context"],
+        num_layers=config["num_layers"], num_heads=config["num_heads"],
+        hidden_dim=config["hidden_dim"], dropout=config["dropout"],
+        tie_weights=config["tie_weights"],
+    )
+    model = models.CausalLM(network, ds.tokenizer,
+                            default_prompt=config["sample_prompts"][0],
+                            seed=config["seed"])
+    total = config["epochs"] * config["steps_per_epoch"]
+    warmup = min(config["warmup_steps"], total - 1)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=config["learning_rate"] / max(warmup, 1),
+        warmup_target=config["learning_rate"],
+        warmup_steps=warmup,
+        decay_steps=max(total - warmup, 1),
+        alpha=config["min_learning_rate"] / config["learning_rate"],
+    )
+    optimizer = keras.optimizers.AdamW(
+        schedule, beta_2=config["beta_2"], weight_decay=config["weight_decay"],
+        global_clipnorm=config["clipnorm"],
+    )
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[metrics.BitsPerToken(), metrics.Perplexity()],
+    )
+    return model, ds
+
+
+def sample_kwargs(config):
+    """What SampleLogger passes to `model.generate(n, seed=...)`."""
+    return dict(
+        prompts=list(config["sample_prompts"]),
+        max_new_tokens=config["sample_max_new_tokens"],
+        sampler="top_k",
+        temperature=config["sample_temperature"],
+        top_k=config["sample_top_k"],
+    )

@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+
+from kgen.data import ByteTokenizer
+from kgen.data import CharTokenizer
+from kgen.data import DataError
+from kgen.data import load_text
+from kgen.data import text_datasets
+from kgen.data.text import split_text
+from tests.conftest import shared
+
+NON_ASCII = "Grüße, naïve café — 東京 😀\nλόγος"
+
+
+@pytest.mark.parametrize("tokenizer", [CharTokenizer.from_text(NON_ASCII), ByteTokenizer()],
+                         ids=["char", "byte"])
+def test_tokenizer_round_trips_non_ascii(tokenizer):
+    ids = tokenizer.encode(NON_ASCII)
+    assert ids.dtype == np.int32
+    assert ids.min() >= 0 and ids.max() < tokenizer.vocabulary_size
+    assert tokenizer.decode(ids) == NON_ASCII
+    clone = type(tokenizer).from_config(tokenizer.get_config())
+    np.testing.assert_array_equal(clone.encode(NON_ASCII), ids)
+
+
+def test_char_vocabulary_is_sorted_by_code_point_and_byte_is_utf8():
+    tokenizer = CharTokenizer("cab€")
+    assert tokenizer.vocabulary == "abc€" and tokenizer.vocabulary_size == 4
+    assert ByteTokenizer().encode("é").tolist() == [195, 169]
+    assert len(CharTokenizer.from_text(NON_ASCII).encode(NON_ASCII)) == len(NON_ASCII)
+
+
+def test_unknown_character_is_named():
+    with pytest.raises(ValueError, match="'z'.*not in the tokenizer's 3-character"):
+        CharTokenizer("abc").encode("abz")
+
+
+def test_shakespeare_split_and_windows():
+    text = load_text(shared("tinyshakespeare", "input.txt"))
+    assert len(text) == 1115394
+    train, val = split_text(text, 0.1)
+    assert len(train) == int(len(text) * 0.9) and train + val == text
+    data = text_datasets(text, "char", context=32, batch_size=4, validation_batches=3)
+    assert data.tokenizer.vocabulary_size == 65
+    x, y = next(iter(data.train))
+    assert x.shape == (4, 32) and y.shape == (4, 32)
+    np.testing.assert_array_equal(x.numpy()[:, 1:], y.numpy()[:, :-1])
+    # Validation windows come from the held-out tail, the same every pass.
+    first = [b[0].numpy() for b in data.validation]
+    again = [b[0].numpy() for b in data.validation]
+    assert len(first) == 3
+    np.testing.assert_array_equal(np.stack(first), np.stack(again))
+    val_ids = data.tokenizer.encode(val)
+    window = first[0][0]
+    assert any((val_ids[i:i + 32] == window).all() for i in range(len(val_ids) - 32))
+
+
+def test_pydoc_is_embedded():
+    text = load_text("pydoc")
+    assert len(text) > 100_000 and "Truth Value Testing" in text
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(DataError, match="nope.txt: no such text file"):
+        load_text(tmp_path / "nope.txt")
