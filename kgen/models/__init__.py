@@ -2,3 +2,4 @@
 
 from kgen.models.base import GenerativeModel
 from kgen.models.vae import VAE
+from kgen.models.diffusion import DiffusionModel

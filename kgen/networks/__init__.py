@@ -3,3 +3,5 @@
 from kgen.networks.conv_vae import conv_decoder
 from kgen.networks.conv_vae import conv_encoder
 from kgen.networks.conv_vae import conv_vae_networks
+from kgen.networks.unet import SinusoidalEmbedding
+from kgen.networks.unet import unet
