@@ -220,8 +220,15 @@ class Scheduler:
     def from_config(cls, config):
         """Build from any scheduler's config: keys this class does not take
         (another scheduler's own, e.g. DDIM's `eta`) are ignored."""
-        params = inspect.signature(cls.__init__).parameters
-        return cls(**{k: v for k, v in config.items() if k in params})
+        names = set()
+        for klass in cls.__mro__:  # follow **kwargs up to Scheduler
+            if "__init__" not in vars(klass):
+                continue
+            params = inspect.signature(klass.__init__).parameters.values()
+            names.update(p.name for p in params if p.kind is not p.VAR_KEYWORD)
+            if not any(p.kind is p.VAR_KEYWORD for p in params):
+                break
+        return cls(**{k: v for k, v in config.items() if k in names})
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
