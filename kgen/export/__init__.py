@@ -30,6 +30,9 @@ def _signature_builder(model):
     from kgen.export.vae import vae_signatures
 
     builders[models.VAE] = vae_signatures
+    from kgen.export.diffusion import diffusion_signatures
+
+    builders[models.DiffusionModel] = diffusion_signatures
     for cls in type(model).__mro__:
         if cls in builders:
             return builders[cls]

@@ -16,7 +16,7 @@ class DDIMScheduler(Scheduler):
 
     Args:
         eta: weight of the per-step noise, in [0, 1].
-        **kwargs: the shared `Scheduler` config keys.
+        *args, **kwargs: the shared `Scheduler` config keys.
 
     Example:
 
@@ -28,8 +28,8 @@ class DDIMScheduler(Scheduler):
 
     name = "ddim"
 
-    def __init__(self, eta=0.0, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, *args, eta=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
         if not 0.0 <= float(eta) <= 1.0:
             raise ValueError(f"eta={eta}: must be in [0, 1]")
         self.eta = float(eta)
