@@ -107,7 +107,12 @@ class DiffusionModel(GenerativeModel):
             shape=(), initializer="zeros", trainable=False, name="ema_updates"
         )
         self._sample_functions = {}
-        self.build((None, *self.image_shape))
+        # What Keras records here is the input of the default SavedModel
+        # signature the TensorFlow backend traces when a model is tracked.
+        if self.num_classes is None:
+            self.build((None, *self.image_shape))
+        else:
+            self.build({"images": (None, *self.image_shape), "labels": (None,)})
 
     def build(self, input_shape):
         # The denoiser arrives built; the EMA copy is built by clone_model.
