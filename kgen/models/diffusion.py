@@ -7,6 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from kgen import networks  # noqa: F401  (registers the U-Net's layers for .keras files)
 from kgen import schedulers as kgen_schedulers
 from kgen.api import kgen_export
 from kgen.models.base import GenerativeModel

@@ -11,6 +11,7 @@ from tests.conftest import shared
 # Settings each recipe needs beyond its defaults (data paths).
 DATA = {
     "vae_mnist": lambda: {"data": str(shared("mnist"))},
+    "ddpm_mnist": lambda: {"data": str(shared("mnist"))},
 }
 
 
