@@ -15,6 +15,27 @@ from kgen.models.base import GenerativeModel
 LOSSES = ("mse", "mae")
 
 
+class _FunctionCache:
+    """Compiled sampling functions by scheduler, in a plain object that
+    TensorFlow's attribute tracking leaves alone (a dict attribute would be
+    wrapped and tracked, and a model that has sampled could not be exported)."""
+
+    def __init__(self):
+        self.functions = {}
+
+    def __contains__(self, key):
+        return key in self.functions
+
+    def __getitem__(self, key):
+        return self.functions[key]
+
+    def __setitem__(self, key, fn):
+        self.functions[key] = fn
+
+    def __len__(self):
+        return len(self.functions)
+
+
 @kgen_export("kgen.models.DiffusionModel")
 class DiffusionModel(GenerativeModel):
     """A diffusion model trained with `fit()` on every backend.
@@ -107,7 +128,7 @@ class DiffusionModel(GenerativeModel):
         self.ema_updates = self.add_weight(
             shape=(), initializer="zeros", trainable=False, name="ema_updates"
         )
-        self._sample_functions = {}
+        self._sample_functions = _FunctionCache()
         # What Keras records here is the input of the default SavedModel
         # signature the TensorFlow backend traces when a model is tracked.
         if self.num_classes is None:

@@ -167,3 +167,21 @@ def test_kgen_sample_fills_the_inputs(exported, tmp_path):
     out = tmp_path / "grid.png"
     run_kgen("sample", exported["base"], "--n", "4", "--out", out, cwd=tmp_path)
     assert out.is_file() and out.stat().st_size > 0
+
+
+def test_a_model_that_has_sampled_exports(tmp_path):
+    """The cache of compiled sampling functions must not end up in the graph."""
+    model = DiffusionModel(unet((8, 8, 1), (8, 16), groups=4), DDPMScheduler(50), seed=0)
+    model.generate(2, seed=0, num_steps=3)
+    version_dir = export_model(model, tmp_path / "uncond")
+    meta = read_metadata(version_dir)
+    assert meta["num_classes"] == 0 and meta["defaults"]["guidance_scale"] == 1.0
+    import tensorflow as tf
+
+    generate = tf.saved_model.load(str(version_dir)).signatures["generate"]
+    assert set(generate.structured_input_signature[1]) == {
+        "seed", "num_steps", "guidance_scale"}
+    images = generate(seed=tf.constant([1, 2], tf.int64),
+                      num_steps=tf.constant([4, 4], tf.int32),
+                      guidance_scale=tf.constant([1.0, 1.0]))["images"]
+    assert images.shape == (2, 8, 8, 1)
