@@ -26,13 +26,15 @@ def _signature_builder(model):
     # One builder per family, looked up by class so subclasses inherit it.
     from kgen import models
 
+    from kgen.export.autoregressive import causal_lm_signatures
     from kgen.export.gan import gan_signatures
     from kgen.export.vae import vae_signatures
 
-    from kgen.export.autoregressive import causal_lm_signatures
+    from kgen.export.diffusion import diffusion_signatures
 
     builders = {models.VAE: vae_signatures, models.GAN: gan_signatures,
-                models.CausalLM: causal_lm_signatures}
+                models.CausalLM: causal_lm_signatures,
+                models.DiffusionModel: diffusion_signatures}
     for cls in type(model).__mro__:
         if cls in builders:
             return builders[cls]

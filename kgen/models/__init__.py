@@ -2,5 +2,6 @@
 
 from kgen.models.autoregressive import CausalLM
 from kgen.models.base import GenerativeModel
+from kgen.models.diffusion import DiffusionModel
 from kgen.models.gan import GAN
 from kgen.models.vae import VAE

@@ -21,6 +21,7 @@ DATA = {
         "validation_batches": "2", "sample_max_new_tokens": "16",
     },
     "char_lm_pydoc": lambda: {"validation_batches": "2", "sample_max_new_tokens": "16"},
+    "ddpm_mnist": MNIST,
 }
 
 
