@@ -114,7 +114,7 @@ def main():
     print(f"{'':34}" + "".join(f"{r['backend']:>12}" for r in rows))
     for key in keys:
         cells = "".join(f"{r[key]:12.2f}" if key in r else f"{'-':>12}" for r in rows)
-        print(f"{key:34}{cells}")
+        print(f"{key:40}{cells}")
 
 
 if __name__ == "__main__":
