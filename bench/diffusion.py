@@ -111,7 +111,7 @@ def main():
           f"{args.n} guided images per sampling call\n")
     keys = ["train_steps_per_s"] + [f"{n}_{s}_images_per_s" for n, s in SAMPLERS] + [
         f"savedmodel_{n}_{s}_images_per_s" for n, s in SAMPLERS]
-    print(f"{'':34}" + "".join(f"{r['backend']:>12}" for r in rows))
+    print(f"{'':40}" + "".join(f"{r['backend']:>12}" for r in rows))
     for key in keys:
         cells = "".join(f"{r[key]:12.2f}" if key in r else f"{'-':>12}" for r in rows)
         print(f"{key:40}{cells}")
