@@ -26,8 +26,6 @@ CONFIG = dict(
 
 
 def build(config):
-    if config["data"] is None:
-        raise data.DataError("ddpm_mnist needs the MNIST IDX files: --set data=DIR")
     ds = data.load_image_data(
         config["data"],
         batch_size=config["batch_size"],
