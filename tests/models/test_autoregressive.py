@@ -96,6 +96,8 @@ def test_generate_n_cycles_prompts_and_stops(trained):
         assert "\n" not in continuation[:-1]
         assert continuation.endswith("\n") or len(continuation) == 60
     assert any(len(t) < len("ROMEO:") + 60 for t in stopped)
+    # No seed: one is drawn from the model's seed generator.
+    assert lm.generate("ROMEO:", max_new_tokens=4).startswith("ROMEO:")
 
 
 def test_keras_file_round_trip(trained, tmp_path):
