@@ -111,7 +111,6 @@ def _cmd_recipes(args):
 
 
 def _cmd_train(args):
-    _select_backend(args.backend)
     from kgen import training
 
     export_to = None if args.no_export else (args.export or pathlib.Path("saved_models") / _recipe_stem(args.recipe))
@@ -158,6 +157,8 @@ def _cmd_sample(args):
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    # Before anything from kgen that may import Keras.
+    _select_backend(getattr(args, "backend", None))
     from kgen.config import ConfigError
     from kgen.data.errors import DataError
     from kgen.serving.local import SampleError

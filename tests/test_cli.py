@@ -114,3 +114,16 @@ def test_conditional_gan_train_and_sample_a_label(tmp_path, mnist_dir):
     bad = run_kgen("sample", "saved_models/cgan_mnist", "--label", "12", cwd=tmp_path,
                    check=False)
     assert bad.returncode == 2 and "--label 12: must be in [0, 10)" in bad.stderr
+
+
+def test_backend_flag_chooses_the_keras_backend(tmp_path):
+    """`--backend` wins over $KERAS_BACKEND: it is set before Keras loads."""
+    import json
+
+    from tests.conftest import backend
+
+    other = {"tensorflow": "jax", "jax": "torch", "torch": "tensorflow"}[backend()]
+    run_kgen("train", "vae_digits", "--backend", other, *QUICK, "--no-export",
+             "--run-dir", "run", cwd=tmp_path)
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert recorded["backend"] == other
