@@ -47,7 +47,6 @@ def _best_of(fn, repeats=3):
 
 def worker(data_path, iterations):
     import keras
-    import numpy as np
 
     from kgen import config as kgen_config
     from kgen.export import export_model

@@ -26,7 +26,6 @@ SAMPLERS = (("ddpm", 1000), ("ddim", 50), ("dpm_solver", 20))
 
 def run_one(args):
     import keras
-    import numpy as np
 
     from kgen import data, models, networks, schedulers
 

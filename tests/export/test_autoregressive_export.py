@@ -2,9 +2,6 @@
 `saved_model_cli` with a string prompt, and `tf.saved_model.load` in a
 process that cannot import kgen."""
 
-import json
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -18,8 +15,11 @@ from kgen.models import CausalLM
 from kgen.networks import transformer_lm
 from tests.conftest import run_kgen
 from tests.conftest import shared
+from tests.export.helpers import FORBIDDEN_OPS
+from tests.export.helpers import graph_op_types
+from tests.export.helpers import run_without_kgen
+from tests.export.helpers import saved_model_cli
 
-FORBIDDEN_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc", "XlaCallModule"}
 CONTEXT = 16
 
 
@@ -41,13 +41,6 @@ def exported(tmp_path_factory):
     version_dir = export_model(tmp / "lm.keras", tmp / "saved_models" / "lm")
     return {"dir": version_dir, "base": tmp / "saved_models" / "lm", "model": lm,
             "tmp": tmp}
-
-
-def saved_model_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", *map(str, args)],
-        capture_output=True, text=True, timeout=300,
-    )
 
 
 def test_metadata_lets_kgen_sample_fill_the_inputs(exported):
@@ -134,14 +127,7 @@ NO_KGEN = textwrap.dedent("""
 
 
 def test_loads_and_runs_without_kgen(exported, tmp_path):
-    script = tmp_path / "no_kgen.py"
-    script.write_text(NO_KGEN)
-    result = subprocess.run(
-        [sys.executable, str(script), str(exported["dir"])], cwd=tmp_path,
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = run_without_kgen(tmp_path, NO_KGEN, exported["dir"])
     a = out["a"]
     assert [t.split(":")[0] for t in a] == ["ROMEO", "First Citizen", "ROMEO"]
     assert [len(t) for t in a] == [6 + 24, 14 + 24, 6 + 24]
@@ -167,15 +153,7 @@ def test_loads_and_runs_without_kgen(exported, tmp_path):
 
 
 def test_graph_has_only_core_ops(exported):
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    proto = saved_model_pb2.SavedModel()
-    proto.ParseFromString((exported["dir"] / "saved_model.pb").read_bytes())
-    ops = set()
-    for meta_graph in proto.meta_graphs:
-        ops.update(node.op for node in meta_graph.graph_def.node)
-        for fn in meta_graph.graph_def.library.function:
-            ops.update(node.op for node in fn.node_def)
+    ops = graph_op_types(exported["dir"])
     # The sampling loop, the tokeniser and the detokeniser are in the graph.
     assert {"UnicodeDecode", "UnsortedSegmentJoin"} <= ops, sorted(ops)
     assert ops & {"While", "StatelessWhile"}, sorted(ops)

@@ -1,12 +1,8 @@
 """The diffusion export contract, checked as TF Serving loads a model: through
 `saved_model_cli` and in a process that cannot import kgen."""
 
-import json
-import subprocess
-import sys
 import textwrap
 
-import keras
 import numpy as np
 import pytest
 
@@ -17,8 +13,11 @@ from kgen.networks import unet
 from kgen.schedulers import DDPMScheduler
 from tests.conftest import backend
 from tests.conftest import run_kgen
+from tests.export.helpers import FORBIDDEN_OPS
+from tests.export.helpers import graph_op_types
+from tests.export.helpers import run_without_kgen
+from tests.export.helpers import saved_model_cli
 
-FORBIDDEN_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc", "XlaCallModule"}
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +40,6 @@ def exported(tmp_path_factory, mnist_arrays):
     model.save(tmp / "model.keras")
     version_dir = export_model(tmp / "model.keras", tmp / "saved_models" / "ddpm")
     return {"dir": version_dir, "base": tmp / "saved_models" / "ddpm", "tmp": tmp}
-
-
-def saved_model_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", *map(str, args)],
-        capture_output=True, text=True, timeout=300,
-    )
 
 
 def test_metadata(exported):
@@ -133,14 +125,7 @@ NO_KGEN = textwrap.dedent("""
 
 
 def test_loads_and_runs_without_kgen(exported, tmp_path):
-    script = tmp_path / "no_kgen.py"
-    script.write_text(NO_KGEN)
-    result = subprocess.run(
-        [sys.executable, str(script), str(exported["dir"])], cwd=tmp_path,
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = run_without_kgen(tmp_path, NO_KGEN, exported["dir"])
     assert out["shape"] == [3, 14, 14, 1]
     assert out["same"], "the same seed must give the same images"
     assert out["row_independent"], "a row's sample must depend on its own inputs alone"
@@ -154,16 +139,7 @@ def test_loads_and_runs_without_kgen(exported, tmp_path):
 
 
 def test_graph_has_only_core_ops(exported):
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    proto = saved_model_pb2.SavedModel()
-    proto.ParseFromString((exported["dir"] / "saved_model.pb").read_bytes())
-    ops = set()
-    for meta_graph in proto.meta_graphs:
-        ops.update(node.op for node in meta_graph.graph_def.node)
-        for fn in meta_graph.graph_def.library.function:
-            ops.update(node.op for node in fn.node_def)
-    assert ops, "no ops found: the check would pass vacuously"
+    ops = graph_op_types(exported["dir"])
     assert "While" in ops or "StatelessWhile" in ops, "the loop must be in the graph"
     assert not ops & FORBIDDEN_OPS
 
