@@ -1,8 +1,8 @@
 """Class-conditional DDPM on 28x28 MNIST from IDX files: `--set data=DIR`."""
 
-import keras
-
-from kgen import data, models, networks, schedulers
+# The model and its sample grids are ddpm_digits'; only the data and sizes differ.
+from kgen.recipes.ddpm_digits import build  # noqa: F401
+from kgen.recipes.ddpm_digits import sample_kwargs  # noqa: F401
 
 CONFIG = dict(
     data=None,                 # a directory holding *-images-idx3-ubyte[.gz]
@@ -24,36 +24,3 @@ CONFIG = dict(
     seed=0,
 )
 
-
-def build(config):
-    ds = data.load_image_data(
-        config["data"],
-        batch_size=config["batch_size"],
-        validation_fraction=config["validation_fraction"],
-        with_labels=True,
-        repeat=config["steps_per_epoch"] is not None,  # steps_per_epoch: an endless stream
-        seed=config["seed"],
-    )
-    ds.train, ds.validation = (
-        d.map(lambda x, y: {"images": x, "labels": y}) for d in (ds.train, ds.validation)
-    )
-    scheduler = schedulers.DDPMScheduler(
-        config["num_train_timesteps"], config["beta_schedule"],
-        prediction_type=config["prediction_type"],
-    )
-    model = models.DiffusionModel(
-        networks.unet(ds.image_shape, config["widths"], config["blocks_per_level"],
-                      num_classes=ds.num_classes),
-        scheduler, num_classes=ds.num_classes, label_dropout=config["label_dropout"],
-        ema_momentum=config["ema_momentum"], sampler=config["sampler"],
-        seed=config["seed"],
-    )
-    model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]))
-    return model, ds
-
-
-def sample_kwargs(config):
-    """Per-epoch grids: classes 0..9 in turn, guided, a few solver steps."""
-    n = config.get("sample_count", 16)
-    return dict(label=[i % 10 for i in range(n)], num_steps=config["sample_steps"],
-                guidance_scale=config["guidance_scale"])
