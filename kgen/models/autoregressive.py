@@ -182,7 +182,7 @@ class CausalLM(GenerativeModel):
         network = self.network
         context = self.context
         batch = ops.shape(tokens)[0]
-        zeros = ops.zeros(transformer.cache_shape(network, batch))
+        zeros = transformer.empty_cache(network, batch)
         prompt_lengths = ops.cast(prompt_lengths, "int32")
         ends = ops.cast(ends, "int32")
         stop_token = ops.cast(stop_token, "int32")

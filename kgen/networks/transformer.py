@@ -76,39 +76,41 @@ def decoder_layers(network):
             return blocks
 
 
-def forward_with_cache(network, token_ids, cache, index):
+def forward_with_cache(network, token_ids, caches, index):
     """Run `token_ids` (positions `index ...`) through the network, reading
-    and writing the stacked self-attention cache.
+    and writing each block's keras-hub self-attention cache.
 
     Args:
         network: a `transformer_lm` model.
         token_ids: int `(batch, t)`, the tokens at positions `index ... index+t-1`.
-        cache: float `(batch, num_layers, 2, sequence_length, heads, head_dim)`.
+        caches: one float `(batch, 2, sequence_length, heads, head_dim)` per
+            decoder block, as `empty_cache` makes them. They travel as
+            separate tensors, not one stacked array, so a generation step
+            does not copy every block's cache to update one.
         index: int scalar (may be a tensor): the first position.
 
     Returns:
-        `(logits (batch, t, vocabulary), updated cache)`.
+        `(logits (batch, t, vocabulary), updated caches)`.
     """
-    from keras import ops
-
     token_embedding = network.get_layer("token_embedding")
     x = token_embedding(token_ids)
     x = x + network.get_layer("position_embedding")(x, start_index=index)
-    caches = []
-    for i, block in enumerate(decoder_layers(network)):
-        x, layer_cache = block(
-            x, self_attention_cache=cache[:, i, ...],
-            self_attention_cache_update_index=index,
-        )
-        caches.append(layer_cache)
+    updated = []
+    for block, cache in zip(decoder_layers(network), caches):
+        x, cache = block(x, self_attention_cache=cache,
+                         self_attention_cache_update_index=index)
+        updated.append(cache)
     x = network.get_layer("final_norm")(x)
-    return token_embedding(x, reverse=True), ops.stack(caches, axis=1)
+    return token_embedding(x, reverse=True), tuple(updated)
 
 
-def cache_shape(network, batch_size):
-    """Shape of the empty cache `forward_with_cache` expects."""
+def empty_cache(network, batch_size):
+    """The zero caches `forward_with_cache` starts from: a tuple with one
+    `(batch_size, 2, sequence_length, heads, head_dim)` array per block."""
+    from keras import ops
+
     blocks = decoder_layers(network)
     attention = blocks[0]._self_attention_layer
     sequence_length = network.get_layer("position_embedding").sequence_length
-    return (batch_size, len(blocks), 2, sequence_length,
-            attention._num_heads, attention._key_dim)
+    shape = (batch_size, 2, sequence_length, attention._num_heads, attention._key_dim)
+    return tuple(ops.zeros(shape) for _ in blocks)

@@ -34,18 +34,34 @@ class GANTrainer(StatefulGANTrainer):
 
 
 def core_slice_update(inputs, start_indices, updates):
-    """`keras.ops.slice_update` from `Pad` + `SelectV2` instead of XLA's
+    """`keras.ops.slice_update` with core ops instead of XLA's
     `XlaDynamicUpdateSlice`, which TF Serving's CPU build does not run (it
-    has no XLA JIT unless started with `--xla_cpu_compilation_enabled`)."""
+    has no XLA JIT unless started with `--xla_cpu_compilation_enabled`).
+
+    One `TensorScatterUpdate` writes the updated rows in place where the
+    runtime can reuse the input's buffer: the index grid covers the leading
+    axes up to the last one the update does not span whole (for the KV
+    cache: batch and position), the trailing axes go as whole slices.
+    """
     inputs = tf.convert_to_tensor(inputs)
     updates = tf.cast(updates, inputs.dtype)
-    start = tf.stack([tf.cast(s, tf.int32) for s in start_indices])
-    after = tf.shape(inputs) - start - tf.shape(updates)
-    paddings = tf.stack([start, after], axis=1)
-    mask = tf.pad(tf.ones_like(updates, tf.bool), paddings)
-    out = tf.where(mask, tf.pad(updates, paddings), inputs)
-    out.set_shape(inputs.shape)
-    return out
+    rank = inputs.shape.rank
+    starts = [tf.cast(s, tf.int32) for s in start_indices]
+    last = -1  # the last axis the update does not cover from 0 to the end
+    for axis in range(rank):
+        start = tf.get_static_value(starts[axis])
+        size, full = updates.shape[axis], inputs.shape[axis]
+        if start is None or start != 0 or size is None or size != full:
+            last = axis
+    if last < 0:
+        return tf.ensure_shape(updates, inputs.shape)
+    update_shape = tf.shape(updates)
+    grids = tf.meshgrid(
+        *[tf.range(update_shape[axis]) + starts[axis] for axis in range(last + 1)],
+        indexing="ij",
+    )
+    out = tf.tensor_scatter_nd_update(inputs, tf.stack(grids, axis=-1), updates)
+    return tf.ensure_shape(out, inputs.shape)
 
 
 @contextlib.contextmanager

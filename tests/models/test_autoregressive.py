@@ -141,3 +141,35 @@ def test_bad_generate_arguments_are_named(kwargs, message):
     kwargs = {"prompt": "ab", "max_new_tokens": 3, **kwargs}
     with pytest.raises(ValueError, match=message):
         lm.generate(**kwargs)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="the core-op KV-cache update is the TensorFlow export path")
+@pytest.mark.parametrize("shape, start, update_shape", [
+    ((3, 2, 8, 4, 5), (0, 0, 5, 0, 0), (3, 2, 1, 4, 5)),   # one position, keras-hub's cache
+    ((2, 8, 4, 5), (0, 3, 0, 0), (2, 4, 4, 5)),            # several positions
+    ((4, 6), (1, 2), (2, 3)),                              # a block in the middle
+    ((4, 6), (0, 0), (4, 6)),                              # the whole array
+])
+def test_core_slice_update_matches_numpy_with_core_ops_only(shape, start, update_shape):
+    import tensorflow as tf
+
+    from kgen.trainers.tensorflow import core_slice_update
+
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=shape).astype("float32")
+    updates = rng.normal(size=update_shape).astype("float32")
+    expected = inputs.copy()
+    expected[tuple(slice(s, s + n) for s, n in zip(start, update_shape))] = updates
+
+    @tf.function
+    def dynamic_start(inputs, updates, start):
+        return core_slice_update(inputs, tf.unstack(start), updates)
+
+    dynamic = dynamic_start(inputs, updates, tf.constant(start))
+    np.testing.assert_array_equal(dynamic.numpy(), expected)
+    static = core_slice_update(inputs, list(start), updates)
+    np.testing.assert_array_equal(static.numpy(), expected)
+    graph = dynamic_start.get_concrete_function(inputs, updates, tf.constant(start)).graph
+    op_types = {op.type for op in graph.get_operations()}
+    assert not any(t.startswith("Xla") for t in op_types), op_types
