@@ -95,9 +95,13 @@ class CausalLM(GenerativeModel):
     trains it through `compile()`; `kgen.metrics.Perplexity` and
     `kgen.metrics.BitsPerToken` report the same loss in other units.
 
-    `generate()` samples with keras-hub's self-attention cache: the prompt is
+    `generate()` samples with a self-attention (KV) cache, laid out and
+    updated as keras-hub's `CachedMultiHeadAttention` does: the prompt is
     run once to fill the cache, then one token per step in a
-    `keras.ops.while_loop` compiled once per backend. Past the context the
+    `keras.ops.while_loop` compiled once per backend. The step reads the
+    keras-hub blocks' weights directly (`networks.transformer.
+    forward_with_cache`), so it costs its arithmetic, not ~50 Keras layer
+    calls. Past the context the
     window slides: when it is full the cache is refilled from the last half
     of the context and generation goes on, so any number of tokens can be
     drawn. `use_cache=False` recomputes the whole window at every step (the
@@ -183,6 +187,7 @@ class CausalLM(GenerativeModel):
         context = self.context
         batch = ops.shape(tokens)[0]
         zeros = transformer.empty_cache(network, batch)
+        weights = transformer.decoding_weights(network) if use_cache else None
         prompt_lengths = ops.cast(prompt_lengths, "int32")
         ends = ops.cast(ends, "int32")
         stop_token = ops.cast(stop_token, "int32")
@@ -191,7 +196,8 @@ class CausalLM(GenerativeModel):
         def window_logits(tokens, w, slot, cache):
             window = ops.slice(tokens, [0, w], [batch, context])
             if use_cache:
-                logits, cache = transformer.forward_with_cache(network, window, zeros, 0)
+                logits, cache = transformer.forward_with_cache(
+                    network, window, zeros, 0, weights)
             else:
                 logits = network(window, training=False)
             return ops.take(logits, slot, axis=1), cache
@@ -222,7 +228,7 @@ class CausalLM(GenerativeModel):
                 def step():
                     token_ids = ops.slice(tokens, [0, i], [batch, 1])
                     out, new_cache = transformer.forward_with_cache(
-                        network, token_ids, cache, slot)
+                        network, token_ids, cache, slot, weights)
                     return out[:, 0, :], new_cache
 
                 logits, cache = ops.cond(slide, refill, step)
@@ -248,7 +254,7 @@ class CausalLM(GenerativeModel):
                                           kind=kind, use_cache=use_cache)
 
             self._generate_functions[key] = trainers.compile_inference(
-                fn, self.variables, autograph=False)
+                fn, self.variables, autograph=False, tiny_ops=True)
         return self._generate_functions[key]
 
     def generate_ids(self, prompt_ids, max_new_tokens, sampler="top_k", seeds=0,

@@ -4,14 +4,15 @@ GPT-2's shape (as nanoGPT writes it): token + learned position embeddings,
 `num_layers` pre-norm `keras_hub.layers.TransformerDecoder` blocks, a final
 LayerNorm, and an output projection tied to the token embedding (or not).
 
-The layers are named so `CausalLM` can call them one by one with
-keras-hub's self-attention cache: `token_embedding`, `position_embedding`,
+The layers are named so cached generation (`forward_with_cache`) can find
+them and read their weights: `token_embedding`, `position_embedding`,
 `embedding_dropout`, `decoder_0` ... `decoder_{n-1}`, `final_norm`.
 """
 
 import keras
 import keras_hub
 from keras import layers
+from keras import ops
 
 
 def transformer_lm(vocabulary_size, sequence_length, num_layers=4, num_heads=4,
@@ -76,41 +77,100 @@ def decoder_layers(network):
             return blocks
 
 
-def forward_with_cache(network, token_ids, caches, index):
+def decoding_weights(network):
+    """Each decoder block's weights as the one-token step reads them: one
+    tuple per block of tensors (query/key/value kernels fused into one
+    `(hidden, 3 * hidden)` matrix). Compute it once per generation and pass
+    it to every `forward_with_cache` call."""
+    weights = []
+    for block in decoder_layers(network):
+        attention = block._self_attention_layer
+        if block._cross_attention_layer is not None:
+            raise ValueError(f"{block.name}: cross-attention is not supported")
+        dense = (attention._query_dense, attention._key_dense, attention._value_dense)
+        hidden = dense[0].kernel.shape[0]
+        weights.append((
+            block._self_attention_layer_norm,
+            ops.concatenate([ops.reshape(d.kernel, (hidden, -1)) for d in dense], axis=1),
+            ops.concatenate([ops.reshape(d.bias, (-1,)) for d in dense], axis=0),
+            ops.reshape(attention._output_dense.kernel, (-1, hidden)),
+            attention._output_dense.bias,
+            block._feedforward_layer_norm,
+            block._feedforward_intermediate_dense,
+            block._feedforward_output_dense,
+        ))
+    return weights
+
+
+def _layer_norm(x, layer):
+    return ops.layer_normalization(
+        x, layer.gamma, layer.beta, layer.axis, layer.epsilon,
+        rms_scaling=layer.rms_scaling)
+
+
+def forward_with_cache(network, token_ids, caches, index, weights=None):
     """Run `token_ids` (positions `index ...`) through the network, reading
-    and writing each block's keras-hub self-attention cache.
+    and writing each block's self-attention cache.
+
+    The same computation as calling the network (keras-hub's pre-norm
+    `TransformerDecoder`: LayerNorm, multi-head self-attention, residual,
+    LayerNorm, GELU feed-forward, residual) written over the blocks' own
+    weights in `keras.ops`, as keras-hub's `CachedMultiHeadAttention` does
+    with its cache: the new keys and values are written at `index`, the
+    queries attend to every cached position up to their own. Calling the
+    Keras layers themselves costs more than the arithmetic of a one-token
+    step (about 50 layer calls a token), so a step calls none but the
+    embeddings.
 
     Args:
         network: a `transformer_lm` model.
         token_ids: int `(batch, t)`, the tokens at positions `index ... index+t-1`.
-        caches: one float `(batch, 2, sequence_length, heads, head_dim)` per
-            decoder block, as `empty_cache` makes them. They travel as
-            separate tensors, not one stacked array, so a generation step
-            does not copy every block's cache to update one.
+        caches: one `(key, value)` pair per decoder block, each float
+            `(batch, sequence_length, heads, head_dim)`, as `empty_cache`
+            makes them.
         index: int scalar (may be a tensor): the first position.
+        weights: `decoding_weights(network)` (computed here if not given).
 
     Returns:
         `(logits (batch, t, vocabulary), updated caches)`.
     """
+    weights = decoding_weights(network) if weights is None else weights
     token_embedding = network.get_layer("token_embedding")
     x = token_embedding(token_ids)
     x = x + network.get_layer("position_embedding")(x, start_index=index)
+    batch, length = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
     updated = []
-    for block, cache in zip(decoder_layers(network), caches):
-        x, cache = block(x, self_attention_cache=cache,
-                         self_attention_cache_update_index=index)
-        updated.append(cache)
-    x = network.get_layer("final_norm")(x)
+    for (norm1, qkv_kernel, qkv_bias, out_kernel, out_bias, norm2, ffn_in, ffn_out), \
+            (key_cache, value_cache) in zip(weights, caches):
+        heads, head_dim = key_cache.shape[2], key_cache.shape[3]
+        size = key_cache.shape[1]
+        h = _layer_norm(x, norm1)
+        qkv = ops.reshape(ops.matmul(h, qkv_kernel) + qkv_bias,
+                          (batch, length, 3, heads, head_dim))
+        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        key_cache = ops.slice_update(key_cache, [0, index, 0, 0], key)
+        value_cache = ops.slice_update(value_cache, [0, index, 0, 0], value)
+        # Query at position index + i sees cached positions <= index + i.
+        visible = (ops.arange(size, dtype="int32")[None, :]
+                   <= index + ops.arange(length, dtype="int32")[:, None])
+        attended = ops.dot_product_attention(
+            query, key_cache, value_cache, mask=visible[None, None],
+            scale=1.0 / float(head_dim) ** 0.5)
+        x = x + ops.matmul(ops.reshape(attended, (batch, length, heads * head_dim)),
+                           out_kernel) + out_bias
+        h = _layer_norm(x, norm2)
+        h = ffn_in.activation(ops.matmul(h, ffn_in.kernel) + ffn_in.bias)
+        x = x + ops.matmul(h, ffn_out.kernel) + ffn_out.bias
+        updated.append((key_cache, value_cache))
+    x = _layer_norm(x, network.get_layer("final_norm"))
     return token_embedding(x, reverse=True), tuple(updated)
 
 
 def empty_cache(network, batch_size):
-    """The zero caches `forward_with_cache` starts from: a tuple with one
-    `(batch_size, 2, sequence_length, heads, head_dim)` array per block."""
-    from keras import ops
-
+    """The zero caches `forward_with_cache` starts from: one `(key, value)`
+    pair per block, each `(batch_size, sequence_length, heads, head_dim)`."""
     blocks = decoder_layers(network)
     attention = blocks[0]._self_attention_layer
     sequence_length = network.get_layer("position_embedding").sequence_length
-    shape = (batch_size, 2, sequence_length, attention._num_heads, attention._key_dim)
-    return tuple(ops.zeros(shape) for _ in blocks)
+    shape = (batch_size, sequence_length, attention._num_heads, attention._key_dim)
+    return tuple((ops.zeros(shape), ops.zeros(shape)) for _ in blocks)

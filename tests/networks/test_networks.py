@@ -35,3 +35,30 @@ def test_vae_networks_mirror_each_other():
     mean, log_var = encoder(np.zeros((2, 8, 8, 1), "float32"))
     assert tuple(mean.shape) == (2, 3)
     assert tuple(decoder(mean).shape) == (2, 8, 8, 1)
+
+
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_cached_forward_matches_the_network(tie_weights):
+    """The one-token decoding step computes what the keras-hub layers do: a
+    prompt fed at once, then token by token through the cache, gives the
+    network's own logits at every position."""
+    import keras
+
+    from kgen.networks import transformer
+
+    keras.utils.set_random_seed(3)
+    network = transformer.transformer_lm(23, 12, num_layers=2, num_heads=2,
+                                         hidden_dim=16, tie_weights=tie_weights)
+    tokens = np.random.default_rng(0).integers(0, 23, size=(3, 12)).astype("int32")
+    expected = ops.convert_to_numpy(network(tokens))
+
+    weights = transformer.decoding_weights(network)
+    caches = transformer.empty_cache(network, 3)
+    logits, caches = transformer.forward_with_cache(network, tokens[:, :5], caches, 0, weights)
+    steps = [ops.convert_to_numpy(logits)]
+    for i in range(5, 12):
+        logits, caches = transformer.forward_with_cache(
+            network, tokens[:, i:i + 1], caches, i, weights)
+        steps.append(ops.convert_to_numpy(logits))
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), expected, atol=2e-5, rtol=1e-4)
+    assert len(caches) == 2 and all(c.shape == (3, 12, 2, 8) for pair in caches for c in pair)
