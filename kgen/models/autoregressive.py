@@ -187,19 +187,18 @@ class CausalLM(GenerativeModel):
         context = self.context
         batch = ops.shape(tokens)[0]
         zeros = transformer.empty_cache(network, batch)
-        weights = transformer.decoding_weights(network) if use_cache else None
+        weights = transformer.decoding_weights(network)
         prompt_lengths = ops.cast(prompt_lengths, "int32")
         ends = ops.cast(ends, "int32")
         stop_token = ops.cast(stop_token, "int32")
         no_tokens = ops.zeros((batch,), "int32")
 
         def window_logits(tokens, w, slot, cache):
+            # The whole window from empty caches: the refill of the cached
+            # loop, and every step of the uncached one (the same arithmetic,
+            # so the two differ only in reusing the cache).
             window = ops.slice(tokens, [0, w], [batch, context])
-            if use_cache:
-                logits, cache = transformer.forward_with_cache(
-                    network, window, zeros, 0, weights)
-            else:
-                logits = network(window, training=False)
+            logits, cache = transformer.forward_with_cache(network, window, zeros, 0, weights)
             return ops.take(logits, slot, axis=1), cache
 
         def cond(i, w, tokens, cache, logits, done, lengths):
