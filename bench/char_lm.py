@@ -1,7 +1,7 @@
 """Benchmark: char_lm_shakespeare at nanoGPT's CPU config, once per backend.
 
     python bench/char_lm.py [--data ../shared/data/tinyshakespeare/input.txt]
-                            [--backends tensorflow,jax,torch]
+                            [--backends tensorflow,jax,torch] [--set KEY=VALUE]...
 
 Trains the recipe's defaults (4 layers, 4 heads, 128 dims, context 64,
 batch 12, 2,000 iterations, AdamW 1e-3 with warm-up and cosine decay to
@@ -45,7 +45,7 @@ def _best_of(fn, repeats=3):
     return min(times)
 
 
-def worker(data_path, iterations):
+def worker(data_path, iterations, overrides):
     import keras
 
     from kgen import config as kgen_config
@@ -56,6 +56,7 @@ def worker(data_path, iterations):
     sets = {"data": str(data_path), "validation_batches": "200"}
     if iterations is not None:
         sets.update(epochs="1", steps_per_epoch=str(iterations))
+    sets.update(kgen_config.parse_sets(overrides))
     config = kgen_config.apply_overrides(recipe.CONFIG, sets)
     keras.utils.set_random_seed(config["seed"])
     model, data = recipe.build(config)
@@ -120,10 +121,12 @@ def main():
     parser.add_argument("--backends", default="tensorflow,jax,torch")
     parser.add_argument("--iterations", type=int,
                         help="override the recipe's 2,000 (for a quick check)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe setting (repeat for more)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.data, args.iterations)
+        return worker(args.data, args.iterations, args.set)
 
     results = []
     for backend in args.backends.split(","):
@@ -132,6 +135,8 @@ def main():
         cmd = [sys.executable, __file__, "--worker", "--data", str(args.data)]
         if args.iterations:
             cmd += ["--iterations", str(args.iterations)]
+        for item in args.set:
+            cmd += ["--set", item]
         proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
         lines = proc.stdout.splitlines()
         print("\n".join(l for l in lines if not l.startswith("RESULT ")), flush=True)

@@ -22,6 +22,7 @@ CONFIG = dict(
     beta_2=0.99,
     weight_decay=0.1,
     clipnorm=1.0,
+    steps_per_execution=1,     # training steps per compiled call (fewer Python round trips)
     validation_fraction=0.1,   # first 90% of the characters train, last 10% validate
     validation_batches=50,     # fixed validation windows, the same every epoch
     seed=0,
@@ -77,6 +78,7 @@ def build_char_lm(config, text):
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[metrics.BitsPerToken(), metrics.Perplexity()],
+        steps_per_execution=config["steps_per_execution"],
     )
     return model, ds
 
