@@ -6,7 +6,7 @@ from kgen.recipes.ddpm_digits import sample_kwargs  # noqa: F401
 
 CONFIG = dict(
     data=None,                 # a directory holding *-images-idx3-ubyte[.gz]
-    widths=(32, 64),           # U-Net levels: 28x28 -> 14x14 (attention at 14x14)
+    widths=(32, 64, 128),      # U-Net levels: 28x28 -> 14x14 -> 7x7 (attention at 7x7)
     blocks_per_level=1,
     num_train_timesteps=1000,
     beta_schedule="cosine",
@@ -19,7 +19,7 @@ CONFIG = dict(
     epochs=20,
     steps_per_epoch=None,      # None: one pass over the training split
     batch_size=64,
-    learning_rate=5e-4,
+    learning_rate=1e-3,
     validation_fraction=0.1,   # MNIST's t10k split: 9,000 train, 1,000 validate
     seed=0,
 )
