@@ -57,13 +57,18 @@ def compile_inference(fn, variables, autograph=True, tiny_ops=False):
     if backend == "torch":
         import torch
 
+        def run(*args):
+            with torch.no_grad():
+                return fn(*(keras.ops.convert_to_tensor(a) for a in args))
+
+        if not tiny_ops:
+            return run
+
         def compiled(*args):
             threads = torch.get_num_threads()
-            if tiny_ops:
-                torch.set_num_threads(1)
+            torch.set_num_threads(1)
             try:
-                with torch.no_grad():
-                    return fn(*(keras.ops.convert_to_tensor(a) for a in args))
+                return run(*args)
             finally:
                 torch.set_num_threads(threads)
 

@@ -173,3 +173,12 @@ def test_core_slice_update_matches_numpy_with_core_ops_only(shape, start, update
     graph = dynamic_start.get_concrete_function(inputs, updates, tf.constant(start)).graph
     op_types = {op.type for op in graph.get_operations()}
     assert not any(t.startswith("Xla") for t in op_types), op_types
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch's thread pool")
+def test_torch_generation_restores_the_thread_count(trained):
+    import torch
+
+    before = torch.get_num_threads()
+    trained["lm"].generate("ROMEO:", max_new_tokens=4, sampler="greedy")
+    assert torch.get_num_threads() == before
