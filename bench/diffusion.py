@@ -7,7 +7,8 @@ through the exported SavedModel.
 
 Each backend runs in its own process (Keras fixes its backend at import).
 The model is a class-conditional U-Net on the 8x8 digits; sampling is guided
-(two denoiser passes per step). Times exclude the first (compiling) call (torch runs eagerly: no warm-up).
+(two denoiser passes per step). Times exclude the first (compiling) call;
+torch runs eagerly, so it gets no warm-up call.
 The SavedModel figures come from the TensorFlow process (exports are
 TensorFlow graphs whatever backend trained the model).
 """

@@ -101,10 +101,9 @@ class CausalLM(GenerativeModel):
     `keras.ops.while_loop` compiled once per backend. The step reads the
     keras-hub blocks' weights directly (`networks.transformer.
     forward_with_cache`), so it costs its arithmetic, not ~50 Keras layer
-    calls. Past the context the
-    window slides: when it is full the cache is refilled from the last half
-    of the context and generation goes on, so any number of tokens can be
-    drawn. `use_cache=False` recomputes the whole window at every step (the
+    calls. Past the context the window slides: when it is full the cache is
+    refilled from the last half of the context and generation goes on, so
+    any number of tokens can be drawn. `use_cache=False` recomputes the whole window at every step (the
     same tokens, for comparison).
 
     Args:

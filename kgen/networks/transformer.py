@@ -139,22 +139,22 @@ def forward_with_cache(network, token_ids, caches, index, weights=None):
     x = token_embedding(token_ids)
     x = x + network.get_layer("position_embedding")(x, start_index=index)
     batch, length = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
+    _, size, heads, head_dim = caches[0][0].shape
+    # Query at position index + i sees cached positions <= index + i (the
+    # same for every block).
+    visible = (ops.arange(size, dtype="int32")[None, :]
+               <= index + ops.arange(length, dtype="int32")[:, None])[None, None]
     updated = []
     for (norm1, qkv_kernel, qkv_bias, out_kernel, out_bias, norm2, ffn_in, ffn_out), \
             (key_cache, value_cache) in zip(weights, caches):
-        heads, head_dim = key_cache.shape[2], key_cache.shape[3]
-        size = key_cache.shape[1]
         h = _layer_norm(x, norm1)
         qkv = ops.reshape(ops.matmul(h, qkv_kernel) + qkv_bias,
                           (batch, length, 3, heads, head_dim))
         query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         key_cache = ops.slice_update(key_cache, [0, index, 0, 0], key)
         value_cache = ops.slice_update(value_cache, [0, index, 0, 0], value)
-        # Query at position index + i sees cached positions <= index + i.
-        visible = (ops.arange(size, dtype="int32")[None, :]
-                   <= index + ops.arange(length, dtype="int32")[:, None])
         attended = ops.dot_product_attention(
-            query, key_cache, value_cache, mask=visible[None, None],
+            query, key_cache, value_cache, mask=visible,
             scale=1.0 / float(head_dim) ** 0.5)
         x = x + ops.matmul(ops.reshape(attended, (batch, length, heads * head_dim)),
                            out_kernel) + out_bias
