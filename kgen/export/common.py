@@ -5,6 +5,16 @@ import tensorflow as tf
 SEED_SPEC = tf.TensorSpec([None], tf.int64, name="seed")
 
 
+def seed_pairs(seed):
+    """int64 seeds `[batch]` -> int32 `[batch, 2]` (low, high) halves, the
+    graph twin of `kgen.random.seed_pairs` (all 64 bits reach the hash)."""
+    seed = tf.cast(seed, tf.int64)
+    low = tf.bitwise.bitwise_and(seed, tf.constant(0xFFFFFFFF, tf.int64))
+    low = tf.where(low >= 2**31, low - 2**32, low)
+    high = tf.bitwise.right_shift(seed, tf.constant(32, tf.int64))
+    return tf.stack([tf.cast(low, tf.int32), tf.cast(high, tf.int32)], axis=-1)
+
+
 def normal_per_row(seeds, shape, dtype=tf.float32):
     """One standard normal tensor of `shape` per int64 seed.
 

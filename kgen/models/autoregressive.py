@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kgen import trainers
+from kgen.inference import compile_inference
 from kgen.api import kgen_export
 from kgen import metrics  # noqa: F401  (registers the LM metrics for .keras files)
 from kgen.data import tokenizers  # noqa: F401  (registers them for .keras files)
@@ -251,7 +251,7 @@ class CausalLM(GenerativeModel):
                                           temperature, top_k, top_p, stop,
                                           kind=kind, use_cache=use_cache)
 
-            self._generate_functions[key] = trainers.compile_inference(
+            self._generate_functions[key] = compile_inference(
                 fn, self.variables, autograph=False, tiny_ops=True)
         return self._generate_functions[key]
 

@@ -1,6 +1,19 @@
-"""What every kgen model shares: a seed generator, `generate()`, config."""
+"""What every kgen model shares: a seed generator, the `generate` contract,
+config."""
 
 import keras
+import numpy as np
+
+from kgen import random as kgen_random
+
+
+class _FunctionCache:
+    """Compiled functions by key, in a plain object that TensorFlow's
+    attribute tracking leaves alone (a dict attribute would be wrapped and
+    tracked, and a model that has sampled could not be exported)."""
+
+    def __init__(self):
+        self.functions = {}
 
 
 class GenerativeModel(keras.Model):
@@ -10,10 +23,20 @@ class GenerativeModel(keras.Model):
     a training step is seeded state that every backend can trace (an
     unseeded `keras.random.*` call fails under `tf.function`).
 
-    Subclasses implement `call()` (so Keras can build them in `fit()`) and
-    `generate()`, and name what they produce in `output_kind` (`"images"`,
-    `"audio"` or `"text"`) so callbacks and the command line know how to show
-    it.
+    The generate contract, kept by every family:
+    `generate(n, *, seed=None, labels=None, **family_options)` returns `n`
+    samples, row `i` drawn from the 64-bit seed `seed + i` alone by the
+    stateless generator of `kgen.random`, so
+    `generate(3, seed=5)[1] == generate(1, seed=6)[0]` on every backend, and
+    the exported SavedModel's row for seed 6 is the same sample. A row never
+    depends on `n` or on the other rows.
+
+    Subclasses implement `call()` (so Keras can build them in `fit()`),
+    `sample(seeds, labels, ...)` in `keras.ops` (the one implementation that
+    `generate()` compiles and the export traces), and name what they produce
+    in `output_kind` (`"images"`, `"audio"` or `"text"`) so callbacks and the
+    command line know how to show it. Conditional families set
+    `num_classes` to an int; unconditional ones leave it `None`.
 
     Args:
         seed: optional int seed of the model's training randomness.
@@ -23,17 +46,111 @@ class GenerativeModel(keras.Model):
     # The logged value that ranks epochs for the best checkpoint; None keeps
     # the last epoch (and trains without a validation pass).
     checkpoint_monitor = "val_loss"
+    num_classes = None
 
     def __init__(self, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        self._compiled_functions = _FunctionCache()
 
-    def generate(self, n, seed=None):
-        """Draw `n` samples; the same int `seed` gives the same samples."""
+    # --- the generate contract ---------------------------------------------
+
+    def generate(self, n, *, seed=None, labels=None, **options):
+        """`n` samples; row `i` comes from seed `seed + i` alone.
+
+        Args:
+            n: number of samples (rows).
+            seed: int (64-bit); `None` draws one from the model's seed
+                generator.
+            labels: for a conditional model, an int or `n` ints in
+                `[0, num_classes)`; `None` gives the family's default.
+            **options: the family's sampling options (the same names as
+                its export signature's inputs).
+        """
+        n = check_count(n)
+        seeds = self.row_seeds(n, seed)
+        labels = self.check_labels(labels, n, seeds)
+        return self.generate_rows(kgen_random.seed_pairs(seeds), labels, **options)
+
+    def generate_rows(self, pairs, labels, **options):
+        """Run `sample()` compiled on int32 seed pairs `(n, 2)`; numpy out."""
         raise NotImplementedError(
-            f"{type(self).__name__} does not implement generate()"
+            f"{type(self).__name__} does not implement generate_rows()"
         )
+
+    def sample(self, seeds, labels=None, **options):
+        """The sampling computation in `keras.ops`: int32 seed pairs
+        `(batch, 2)` (and labels) -> samples. Traced by the export too."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement sample()")
+
+    def row_seeds(self, n, seed=None):
+        """int64 seeds `seed, ..., seed + n - 1` (a drawn `seed` when None)."""
+        if seed is None:
+            seed = self.draw_seed()
+        return kgen_random.row_seeds(seed, n)
+
+    def draw_seed(self):
+        """A fresh int seed from the model's seed generator."""
+        return int(keras.ops.convert_to_numpy(keras.random.randint(
+            (), 0, 2**31 - 1, seed=self.seed_generator)))
+
+    def check_labels(self, labels, n, seeds):
+        """int32 `(n,)` labels of a conditional model, or `None`.
+
+        Unconditional models refuse labels; conditional ones take an int or
+        `n` ints in `[0, num_classes)`, and `None` becomes
+        `default_labels(seeds)`.
+        """
+        if self.num_classes is None:
+            if labels is not None:
+                raise ValueError(
+                    f"labels={_short(labels)}: {type(self).__name__} is "
+                    "unconditional (num_classes=None)"
+                )
+            return None
+        if labels is None:
+            return self.default_labels(seeds)
+        array = np.asarray(labels)
+        if array.dtype.kind not in "iu":
+            raise ValueError(f"labels={_short(labels)}: must be ints")
+        if array.ndim > 1 or (array.ndim == 1 and array.shape[0] != n):
+            raise ValueError(
+                f"labels={_short(labels)}: expected one int or {n} ints (one per row)"
+            )
+        if array.size and (array.min() < 0 or array.max() >= self.num_classes):
+            raise ValueError(
+                f"labels={_short(labels)}: must be in [0, {self.num_classes})"
+            )
+        return np.broadcast_to(array.astype("int32"), (n,)).copy()
+
+    def default_labels(self, seeds):
+        """Labels of a conditional model's rows when none are given: a
+        function of each row's own seed (`seed mod num_classes`), so a row
+        does not depend on its position."""
+        return np.mod(np.asarray(seeds, np.int64), self.num_classes).astype("int32")
+
+    def compiled(self, key, fn, variables, **kwargs):
+        """`kgen.inference.compile_inference(fn, variables)`, built once per
+        `key` and cached."""
+        cache = self._compiled_functions.functions
+        if key not in cache:
+            from kgen.inference import compile_inference
+
+            cache[key] = compile_inference(fn, variables, **kwargs)
+        return cache[key]
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}
+
+
+def check_count(n, name="n"):
+    """`n` as a positive int, or a ValueError naming it."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or int(n) < 1:
+        raise ValueError(f"{name}={n!r}: must be an int >= 1")
+    return int(n)
+
+
+def _short(value):
+    text = repr(value if not isinstance(value, np.ndarray) else value.tolist())
+    return text if len(text) <= 60 else text[:57] + "..."

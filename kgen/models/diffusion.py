@@ -288,7 +288,7 @@ class DiffusionModel(GenerativeModel):
                json.dumps(scheduler.get_config(), sort_keys=True))
         if key in self._sample_functions:
             return self._sample_functions[key]
-        from kgen.trainers import compile_inference
+        from kgen.inference import compile_inference
 
         def sample(x, noises, labels, guidance_scale, num_steps):
             def noise_fn(i):

@@ -12,8 +12,7 @@ per backend here; its losses stay in `keras.ops` in `kgen/models/gan.py`.
   one public `keras.optimizers.MultiOptimizer`.
 - PyTorch: `zero_grad()` / `backward()` per phase, fakes detached for D.
 
-`compile_inference` compiles a sampling loop once per backend
-(`kgen/trainers/inference.py`).
+Sampling loops are compiled per backend in `kgen/inference.py`.
 """
 
 import keras
@@ -29,6 +28,4 @@ elif _BACKEND == "torch":
 else:  # pragma: no cover - Keras itself rejects other backends first
     raise ImportError(f"kgen supports tensorflow, jax and torch, not {_BACKEND}")
 
-from kgen.trainers.inference import compile_inference  # noqa: E402
-
-__all__ = ["GANTrainer", "compile_inference"]
+__all__ = ["GANTrainer"]

@@ -130,7 +130,7 @@ def test_config_round_trip_and_swap(make):
 
 def test_traces_in_the_backend_compiler(make):
     """`step` with tensor timesteps inside the backend's loop (jit/tf.function)."""
-    from kgen.trainers.inference import compile_inference
+    from kgen.inference import compile_inference
 
     s = make(num_train_timesteps=100)
     x0 = np.full((2, 4, 4, 1), 0.25, "float32")
