@@ -67,6 +67,8 @@ def _parser():
     export.add_argument("model", type=pathlib.Path, help="the .keras file")
     export.add_argument("--to", required=True, type=pathlib.Path,
                         metavar="saved_models/NAME", help="the model's base path")
+    export.add_argument("--max-rows", type=int, default=None, metavar="N",
+                        help="most rows one request may ask for (default 256)")
 
     sample = sub.add_parser(
         "sample", help="draw samples from an exported SavedModel",
@@ -139,10 +141,11 @@ def _parse_sets(items):
 
 
 def _cmd_export(args):
-    from kgen.export import export_model
+    from kgen.export import DEFAULT_MAX_ROWS, export_model
 
     # Print the version directory last: callers read it from the last line.
-    print(export_model(args.model, args.to))
+    print(export_model(args.model, args.to,
+                       max_rows=args.max_rows or DEFAULT_MAX_ROWS))
 
 
 def _cmd_sample(args):

@@ -20,6 +20,9 @@ from kgen.export.publish import publish
 from kgen.export.publish import versions
 
 METADATA_FILE = "assets.extra/kgen.json"
+# Rows one request may ask for, unless `export_model(..., max_rows=N)` says
+# otherwise; recorded in kgen.json and enforced inside the graph.
+DEFAULT_MAX_ROWS = 256
 
 
 def _signature_builder(model):
@@ -55,12 +58,14 @@ def _load(path):
     return keras.saving.load_model(path)
 
 
-def export_model(model, to, verbose=False):
+def export_model(model, to, max_rows=DEFAULT_MAX_ROWS, verbose=False):
     """Publish `model` (a kgen model or a `.keras` path) under `to`.
 
     Args:
         model: a kgen model, or the path of its `.keras` file.
         to: the model's base path, `saved_models/<name>`.
+        max_rows: the most rows (samples) one request may ask for; a
+            request with more fails with INVALID_ARGUMENT naming `seed`.
         verbose: print the variables Keras writes.
 
     Returns:
@@ -68,12 +73,13 @@ def export_model(model, to, verbose=False):
     """
     import keras
 
+    max_rows = _check_max_rows(max_rows)
     if keras.backend.backend() != "tensorflow":
-        return _export_in_tensorflow_process(model, to)
+        return _export_in_tensorflow_process(model, to, max_rows)
     if isinstance(model, (str, os.PathLike)):
         model = _load(model)
     builder = _signature_builder(model)
-    endpoints, metadata = builder(model)
+    endpoints, metadata = builder(model, max_rows=max_rows)
 
     def write(directory):
         archive = keras.export.ExportArchive()
@@ -88,13 +94,20 @@ def export_model(model, to, verbose=False):
             "family": type(model).__name__,
             "kgen_version": _version(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "max_rows": max_rows,
             **metadata,
         }, indent=2))
 
     return publish(to, write)
 
 
-def _export_in_tensorflow_process(model, to):
+def _check_max_rows(max_rows):
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+        raise ValueError(f"max_rows={max_rows!r}: must be an int >= 1")
+    return max_rows
+
+
+def _export_in_tensorflow_process(model, to, max_rows):
     with tempfile.TemporaryDirectory() as tmp:
         if not isinstance(model, (str, os.PathLike)):
             path = pathlib.Path(tmp) / "model.keras"
@@ -102,7 +115,8 @@ def _export_in_tensorflow_process(model, to):
             model = path
         env = dict(os.environ, KERAS_BACKEND="tensorflow")
         result = subprocess.run(
-            [sys.executable, "-m", "kgen", "export", str(model), "--to", str(to)],
+            [sys.executable, "-m", "kgen", "export", str(model), "--to", str(to),
+             "--max-rows", str(max_rows)],
             env=env, capture_output=True, text=True,
         )
     if result.returncode != 0:

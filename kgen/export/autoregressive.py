@@ -55,7 +55,7 @@ class _Codec:
         return tf.strings.reduce_join(tf.gather(self.pieces, ragged), axis=-1)
 
 
-def causal_lm_signatures(model):
+def causal_lm_signatures(model, max_rows):
     """`generate`: per-row `prompt`, `seed`, `max_new_tokens`, `temperature`,
     `top_k` -> `text` (prompt + continuation) and `completion`."""
     context = model.context

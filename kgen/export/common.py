@@ -15,6 +15,29 @@ def seed_pairs(seed):
     return tf.stack([tf.cast(low, tf.int32), tf.cast(high, tf.int32)], axis=-1)
 
 
+def check_rows(seed, max_rows):
+    """Checks that a request has between 1 and `max_rows` rows (`seed`'s
+    batch size): INVALID_ARGUMENT naming `seed` otherwise."""
+    rows = tf.size(seed)
+    return [
+        tf.debugging.assert_positive(
+            rows, message="seed must have at least one row (empty batch)"),
+        tf.debugging.assert_less_equal(
+            rows, tf.constant(max_rows, tf.int32),
+            message=f"seed has more rows than this export allows (max_rows={max_rows})"),
+    ]
+
+
+def check_same_rows(seed, **inputs):
+    """Checks that every named input has one value per row (as `seed`)."""
+    return [
+        tf.debugging.assert_equal(
+            tf.shape(x)[0], tf.shape(seed)[0],
+            message=f"{name} must have one value per row (as seed)")
+        for name, x in inputs.items()
+    ]
+
+
 def normal_per_row(seeds, shape, dtype=tf.float32):
     """One standard normal tensor of `shape` per int64 seed.
 

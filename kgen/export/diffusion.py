@@ -6,7 +6,7 @@ import tensorflow as tf
 from kgen.export import common
 
 
-def diffusion_signatures(model, scheduler=None):
+def diffusion_signatures(model, max_rows, scheduler=None):
     """`generate`: per-row `seed` (and `label`), `num_steps`, `guidance_scale`
     -> `images`, sampling with the EMA weights and `scheduler` (default the
     model's `sampler`) in one `tf.while_loop`.

@@ -5,7 +5,7 @@ import tensorflow as tf
 from kgen.export import common
 
 
-def gan_signatures(model):
+def gan_signatures(model, max_rows):
     """`generate`: per-row `seed` (and `label` for a conditional GAN) ->
     `images` in [0, 1], from the EMA generator when there is one."""
     image_shape = list(model.image_shape)

@@ -5,7 +5,7 @@ import tensorflow as tf
 from kgen.export import common
 
 
-def vae_signatures(model):
+def vae_signatures(model, max_rows):
     """`generate` (seed -> images), `encode` (images -> mean, log_var) and
     `decode` (latents -> images); every input has a leading batch axis."""
     image_shape = list(model.image_shape)
