@@ -1,8 +1,9 @@
 """Compile an inference function (a sampling loop) once per backend.
 
-The one place where sampling code looks at the backend, in the shape of
+The one place where sampling loops are compiled per backend, in the shape of
 keras-hub's `CausalLM.make_generate_function`: TensorFlow wraps the function
-in `tf.function`, traced with core ops only (the same graph an export holds);
+in `tf.function` (the same graph an export holds: sampling code writes its
+buffers with `kgen.ops.cache_update`, so the graph has core ops only);
 JAX `jax.jit`s it over the *values* of the variables it reads, mapped back
 onto the variables with a `keras.StatelessScope` (so new weights after more
 training need no retrace); PyTorch runs it eagerly under `torch.no_grad()`.
@@ -33,13 +34,7 @@ def compile_inference(fn, variables, autograph=True, tiny_ops=False):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        from kgen.trainers.tensorflow import core_ops_only
-
-        def traced(*args):
-            with core_ops_only():
-                return fn(*args)
-
-        return tf.function(traced, autograph=autograph, reduce_retracing=True)
+        return tf.function(fn, autograph=autograph, reduce_retracing=True)
     if backend == "jax":
         import jax
 

@@ -34,7 +34,12 @@ def load_text(source):
         raise DataError(
             f"{path}: no such text file (or an embedded corpus: {', '.join(EMBEDDED)})"
         )
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 4]!r})"
+        ) from None
     if not text:
         raise DataError(f"{path}: the file is empty")
     return text
@@ -118,11 +123,11 @@ def text_datasets(text, tokenizer="char", context=64, batch_size=12,
     if isinstance(tokenizer, str):
         tokenizer = make_tokenizer(tokenizer, text)
     train_text, val_text = split_text(text, validation_fraction)
-    train_ids = tokenizer.encode(train_text)
+    train_ids = tokenizer.encode(train_text, name="the training text")
     train = random_windows(train_ids, context, batch_size, seed)
     validation, n_val = None, 0
     if validation_batches:
-        val_ids = tokenizer.encode(val_text)
+        val_ids = tokenizer.encode(val_text, name="the validation text")
         n_val = len(val_ids)
         validation = random_windows(
             val_ids, context, batch_size, seed + 1, take=validation_batches

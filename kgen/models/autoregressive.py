@@ -4,86 +4,16 @@ import keras
 import numpy as np
 from keras import ops
 
-from kgen.inference import compile_inference
-from kgen.api import kgen_export
 from kgen import metrics  # noqa: F401  (registers the LM metrics for .keras files)
+from kgen import samplers
+from kgen.api import kgen_export
 from kgen.data import tokenizers  # noqa: F401  (registers them for .keras files)
 from kgen.models.base import GenerativeModel
 from kgen.networks import transformer
+from kgen.ops import cache_update
 
-SAMPLERS = ("greedy", "temperature", "top_k", "top_p")
+# Most tokens one row may add (Python and export alike).
 MAX_NEW_TOKENS = 4096
-
-
-# --- stateless sampling noise ------------------------------------------------
-#
-# Sampling draws Gumbel noise from an integer hash of (row seed, position,
-# token id) written in int32 `keras.ops`: the same on every call, traceable by
-# `tf.function` and `jax.jit`, no random state to carry through the loop, and
-# only core ops in an exported graph. A row's draws depend on its own seed
-# alone, so a row's sample does not change with the rest of the batch.
-
-def _int32(value):
-    value = int(value) & 0xFFFFFFFF
-    return np.int32(value - (1 << 32) if value >= (1 << 31) else value)
-
-
-def _shift_right(x, bits):
-    """Logical right shift of int32 bits."""
-    return ops.bitwise_and(ops.right_shift(x, bits), (1 << (32 - bits)) - 1)
-
-
-def _mix(x):
-    """lowbias32 (C. Wellons): a full-avalanche 32-bit integer hash."""
-    x = ops.bitwise_xor(x, _shift_right(x, 16))
-    x = ops.multiply(x, ops.convert_to_tensor(_int32(0x7FEB352D), "int32"))
-    x = ops.bitwise_xor(x, _shift_right(x, 15))
-    x = ops.multiply(x, ops.convert_to_tensor(_int32(0x846CA68B), "int32"))
-    return ops.bitwise_xor(x, _shift_right(x, 16))
-
-
-def gumbel_noise(seeds, step, vocabulary_size):
-    """Gumbel(0, 1) noise `(batch, vocabulary)` from int32 `seeds (batch,)`."""
-    h = _mix(ops.cast(seeds, "int32"))[:, None]
-    h = _mix(ops.bitwise_xor(h, ops.cast(step, "int32")))
-    token = ops.arange(vocabulary_size, dtype="int32")[None, :]
-    h = _mix(ops.bitwise_xor(h, token + _int32(0x632BE5AB)))
-    u = (ops.cast(_shift_right(h, 8), "float32") + 0.5) / float(1 << 24)
-    return -ops.log(-ops.log(u))
-
-
-def filter_top_k(logits, k):
-    """Keep the `k` largest logits of each row (`k (batch,)`; `k <= 0`: all)."""
-    vocabulary_size = ops.shape(logits)[-1]
-    k = ops.cast(k, "int32")
-    k = ops.where(ops.logical_or(k <= 0, k > vocabulary_size), vocabulary_size, k)
-    ascending = ops.sort(logits, axis=-1)
-    threshold = ops.take_along_axis(ascending, (vocabulary_size - k)[:, None], axis=-1)
-    return ops.where(logits < threshold, -1e9, logits)
-
-
-def filter_top_p(logits, p):
-    """Keep the fewest most likely tokens whose mass reaches `p (batch,)`."""
-    probs = ops.softmax(logits, axis=-1)
-    descending = -ops.sort(-probs, axis=-1)
-    before = ops.cumsum(descending, axis=-1) - descending
-    kept = ops.where(before < ops.cast(p, "float32")[:, None], descending, 2.0)
-    threshold = ops.min(kept, axis=-1, keepdims=True)
-    return ops.where(probs < threshold, -1e9, logits)
-
-
-def sample_next(logits, seeds, step, kind, temperature, top_k, top_p):
-    """Next token ids `(batch,)` from `(batch, vocabulary)` logits; the
-    sampling settings are one value per row."""
-    if kind == "greedy":
-        return ops.cast(ops.argmax(logits, axis=-1), "int32")
-    logits = logits / ops.cast(temperature, logits.dtype)[:, None]
-    if kind == "top_k":
-        logits = filter_top_k(logits, top_k)
-    elif kind == "top_p":
-        logits = filter_top_p(logits, top_p)
-    noise = gumbel_noise(seeds, step, ops.shape(logits)[-1])
-    return ops.cast(ops.argmax(logits + noise, axis=-1), "int32")
 
 
 @kgen_export("kgen.models.CausalLM")
@@ -95,16 +25,16 @@ class CausalLM(GenerativeModel):
     trains it through `compile()`; `kgen.metrics.Perplexity` and
     `kgen.metrics.BitsPerToken` report the same loss in other units.
 
-    `generate()` samples with a self-attention (KV) cache, laid out and
-    updated as keras-hub's `CachedMultiHeadAttention` does: the prompt is
-    run once to fill the cache, then one token per step in a
-    `keras.ops.while_loop` compiled once per backend. The step reads the
-    keras-hub blocks' weights directly (`networks.transformer.
-    forward_with_cache`), so it costs its arithmetic, not ~50 Keras layer
-    calls. Past the context the window slides: when it is full the cache is
+    `generate(n, seed=s, prompt=...)` keeps kgen's generate contract: row `i`
+    is drawn from seed `s + i` alone (`kgen.samplers.next_token` with
+    `kgen.random` noise), so it equals `generate(1, seed=s + i)` and the
+    exported signature's row for seed `s + i`. Sampling uses a
+    self-attention (KV) cache: the prompt is run once to fill it, then one
+    token per step in a `keras.ops.while_loop` compiled once per backend.
+    Past the context the window slides: when it is full the cache is
     refilled from the last half of the context and generation goes on, so
-    any number of tokens can be drawn. `use_cache=False` recomputes the whole window at every step (the
-    same tokens, for comparison).
+    any number of tokens can be drawn. `use_cache=False` recomputes the
+    whole window at every step (the same tokens, for comparison).
 
     Args:
         network: a `kgen.networks.transformer_lm` model.
@@ -122,7 +52,7 @@ class CausalLM(GenerativeModel):
     lm.compile(optimizer="adamw",
                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     lm.fit(windows, steps_per_epoch=200)
-    lm.generate("ROMEO:", max_new_tokens=100, sampler="top_k", top_k=10, seed=0)
+    lm.generate(2, seed=0, prompt="ROMEO:", max_new_tokens=100, top_k=10)
     ```
     """
 
@@ -134,18 +64,17 @@ class CausalLM(GenerativeModel):
                 f"network has {network.output_shape[-1]} outputs but the "
                 f"tokenizer has {tokenizer.vocabulary_size} tokens"
             )
-        tokenizer.encode(default_prompt)  # fails early if not in the vocabulary
         if not default_prompt:
             raise ValueError("default_prompt must not be empty")
+        tokenizer.check(default_prompt, "default_prompt")  # fails early
         super().__init__(seed=seed, **kwargs)
         # === Layers ===
         self.network = network
-        # === Config ===
         self.tokenizer = tokenizer
+        # === Config ===
         self.default_prompt = default_prompt
         self.context = int(network.get_layer("position_embedding").sequence_length)
         self.vocabulary_size = int(tokenizer.vocabulary_size)
-        self._generate_functions = {}
         self.build((None, self.context))
 
     def build(self, input_shape):
@@ -155,11 +84,11 @@ class CausalLM(GenerativeModel):
     def call(self, token_ids, training=False):
         return self.network(token_ids, training=training)
 
-    # --- generation ----------------------------------------------------------
+    # --- the sampling computation (keras.ops, traced by the export) -----------
 
-    def generate_loop(self, tokens, prompt_lengths, ends, seeds, temperature,
-                      top_k, top_p, stop_token, kind="top_k", use_cache=True):
-        """The sampling loop in `keras.ops` (traced as one graph).
+    def sample(self, seeds, labels=None, *, tokens, prompt_lengths, ends, temperature,
+               top_k, top_p, stop_token, use_cache=True):
+        """Fill each row's token buffer after its prompt (one graph).
 
         Rows may have prompts of different lengths and ask for different
         numbers of tokens: the loop starts at the shortest prompt, keeps each
@@ -169,197 +98,149 @@ class CausalLM(GenerativeModel):
         settings only.
 
         Args:
+            seeds: int32 `(batch, 2)` seed pairs (`kgen.random.seed_pairs`).
+            labels: unused (the model is unconditional).
             tokens: int32 `(batch, >= max(ends) + context)`, each row's prompt
                 in its first `prompt_lengths[r]` positions, anything after.
             prompt_lengths: int32 `(batch,)`, each in `[1, context]`.
             ends: int32 `(batch,)`: fill each row up to this position.
-            seeds: int32 `(batch,)`, one per row.
-            temperature, top_p: float32 `(batch,)`; top_k: int32 `(batch,)`.
-            stop_token: int32 scalar; a row ends after it (`-1`: none).
-            kind: one of `SAMPLERS` (static).
+            temperature, top_p: float32 `(batch,)`; top_k: int32 `(batch,)`
+                (`kgen.samplers.next_token`).
+            stop_token: int32 `(batch,)`; a row ends after it (`-1`: none).
             use_cache: use the self-attention cache (static).
 
         Returns:
             `(tokens, lengths)`: the filled buffer and each row's length.
         """
-        network = self.network
-        context = self.context
-        batch = ops.shape(tokens)[0]
-        zeros = transformer.empty_cache(network, batch)
-        weights = transformer.decoding_weights(network)
-        prompt_lengths = ops.cast(prompt_lengths, "int32")
-        ends = ops.cast(ends, "int32")
-        stop_token = ops.cast(stop_token, "int32")
-        no_tokens = ops.zeros((batch,), "int32")
-
-        def window_logits(tokens, w, slot, cache):
-            # The whole window from empty caches: the refill of the cached
-            # loop, and every step of the uncached one (the same arithmetic,
-            # so the two differ only in reusing the cache).
-            window = ops.slice(tokens, [0, w], [batch, context])
-            logits, cache = transformer.forward_with_cache(network, window, zeros, 0, weights)
-            return ops.take(logits, slot, axis=1), cache
+        rows = _Rows(seeds, prompt_lengths, ends, temperature, top_k, top_p, stop_token)
+        decoder = _Decoder(self.network, self.context, ops.shape(tokens)[0], use_cache)
 
         def cond(i, w, tokens, cache, logits, done, lengths):
-            return ops.any(ops.logical_and(i < ends, ops.logical_not(done)))
+            return ops.any(rows.active(i, done))
 
         def body(i, w, tokens, cache, logits, done, lengths):
-            active = ops.logical_and(i < ends, ops.logical_not(done))
-            in_prompt = i < prompt_lengths
-            sampled = sample_next(logits, seeds, i, kind, temperature, top_k, top_p)
-            given = ops.slice(tokens, [0, i], [batch, 1])[:, 0]
-            token = ops.where(in_prompt, given, ops.where(active, sampled, no_tokens))
-            tokens = ops.slice_update(tokens, [0, i], token[:, None])
-            stopped = ops.logical_and(
-                ops.logical_and(active, ops.logical_not(in_prompt)), token == stop_token)
-            lengths = ops.where(stopped, i + 1, lengths)
-            done = ops.logical_or(done, stopped)
-            # Feed token i to get the logits of position i + 1; past the
-            # context, slide the window to keep the last half of it.
-            slide = (i - w) >= context
-            w = ops.where(slide, i - context // 2, w)
-            slot = i - w
-            if use_cache:
-                def refill():
-                    return window_logits(tokens, w, slot, cache)
-
-                def step():
-                    token_ids = ops.slice(tokens, [0, i], [batch, 1])
-                    out, new_cache = transformer.forward_with_cache(
-                        network, token_ids, cache, slot, weights)
-                    return out[:, 0, :], new_cache
-
-                logits, cache = ops.cond(slide, refill, step)
-            else:
-                logits, cache = window_logits(tokens, w, slot, cache)
+            tokens, done, lengths = rows.write_token(i, tokens, logits, done, lengths)
+            w, cache, logits = decoder.advance(i, w, tokens, cache)
             return i + 1, w, tokens, cache, logits, done, lengths
 
-        start = ops.clip(ops.min(prompt_lengths), 1, context)
+        start = ops.clip(ops.min(rows.prompt_lengths), 1, self.context)
         zero = ops.convert_to_tensor(0, "int32")
-        logits, cache = window_logits(tokens, zero, start - 1, zeros)
-        i, w, tokens, cache, logits, done, lengths = ops.while_loop(
-            cond, body,
-            (start, zero, tokens, cache, logits, ops.zeros((batch,), "bool"), ends),
-        )
-        return tokens, lengths
+        logits, cache = decoder.window_logits(tokens, zero, start - 1)
+        done = ops.zeros(ops.shape(rows.ends), "bool")
+        state = ops.while_loop(cond, body,
+                               (start, zero, tokens, cache, logits, done, rows.ends))
+        return state[2], state[6]
 
-    def _compiled(self, kind, use_cache):
-        key = (kind, use_cache)
-        if key not in self._generate_functions:
-            def fn(tokens, prompt_lengths, ends, seeds, temperature, top_k, top_p, stop):
-                return self.generate_loop(tokens, prompt_lengths, ends, seeds,
-                                          temperature, top_k, top_p, stop,
-                                          kind=kind, use_cache=use_cache)
+    # --- generate (Python) ------------------------------------------------------
 
-            self._generate_functions[key] = compile_inference(
-                fn, self.variables, autograph=False, tiny_ops=True)
-        return self._generate_functions[key]
+    def generate(self, n, *, seed=None, labels=None, prompt=None, prompts=None,
+                 max_new_tokens=None, sampler="top_k", temperature=1.0, top_k=10,
+                 top_p=0.9, stop_token=None, use_cache=True):
+        """`n` texts (prompt + continuation); row `i` comes from seed `seed + i`.
 
-    def generate_ids(self, prompt_ids, max_new_tokens, sampler="top_k", seeds=0,
-                     temperature=1.0, top_k=10, top_p=0.9, stop_token=None,
-                     use_cache=True):
-        """Token-level generation: all rows in one compiled loop.
+        The options have the names of the export signature's inputs
+        (`prompt`, `seed`, `max_new_tokens`, `temperature`, `top_k`, `top_p`,
+        `stop_token`); `sampler` picks which of them apply
+        (`kgen.samplers`: `greedy` is `top_k=1`, `top_p` turns `top_k` off,
+        ...), as the export's caller does by passing `top_k=0` or `top_p=1`.
 
         Args:
-            prompt_ids: int `(batch, length)`, or a list of 1-D prompts of
-                any lengths.
-            seeds: an int (row `r` uses `seeds + r`) or one int per row.
+            n: number of texts (rows).
+            seed: int (64-bit); `None` draws one from the model's seed
+                generator.
+            labels: must be `None` (the model is unconditional).
+            prompt: one string every row continues (default:
+                `default_prompt`).
+            prompts: `n` strings, one per row (instead of `prompt`).
+            max_new_tokens: tokens to add per row, in `[1, 4096]` (default:
+                the context length).
+            sampler: `"greedy"`, `"temperature"`, `"top_k"` or `"top_p"`.
+            temperature: divides the logits (all samplers but greedy), > 0.
+            top_k: tokens kept by the `"top_k"` sampler (0: all).
+            top_p: probability mass kept by the `"top_p"` sampler.
+            stop_token: a one-token string (e.g. `"\\n"`) that ends a row
+                (kept in the text); `None` or `""`: none.
+            use_cache: `False` recomputes the whole window at every step.
 
         Returns:
-            `(ids, lengths)` as NumPy: `ids (batch, longest prompt +
-            max_new_tokens)`, row `r` valid up to `lengths[r]` (its prompt
-            length + `max_new_tokens`, or less after a stop token, which is
-            kept).
+            A list of `n` strings.
         """
-        rows = [np.asarray(p, dtype="int32").reshape(-1) for p in prompt_ids]
-        if not rows:
-            raise ValueError("prompt_ids: no prompts")
-        lengths = np.array([len(r) for r in rows], dtype="int32")
-        for length in lengths:
-            self._check(length, max_new_tokens, sampler, temperature)
-        batch = len(rows)
-        if np.ndim(seeds) == 0:
-            seeds = [int(seeds) + r for r in range(batch)]
-        seeds = np.array([_int32(s) for s in seeds], dtype="int32")
-        ends = lengths + int(max_new_tokens)
-        width = int(ends.max())
-        buffer = np.zeros((batch, width + self.context), "int32")
-        for r, ids in enumerate(rows):
-            buffer[r, :len(ids)] = ids
-        stop = -1 if stop_token is None else int(stop_token)
-        fn = self._compiled(sampler, bool(use_cache))
+        return super().generate(
+            n, seed=seed, labels=labels, prompt=prompt, prompts=prompts,
+            max_new_tokens=max_new_tokens, sampler=sampler, temperature=temperature,
+            top_k=top_k, top_p=top_p, stop_token=stop_token, use_cache=use_cache)
+
+    def generate_rows(self, pairs, labels, prompt=None, prompts=None,
+                      max_new_tokens=None, sampler="top_k", temperature=1.0, top_k=10,
+                      top_p=0.9, stop_token=None, use_cache=True):
+        n = len(pairs)
+        settings = samplers.get(sampler).settings(temperature, top_k, top_p)
+        new = self.context if max_new_tokens is None else max_new_tokens
+        if isinstance(new, bool) or not isinstance(new, (int, np.integer)) or \
+                not 1 <= new <= MAX_NEW_TOKENS:
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens!r}: must be an int in [1, {MAX_NEW_TOKENS}]")
+        stop = -1 if not stop_token else self.tokenizer.token_id(stop_token, "stop_token")
+        prompt_ids = [self.encode_prompt(text, name)
+                      for name, text in self._row_prompts(n, prompt, prompts)]
+        buffer, lengths = self.prompt_buffer(prompt_ids, int(new))
+        ends = lengths + int(new)
+        fn = self.compiled_function(("sample", bool(use_cache)), self._sample_fn(bool(use_cache)),
+                           self.variables, autograph=False, tiny_ops=True)
         tokens, out_lengths = fn(
-            ops.convert_to_tensor(buffer, "int32"),
-            ops.convert_to_tensor(lengths, "int32"),
-            ops.convert_to_tensor(ends, "int32"),
-            ops.convert_to_tensor(seeds, "int32"),
-            ops.convert_to_tensor(np.full(batch, temperature, "float32")),
-            ops.convert_to_tensor(np.full(batch, int(top_k or 0), "int32")),
-            ops.convert_to_tensor(np.full(batch, top_p, "float32")),
-            ops.convert_to_tensor(stop, "int32"),
+            pairs, buffer, lengths, ends,
+            np.full(n, settings["temperature"], "float32"),
+            np.full(n, settings["top_k"], "int32"),
+            np.full(n, settings["top_p"], "float32"),
+            np.full(n, stop, "int32"),
         )
-        return ops.convert_to_numpy(tokens)[:, :width], ops.convert_to_numpy(out_lengths)
+        tokens, out_lengths = ops.convert_to_numpy(tokens), ops.convert_to_numpy(out_lengths)
+        return [self.tokenizer.decode(row[:k]) for row, k in zip(tokens, out_lengths)]
 
-    def _check(self, length, max_new_tokens, sampler, temperature):
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler={sampler!r}: expected one of {SAMPLERS}")
-        if length < 1:
-            raise ValueError("prompt must not be empty")
-        if length > self.context:
-            raise ValueError(
-                f"prompt is {length} tokens, longer than the context of "
-                f"{self.context} tokens"
-            )
-        if not 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS:
-            raise ValueError(
-                f"max_new_tokens={max_new_tokens}: must be in [1, {MAX_NEW_TOKENS}]"
-            )
-        if not float(temperature) > 0:
-            raise ValueError(f"temperature={temperature}: must be > 0")
+    def _sample_fn(self, use_cache):
+        def fn(pairs, tokens, prompt_lengths, ends, temperature, top_k, top_p, stop):
+            return self.sample(pairs, tokens=tokens, prompt_lengths=prompt_lengths,
+                               ends=ends, temperature=temperature, top_k=top_k,
+                               top_p=top_p, stop_token=stop, use_cache=use_cache)
 
-    def generate(self, prompt=None, max_new_tokens=None, sampler="top_k", seed=None,
-                 temperature=1.0, top_k=10, top_p=0.9, stop_token=None,
-                 prompts=None, use_cache=True):
-        """Continue text prompts; returns the prompts with their continuations.
+        return fn
 
-        Args:
-            prompt: a string (returns a string), a list of strings (returns a
-                list), or an int `n` (returns `n` strings continuing
-                `prompts` in turn, or `default_prompt`).
-            max_new_tokens: tokens to add (default: the context length).
-            sampler: `"greedy"`, `"temperature"`, `"top_k"` or `"top_p"`.
-            seed: int; row `r` uses `seed + r`, and the same seed gives the
-                same text. `None` draws one from the model's seed generator.
-            temperature: divides the logits (all samplers but greedy).
-            top_k: tokens kept by the `"top_k"` sampler.
-            top_p: probability mass kept by the `"top_p"` sampler.
-            stop_token: a one-token string (e.g. `"\\n"`) that ends a row.
-            prompts: the prompts of `generate(n)`.
-            use_cache: `False` recomputes the whole window at every step.
-        """
-        single = isinstance(prompt, str)
+    def _row_prompts(self, n, prompt, prompts):
+        """`(name, text)` of each row's prompt."""
+        if prompt is not None and prompts is not None:
+            raise ValueError("prompt and prompts: give one of them (prompts: one per row)")
+        if prompts is not None:
+            if isinstance(prompts, str) or len(prompts) != n:
+                raise ValueError(
+                    f"prompts: expected a list of n={n} strings (one per row), got "
+                    f"{_short(prompts)}")
+            return [(f"prompts[{i}]", text) for i, text in enumerate(prompts)]
         if prompt is None:
-            prompt = 1
-        if isinstance(prompt, (int, np.integer)) and not isinstance(prompt, bool):
-            pool = list(prompts or [self.default_prompt])
-            rows = [pool[r % len(pool)] for r in range(int(prompt))]
-        else:
-            rows = [prompt] if single else list(prompt)
-        if not rows:
-            raise ValueError("no prompts to continue")
-        if seed is None:
-            seed = int(ops.convert_to_numpy(keras.random.randint(
-                (), 0, 2**31 - 1, seed=self.seed_generator)))
-        max_new_tokens = self.context if max_new_tokens is None else int(max_new_tokens)
-        stop = None if stop_token is None else self.tokenizer.token_id(stop_token)
-        encoded = [self.tokenizer.encode(text) for text in rows]
-        ids, lengths = self.generate_ids(
-            encoded, max_new_tokens, sampler=sampler, seeds=int(seed),
-            temperature=temperature, top_k=top_k, top_p=top_p, stop_token=stop,
-            use_cache=use_cache,
-        )
-        texts = [self.tokenizer.decode(row[:n]) for row, n in zip(ids, lengths)]
-        return texts[0] if single else texts
+            return [("default_prompt", self.default_prompt)] * n
+        return [("prompt", prompt)] * n
+
+    def encode_prompt(self, text, name="prompt"):
+        """A prompt's int32 ids, or a ValueError naming `name`."""
+        if not isinstance(text, str):
+            raise ValueError(f"{name}={_short(text)}: must be a string")
+        if not text:
+            raise ValueError(f"{name}={text!r}: must not be empty")
+        ids = self.tokenizer.encode(text, name=name)
+        if len(ids) > self.context:
+            raise ValueError(
+                f"{name} is {len(ids)} tokens, longer than the context of "
+                f"{self.context} tokens")
+        return ids
+
+    def prompt_buffer(self, prompt_ids, max_new_tokens):
+        """The token buffer `sample()` fills (prompts left-aligned, room for
+        `max_new_tokens` and a window) and the prompt lengths, as NumPy."""
+        lengths = np.array([len(ids) for ids in prompt_ids], "int32")
+        buffer = np.zeros((len(prompt_ids), lengths.max() + max_new_tokens + self.context),
+                          "int32")
+        for r, ids in enumerate(prompt_ids):
+            buffer[r, :len(ids)] = ids
+        return buffer, lengths
 
     # --- config --------------------------------------------------------------
 
@@ -377,3 +258,83 @@ class CausalLM(GenerativeModel):
         for key in ("network", "tokenizer"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+class _Rows:
+    """Each row's state in the sampling loop: its prompt, end, stop token
+    and sampler settings; it chooses and writes the token at position `i`."""
+
+    def __init__(self, seeds, prompt_lengths, ends, temperature, top_k, top_p, stop_token):
+        self.seeds = seeds
+        self.prompt_lengths = ops.cast(prompt_lengths, "int32")
+        self.ends = ops.cast(ends, "int32")
+        self.settings = (temperature, top_k, top_p)
+        self.stop_token = ops.cast(stop_token, "int32")
+
+    def active(self, i, done):
+        return ops.logical_and(i < self.ends, ops.logical_not(done))
+
+    def write_token(self, i, tokens, logits, done, lengths):
+        """Position `i`: the prompt's token inside the prompt, else a sampled
+        one (0 for rows already finished); a sampled stop token ends a row."""
+        active = self.active(i, done)
+        in_prompt = i < self.prompt_lengths
+        sampled = samplers.next_token(logits, self.seeds, i, *self.settings)
+        given = ops.slice(tokens, [0, i], [ops.shape(tokens)[0], 1])[:, 0]
+        token = ops.where(in_prompt, given, ops.where(active, sampled, 0))
+        tokens = cache_update(tokens, [0, i], token[:, None])
+        stopped = ops.logical_and(ops.logical_and(active, ops.logical_not(in_prompt)),
+                                  token == self.stop_token)
+        return tokens, ops.logical_or(done, stopped), ops.where(stopped, i + 1, lengths)
+
+
+class _Decoder:
+    """The network's next-token logits in the sampling loop, through the
+    self-attention cache (or recomputing the window), with a sliding window
+    past the context."""
+
+    def __init__(self, network, context, batch, use_cache):
+        self.network = network
+        self.context = context
+        self.batch = batch
+        self.use_cache = use_cache
+        self.zeros = transformer.empty_cache(network, batch)
+
+    def window_logits(self, tokens, w, slot):
+        """Logits at `slot` of the window starting at `w`, from empty caches:
+        the refill of the cached loop and every step of the uncached one
+        (the same arithmetic, so the two differ only in reusing the cache)."""
+        window = ops.slice(tokens, [0, w], [self.batch, self.context])
+        logits, cache = transformer.forward_with_cache(self.network, window, self.zeros, 0)
+        return ops.take(logits, slot, axis=1), cache
+
+    def step_logits(self, tokens, i, slot, cache):
+        """Feed token `i` alone at `slot` of the cache."""
+        token_ids = ops.slice(tokens, [0, i], [self.batch, 1])
+        logits, cache = transformer.forward_with_cache(self.network, token_ids, cache, slot)
+        return logits[:, 0, :], cache
+
+    def advance(self, i, w, tokens, cache):
+        """Feed token `i` to get the logits of position `i + 1`; past the
+        context, slide the window start `w` to keep the last half of it.
+
+        Returns:
+            `(w, cache, logits)`.
+        """
+        slide = (i - w) >= self.context
+        w = ops.where(slide, i - self.context // 2, w)
+        slot = i - w
+        if not self.use_cache:
+            logits, cache = self.window_logits(tokens, w, slot)
+            return w, cache, logits
+        logits, cache = ops.cond(
+            slide,
+            lambda: self.window_logits(tokens, w, slot),
+            lambda: self.step_logits(tokens, i, slot, cache),
+        )
+        return w, cache, logits
+
+
+def _short(value):
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

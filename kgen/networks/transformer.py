@@ -1,18 +1,167 @@
-"""Decoder-only Transformer language model built from keras-hub layers.
+"""Decoder-only Transformer language model.
 
-GPT-2's shape (as nanoGPT writes it): token + learned position embeddings,
-`num_layers` pre-norm `keras_hub.layers.TransformerDecoder` blocks, a final
-LayerNorm, and an output projection tied to the token embedding (or not).
+GPT-2's shape (as nanoGPT writes it): token + learned position embeddings
+(keras-hub's `ReversibleEmbedding` and `PositionEmbedding`), `num_layers`
+pre-norm `DecoderBlock`s, a final LayerNorm, and an output projection tied
+to the token embedding (or not).
+
+`DecoderBlock` is kgen's own (registered for `.keras` files) so that cached
+generation can read its weights through public attributes: keras-hub's
+`TransformerDecoder` keeps its sublayers private, and its cache update is
+`keras.ops.slice_update`, an XLA op in a TensorFlow graph that TF Serving's
+CPU build cannot run.
 
 The layers are named so cached generation (`forward_with_cache`) can find
-them and read their weights: `token_embedding`, `position_embedding`,
-`embedding_dropout`, `decoder_0` ... `decoder_{n-1}`, `final_norm`.
+them: `token_embedding`, `position_embedding`, `embedding_dropout`,
+`decoder_0` ... `decoder_{n-1}`, `final_norm`.
 """
 
 import keras
 import keras_hub
 from keras import layers
 from keras import ops
+
+from kgen.api import kgen_export
+from kgen.ops import cache_update
+
+
+@kgen_export("kgen.networks.DecoderBlock")
+class DecoderBlock(layers.Layer):
+    """A pre-norm causal self-attention block (GPT-2 / nanoGPT).
+
+    `x + attention(norm(x))`, then `x + feedforward(norm(x))`, the
+    attention causal. Every sublayer is a public attribute, so a cached
+    decoding step (`cached_call`) reads the same weights.
+
+    Args:
+        num_heads: attention heads (`hidden_dim` must divide by it).
+        intermediate_dim: width of the feed-forward layer.
+        dropout: dropout of the attention and feed-forward outputs.
+        activation: the feed-forward activation.
+        layer_norm_epsilon: epsilon of both LayerNorms.
+        kernel_initializer: initializer of every kernel.
+
+    Example:
+
+    ```python
+    block = DecoderBlock(num_heads=4, intermediate_dim=512)
+    y = block(x)  # x (batch, length, 128) -> y (batch, length, 128)
+    ```
+    """
+
+    def __init__(self, num_heads, intermediate_dim, dropout=0.0, activation="gelu",
+                 layer_norm_epsilon=1e-5, kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        # === Config ===
+        self.num_heads = int(num_heads)
+        self.intermediate_dim = int(intermediate_dim)
+        self.dropout = float(dropout)
+        self.activation = keras.activations.get(activation)
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        # === Layers ===
+        dense = dict(kernel_initializer=self.kernel_initializer)
+        self.attention_norm = layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, name="attention_norm")
+        self.query_key_value = None  # (hidden, 3 * hidden), built in build()
+        self.attention_output = None
+        self.feedforward_norm = layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, name="feedforward_norm")
+        self.feedforward_intermediate = layers.Dense(
+            self.intermediate_dim, activation=self.activation,
+            name="feedforward_intermediate", **dense)
+        self.feedforward_output = None
+        self.output_dropout = layers.Dropout(self.dropout, name="output_dropout")
+
+    def build(self, input_shape):
+        hidden = int(input_shape[-1])
+        if hidden % self.num_heads:
+            raise ValueError(
+                f"hidden_dim={hidden} must be divisible by num_heads={self.num_heads}"
+            )
+        dense = dict(kernel_initializer=self.kernel_initializer)
+        self.query_key_value = layers.Dense(3 * hidden, name="query_key_value", **dense)
+        self.attention_output = layers.Dense(hidden, name="attention_output", **dense)
+        self.feedforward_output = layers.Dense(hidden, name="feedforward_output", **dense)
+        self.attention_norm.build(input_shape)
+        self.query_key_value.build(input_shape)
+        self.attention_output.build(input_shape)
+        self.feedforward_norm.build(input_shape)
+        self.feedforward_intermediate.build(input_shape)
+        self.feedforward_output.build((*input_shape[:-1], self.intermediate_dim))
+
+    @property
+    def head_dim(self):
+        return self.attention_output.kernel.shape[0] // self.num_heads
+
+    def call(self, x, training=False):
+        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        query, key, value = self._split_heads(self.query_key_value(self.attention_norm(x)))
+        attended = ops.dot_product_attention(
+            query, key, value, is_causal=True, scale=self.head_dim ** -0.5)
+        attended = ops.reshape(attended, (batch, length, -1))
+        x = x + self.output_dropout(self.attention_output(attended), training=training)
+        h = self.feedforward_output(self.feedforward_intermediate(self.feedforward_norm(x)))
+        return x + self.output_dropout(h, training=training)
+
+    def cached_call(self, x, key_cache, value_cache, index, visible):
+        """The block over tokens at positions `index ...`, attending to the
+        cache: the same arithmetic as `call()` written over the sublayers'
+        weights in `keras.ops` (calling ~10 layers per token costs more than
+        a one-token step's arithmetic), the new keys and values written into
+        the caches at `index` as keras-hub's `CachedMultiHeadAttention` does.
+
+        Args:
+            x: float `(batch, t, hidden)`.
+            key_cache, value_cache: float `(batch, sequence_length, heads,
+                head_dim)`.
+            index: int scalar (may be a tensor): the position of `x[:, 0]`.
+            visible: bool `(1, 1, t, sequence_length)`: which cached
+                positions each query sees.
+
+        Returns:
+            `(x, key_cache, value_cache)`.
+        """
+        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        h = _layer_norm(x, self.attention_norm)
+        query, key, value = self._split_heads(_dense(h, self.query_key_value))
+        key_cache = cache_update(key_cache, [0, index, 0, 0], key)
+        value_cache = cache_update(value_cache, [0, index, 0, 0], value)
+        attended = ops.dot_product_attention(
+            query, key_cache, value_cache, mask=visible, scale=self.head_dim ** -0.5)
+        x = x + _dense(ops.reshape(attended, (batch, length, -1)), self.attention_output)
+        h = _dense(_layer_norm(x, self.feedforward_norm), self.feedforward_intermediate)
+        return x + _dense(h, self.feedforward_output), key_cache, value_cache
+
+    def _split_heads(self, qkv):
+        batch, length = ops.shape(qkv)[0], ops.shape(qkv)[1]
+        qkv = ops.reshape(qkv, (batch, length, 3, self.num_heads, self.head_dim))
+        return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "intermediate_dim": self.intermediate_dim,
+            "dropout": self.dropout,
+            "activation": keras.activations.serialize(self.activation),
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+        }
+
+
+def _dense(x, layer):
+    y = ops.matmul(x, layer.kernel) + layer.bias
+    return y if layer.activation is None else layer.activation(y)
+
+
+def _layer_norm(x, layer):
+    return ops.layer_normalization(
+        x, layer.gamma, layer.beta, layer.axis, layer.epsilon,
+        rms_scaling=layer.rms_scaling)
 
 
 def transformer_lm(vocabulary_size, sequence_length, num_layers=4, num_heads=4,
@@ -42,24 +191,21 @@ def transformer_lm(vocabulary_size, sequence_length, num_layers=4, num_heads=4,
             f"hidden_dim={hidden_dim} must be divisible by num_heads={num_heads}"
         )
     intermediate_dim = intermediate_dim or 4 * hidden_dim
+    initializer = keras.initializers.RandomNormal(stddev=0.02)
     tokens = keras.Input((None,), dtype="int32", name="token_ids")
     token_embedding = keras_hub.layers.ReversibleEmbedding(
         vocabulary_size, hidden_dim, tie_weights=tie_weights,
-        embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02),
-        name="token_embedding",
+        embeddings_initializer=initializer, name="token_embedding",
     )
     x = token_embedding(tokens)
     x = x + keras_hub.layers.PositionEmbedding(
-        sequence_length,
-        initializer=keras.initializers.RandomNormal(stddev=0.02),
-        name="position_embedding",
+        sequence_length, initializer=initializer, name="position_embedding",
     )(x)
     x = layers.Dropout(dropout, name="embedding_dropout")(x)
     for i in range(num_layers):
-        x = keras_hub.layers.TransformerDecoder(
-            intermediate_dim, num_heads, dropout=dropout, activation="gelu",
-            layer_norm_epsilon=layer_norm_epsilon, normalize_first=True,
-            kernel_initializer=keras.initializers.RandomNormal(stddev=0.02),
+        x = DecoderBlock(
+            num_heads, intermediate_dim, dropout=dropout, activation="gelu",
+            layer_norm_epsilon=layer_norm_epsilon, kernel_initializer=initializer,
             name=f"decoder_{i}",
         )(x)
     x = layers.LayerNormalization(epsilon=layer_norm_epsilon, name="final_norm")(x)
@@ -77,50 +223,13 @@ def decoder_layers(network):
             return blocks
 
 
-def decoding_weights(network):
-    """Each decoder block's weights as the one-token step reads them: one
-    tuple per block of tensors (query/key/value kernels fused into one
-    `(hidden, 3 * hidden)` matrix). Compute it once per generation and pass
-    it to every `forward_with_cache` call."""
-    weights = []
-    for block in decoder_layers(network):
-        attention = block._self_attention_layer
-        if block._cross_attention_layer is not None:
-            raise ValueError(f"{block.name}: cross-attention is not supported")
-        dense = (attention._query_dense, attention._key_dense, attention._value_dense)
-        hidden = dense[0].kernel.shape[0]
-        weights.append((
-            block._self_attention_layer_norm,
-            ops.concatenate([ops.reshape(d.kernel, (hidden, -1)) for d in dense], axis=1),
-            ops.concatenate([ops.reshape(d.bias, (-1,)) for d in dense], axis=0),
-            ops.reshape(attention._output_dense.kernel, (-1, hidden)),
-            attention._output_dense.bias,
-            block._feedforward_layer_norm,
-            block._feedforward_intermediate_dense,
-            block._feedforward_output_dense,
-        ))
-    return weights
-
-
-def _layer_norm(x, layer):
-    return ops.layer_normalization(
-        x, layer.gamma, layer.beta, layer.axis, layer.epsilon,
-        rms_scaling=layer.rms_scaling)
-
-
-def forward_with_cache(network, token_ids, caches, index, weights=None):
+def forward_with_cache(network, token_ids, caches, index):
     """Run `token_ids` (positions `index ...`) through the network, reading
     and writing each block's self-attention cache.
 
-    The same computation as calling the network (keras-hub's pre-norm
-    `TransformerDecoder`: LayerNorm, multi-head self-attention, residual,
-    LayerNorm, GELU feed-forward, residual) written over the blocks' own
-    weights in `keras.ops`, as keras-hub's `CachedMultiHeadAttention` does
-    with its cache: the new keys and values are written at `index`, the
-    queries attend to every cached position up to their own. Calling the
-    Keras layers themselves costs more than the arithmetic of a one-token
-    step (about 50 layer calls a token), so a step calls none but the
-    embeddings.
+    The same computation as calling the network, block by block through
+    `DecoderBlock.cached_call`: the new keys and values are written at
+    `index`, the queries attend to every cached position up to their own.
 
     Args:
         network: a `transformer_lm` model.
@@ -129,38 +238,23 @@ def forward_with_cache(network, token_ids, caches, index, weights=None):
             `(batch, sequence_length, heads, head_dim)`, as `empty_cache`
             makes them.
         index: int scalar (may be a tensor): the first position.
-        weights: `decoding_weights(network)` (computed here if not given).
 
     Returns:
         `(logits (batch, t, vocabulary), updated caches)`.
     """
-    weights = decoding_weights(network) if weights is None else weights
     token_embedding = network.get_layer("token_embedding")
     x = token_embedding(token_ids)
     x = x + network.get_layer("position_embedding")(x, start_index=index)
-    batch, length = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
-    _, size, heads, head_dim = caches[0][0].shape
+    length = ops.shape(token_ids)[1]
+    size = caches[0][0].shape[1]
     # Query at position index + i sees cached positions <= index + i (the
     # same for every block).
     visible = (ops.arange(size, dtype="int32")[None, :]
                <= index + ops.arange(length, dtype="int32")[:, None])[None, None]
     updated = []
-    for (norm1, qkv_kernel, qkv_bias, out_kernel, out_bias, norm2, ffn_in, ffn_out), \
-            (key_cache, value_cache) in zip(weights, caches):
-        h = _layer_norm(x, norm1)
-        qkv = ops.reshape(ops.matmul(h, qkv_kernel) + qkv_bias,
-                          (batch, length, 3, heads, head_dim))
-        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        key_cache = ops.slice_update(key_cache, [0, index, 0, 0], key)
-        value_cache = ops.slice_update(value_cache, [0, index, 0, 0], value)
-        attended = ops.dot_product_attention(
-            query, key_cache, value_cache, mask=visible,
-            scale=1.0 / float(head_dim) ** 0.5)
-        x = x + ops.matmul(ops.reshape(attended, (batch, length, heads * head_dim)),
-                           out_kernel) + out_bias
-        h = _layer_norm(x, norm2)
-        h = ffn_in.activation(ops.matmul(h, ffn_in.kernel) + ffn_in.bias)
-        x = x + ops.matmul(h, ffn_out.kernel) + ffn_out.bias
+    for block, (key_cache, value_cache) in zip(decoder_layers(network), caches):
+        x, key_cache, value_cache = block.cached_call(x, key_cache, value_cache, index,
+                                                      visible)
         updated.append((key_cache, value_cache))
     x = _layer_norm(x, network.get_layer("final_norm"))
     return token_embedding(x, reverse=True), tuple(updated)
@@ -170,7 +264,6 @@ def empty_cache(network, batch_size):
     """The zero caches `forward_with_cache` starts from: one `(key, value)`
     pair per block, each `(batch_size, sequence_length, heads, head_dim)`."""
     blocks = decoder_layers(network)
-    attention = blocks[0]._self_attention_layer
     sequence_length = network.get_layer("position_embedding").sequence_length
-    shape = (batch_size, sequence_length, attention._num_heads, attention._key_dim)
+    shape = (batch_size, sequence_length, blocks[0].num_heads, blocks[0].head_dim)
     return tuple((ops.zeros(shape), ops.zeros(shape)) for _ in blocks)
