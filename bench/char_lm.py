@@ -72,10 +72,9 @@ def worker(data_path, iterations, overrides):
 
     # --- generation: KV cache vs recomputing the window ---------------------
     def run(batch, use_cache):
-        prompts = [model.tokenizer.encode(PROMPT)] * batch
-        return lambda: model.generate_ids(prompts, NEW_TOKENS, sampler="top_k",
-                                          top_k=20, temperature=0.8, seeds=0,
-                                          use_cache=use_cache)
+        return lambda: model.generate(batch, seed=0, prompt=PROMPT,
+                                      max_new_tokens=NEW_TOKENS, sampler="top_k",
+                                      top_k=20, temperature=0.8, use_cache=use_cache)
 
     speed = {}
     for batch in BATCHES:
@@ -84,8 +83,8 @@ def worker(data_path, iterations, overrides):
             seconds = _best_of(run(batch, use_cache))
             speed[f"{'cached' if use_cache else 'uncached'}_b{batch}"] = (
                 batch * NEW_TOKENS / seconds)
-    sample = model.generate(PROMPT, max_new_tokens=NEW_TOKENS, sampler="top_k",
-                            top_k=20, temperature=0.8, seed=0)
+    sample = model.generate(1, seed=0, prompt=PROMPT, max_new_tokens=NEW_TOKENS,
+                            sampler="top_k", top_k=20, temperature=0.8)[0]
 
     # --- the exported SavedModel vs in-process ------------------------------
     import tensorflow as tf
@@ -101,6 +100,7 @@ def worker(data_path, iterations, overrides):
                 seed=tf.range(batch, dtype=tf.int64),
                 max_new_tokens=tf.fill([batch], NEW_TOKENS),
                 temperature=tf.fill([batch], 0.8), top_k=tf.fill([batch], 20),
+                top_p=tf.fill([batch], 1.0), stop_token=tf.fill([batch], ""),
             )
             generate(**inputs)
             seconds = _best_of(lambda: generate(**inputs))
@@ -108,7 +108,8 @@ def worker(data_path, iterations, overrides):
         exported_text = generate(
             prompt=tf.constant([PROMPT]), seed=tf.constant([0], tf.int64),
             max_new_tokens=tf.constant([NEW_TOKENS]), temperature=tf.constant([0.8]),
-            top_k=tf.constant([20]))["text"].numpy()[0].decode("utf-8")
+            top_k=tf.constant([20]), top_p=tf.constant([1.0]),
+            stop_token=tf.constant([""]))["text"].numpy()[0].decode("utf-8")
 
     result = dict(backend=backend, val_loss=float(val["loss"]), wall_s=wall,
                   speed=speed, sample=sample, exported_sample=exported_text)

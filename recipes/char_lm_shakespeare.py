@@ -84,9 +84,11 @@ def build_char_lm(config, text):
 
 
 def sample_kwargs(config):
-    """What SampleLogger passes to `model.generate(n, seed=...)`."""
+    """What SampleLogger passes to `model.generate(n, seed=...)`: one prompt
+    per row, `sample_prompts` in turn."""
+    prompts = config["sample_prompts"]
     return dict(
-        prompts=list(config["sample_prompts"]),
+        prompts=[prompts[i % len(prompts)] for i in range(config["sample_count"])],
         max_new_tokens=config["sample_max_new_tokens"],
         sampler="top_k",
         temperature=config["sample_temperature"],

@@ -1,137 +1,169 @@
 """Serving signature of `kgen.models.CausalLM`: text in, text out.
 
-The graph tokenises the prompt with core `tf.strings` ops (a sorted
-code-point table for characters, `tf.io.decode_raw` for bytes), runs the
-model's own cached sampling loop (`CausalLM.generate_loop`, traced on the
-TensorFlow backend into a `While` op) over the whole batch at once (rows
-keep their own prompt lengths, token counts, seeds and settings), and joins
-the sampled tokens back into strings. No tf-text, no PyFunc, no XLA
-ops: TF Serving runs it as it is.
+The graph tokenises the prompts with the model's own tokenizer layer (core
+`tf.strings` ops), runs the model's sampling computation
+(`CausalLM.sample`, traced on the TensorFlow backend into a `While` op) over
+the whole batch at once (rows keep their own prompt lengths, token counts,
+seeds and sampler settings), and joins the sampled tokens back into strings
+with the same tokenizer. No tf-text, no PyFunc, no XLA ops: TF Serving runs
+it as it is.
+
+The inputs carry the names of `CausalLM.generate`'s options, one value per
+row: `prompt`, `seed`, `max_new_tokens`, `temperature`, `top_k` (0: off),
+`top_p` (1: off) and `stop_token` (`""`: none). Python's named samplers are
+settings of these (`kgen.samplers`): greedy is `top_k=1`; temperature is
+`top_k=0, top_p=1`; top-k is `top_p=1`; top-p is `top_k=0`.
 """
 
 import tensorflow as tf
 
 from kgen.export import common
 from kgen.models.autoregressive import MAX_NEW_TOKENS
-from kgen.trainers.tensorflow import core_ops_only
 
-DEFAULTS = {"max_new_tokens": 256, "temperature": 0.8, "top_k": 20}
+DEFAULTS = {"max_new_tokens": 256, "temperature": 0.8, "top_k": 20, "top_p": 1.0,
+            "stop_token": ""}
+# Most tokens one request may hold: rows x (longest prompt + largest
+# max_new_tokens). It bounds the token buffer and the work of one request
+# (256 rows of 256 new tokens after a 256-token prompt).
+MAX_REQUEST_TOKENS = 131072
 
-
-class _Codec:
-    """Prompt strings <-> token ids with core ops, per tokenizer kind."""
-
-    def __init__(self, tokenizer):
-        self.kind = tokenizer.kind
-        if self.kind == "char":
-            vocabulary = tokenizer.vocabulary
-            self.code_points = tf.constant([ord(c) for c in vocabulary], tf.int32)
-            self.pieces = tf.constant([c.encode("utf-8") for c in vocabulary])
-        elif self.kind == "byte":
-            self.pieces = tf.constant([bytes([i]) for i in range(256)])
-        else:
-            raise TypeError(f"cannot export tokenizer kind {self.kind!r}")
-
-    def encode(self, prompts):
-        """Strings `(batch,)` -> `(ragged ids (batch, None), checks)`."""
-        if self.kind == "byte":
-            pieces = tf.strings.bytes_split(prompts)
-            flat = tf.reshape(tf.io.decode_raw(pieces.flat_values, tf.uint8), [-1])
-            return pieces.with_flat_values(tf.cast(flat, tf.int32)), []
-        code_points = tf.strings.unicode_decode(prompts, "UTF-8")
-        flat = code_points.flat_values
-        ids = tf.searchsorted(self.code_points, flat)
-        ids = tf.minimum(ids, tf.size(self.code_points) - 1)
-        known = tf.equal(tf.gather(self.code_points, ids), flat)
-        check = tf.debugging.assert_equal(
-            tf.reduce_all(known), True,
-            message="prompt contains characters outside the vocabulary",
-        )
-        return code_points.with_flat_values(ids), [check]
-
-    def decode(self, ids, lengths):
-        """Ids `(batch, n)` valid up to `lengths` -> strings `(batch,)`."""
-        ragged = tf.RaggedTensor.from_tensor(ids, lengths=lengths)
-        return tf.strings.reduce_join(tf.gather(self.pieces, ragged), axis=-1)
+INPUT_SIGNATURE = [
+    tf.TensorSpec([None], tf.string, name="prompt"),
+    common.SEED_SPEC,
+    tf.TensorSpec([None], tf.int32, name="max_new_tokens"),
+    tf.TensorSpec([None], tf.float32, name="temperature"),
+    tf.TensorSpec([None], tf.int32, name="top_k"),
+    tf.TensorSpec([None], tf.float32, name="top_p"),
+    tf.TensorSpec([None], tf.string, name="stop_token"),
+]
 
 
 def causal_lm_signatures(model, max_rows):
-    """`generate`: per-row `prompt`, `seed`, `max_new_tokens`, `temperature`,
-    `top_k` -> `text` (prompt + continuation) and `completion`."""
-    context = model.context
-    codec = _Codec(model.tokenizer)
+    """`generate`: per-row `prompt`, `seed`, `max_new_tokens`,
+    `temperature`, `top_k`, `top_p`, `stop_token` -> `text` (prompt +
+    continuation) and `completion`."""
 
-    @tf.function(input_signature=[
-        tf.TensorSpec([None], tf.string, name="prompt"),
-        common.SEED_SPEC,
-        tf.TensorSpec([None], tf.int32, name="max_new_tokens"),
-        tf.TensorSpec([None], tf.float32, name="temperature"),
-        tf.TensorSpec([None], tf.int32, name="top_k"),
-    ])
-    def generate(prompt, seed, max_new_tokens, temperature, top_k):
-        batch = tf.shape(prompt)[0]
-        checks = [
-            tf.debugging.assert_equal(
-                tf.shape(x)[0], batch,
-                message=f"{name} must have one value per prompt (same batch size)",
-            )
-            for name, x in (("seed", seed), ("max_new_tokens", max_new_tokens),
-                            ("temperature", temperature), ("top_k", top_k))
-        ] + [
-            tf.debugging.assert_greater(
-                tf.strings.length(prompt), 0, message="prompt must not be empty"),
-            tf.debugging.assert_greater_equal(
-                max_new_tokens, 1,
-                message=f"max_new_tokens must be in [1, {MAX_NEW_TOKENS}]"),
-            tf.debugging.assert_less_equal(
-                max_new_tokens, MAX_NEW_TOKENS,
-                message=f"max_new_tokens must be in [1, {MAX_NEW_TOKENS}]"),
-            tf.debugging.assert_all_finite(
-                temperature, message="temperature must be finite and > 0"),
-            tf.debugging.assert_greater(
-                temperature, 0.0, message="temperature must be finite and > 0"),
-            tf.debugging.assert_greater_equal(
-                top_k, 0, message="top_k must be >= 0 (0: no top-k filter)"),
-        ]
+    @tf.function(input_signature=INPUT_SIGNATURE)
+    def generate(prompt, seed, max_new_tokens, temperature, top_k, top_p, stop_token):
+        checks = check_inputs(model, max_rows, prompt=prompt, seed=seed,
+                              max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_k=top_k, top_p=top_p, stop_token=stop_token)
         with tf.control_dependencies(checks):
-            ids, token_checks = codec.encode(tf.identity(prompt))
-        prompt_lengths = tf.cast(ids.row_lengths(), tf.int32)
-        token_checks.append(tf.debugging.assert_less_equal(
-            prompt_lengths, context,
-            message=f"prompt is longer than the context of {context} tokens"))
-        with tf.control_dependencies(token_checks):
-            prompt_lengths = tf.identity(prompt_lengths)
-        ends = prompt_lengths + max_new_tokens
-        width = tf.reduce_max(tf.concat([ends, [0]], 0)) + context
-        dense = ids.to_tensor(0)
-        buffer = tf.pad(dense, [[0, 0], [0, width - tf.shape(dense)[1]]])
-        # Traced with core ops only: saving may trace the function again.
-        with core_ops_only():
-            tokens, lengths = model.generate_loop(
-                buffer, prompt_lengths, ends, tf.cast(seed, tf.int32),
-                temperature, top_k, tf.ones_like(temperature), tf.constant(-1),
-                kind="top_k", use_cache=True,
-            )
-        text = codec.decode(tokens, lengths)
+            prompt_ids, prompt_lengths = encode_prompts(model, prompt)
+            stop_ids = encode_stop_tokens(model.tokenizer, stop_token)
+        tokens, ends = prompt_buffer(model, prompt_ids, prompt_lengths, max_new_tokens)
+        tokens, lengths = model.sample(
+            common.seed_pairs(seed), tokens=tokens, prompt_lengths=prompt_lengths,
+            ends=ends, temperature=temperature, top_k=top_k, top_p=top_p,
+            stop_token=stop_ids, use_cache=True)
+        text = model.tokenizer.detokenize(tokens, lengths)
         prompt_bytes = tf.strings.length(prompt)
         completion = tf.strings.substr(
             text, prompt_bytes, tf.strings.length(text) - prompt_bytes)
         return {"text": text, "completion": completion}
 
-    metadata = {
+    return {"generate": generate}, metadata(model)
+
+
+def check_inputs(model, max_rows, prompt, seed, max_new_tokens, temperature, top_k,
+                 top_p, stop_token):
+    """Row counts and ranges of the raw inputs, each check naming its input."""
+    return common.check_rows(seed, max_rows) + common.check_same_rows(
+        seed, prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+        top_k=top_k, top_p=top_p, stop_token=stop_token,
+    ) + [
+        tf.debugging.assert_greater(
+            tf.strings.length(prompt), 0, message="prompt must not be empty"),
+        # Four bytes per character at most: a cheap bound before tokenizing.
+        tf.debugging.assert_less_equal(
+            tf.strings.length(prompt), 4 * model.context,
+            message=f"prompt is longer than the context of {model.context} tokens"),
+        tf.debugging.assert_greater_equal(
+            max_new_tokens, 1, message=f"max_new_tokens must be in [1, {MAX_NEW_TOKENS}]"),
+        tf.debugging.assert_less_equal(
+            max_new_tokens, MAX_NEW_TOKENS,
+            message=f"max_new_tokens must be in [1, {MAX_NEW_TOKENS}]"),
+        tf.debugging.assert_all_finite(
+            temperature, message="temperature must be finite and > 0"),
+        tf.debugging.assert_greater(
+            temperature, 0.0, message="temperature must be finite and > 0"),
+        tf.debugging.assert_greater_equal(
+            top_k, 0, message="top_k must be >= 0 (0: off)"),
+        tf.debugging.assert_greater(
+            top_p, 0.0, message="top_p must be in (0, 1] (1: off)"),
+        tf.debugging.assert_less_equal(
+            top_p, 1.0, message="top_p must be in (0, 1] (1: off)"),
+        tf.debugging.assert_less_equal(
+            tf.strings.length(stop_token), 4,
+            message="stop_token must be one token or empty"),
+    ]
+
+
+def encode_prompts(model, prompt):
+    """Prompt strings -> (ragged ids, int32 lengths), checked against the
+    vocabulary and the context (INVALID_ARGUMENT naming `prompt`)."""
+    ids = model.tokenizer.tokenize(prompt, name="prompt")
+    lengths = tf.cast(ids.row_lengths(), tf.int32)
+    check = tf.debugging.assert_less_equal(
+        lengths, model.context,
+        message=f"prompt is longer than the context of {model.context} tokens")
+    with tf.control_dependencies([check]):
+        return ids, tf.identity(lengths)
+
+
+def encode_stop_tokens(tokenizer, stop_token):
+    """Stop-token strings -> int32 ids `(batch,)`, `-1` for `""`."""
+    ids = tokenizer.tokenize(stop_token, name="stop_token")
+    check = tf.debugging.assert_less_equal(
+        ids.row_lengths(), tf.constant(1, tf.int64),
+        message="stop_token must be one token or empty")
+    with tf.control_dependencies([check]):
+        return tf.identity(ids.to_tensor(default_value=-1, shape=[None, 1])[:, 0])
+
+
+def prompt_buffer(model, prompt_ids, prompt_lengths, max_new_tokens):
+    """The token buffer `CausalLM.sample` fills, within the request's token
+    budget (INVALID_ARGUMENT naming `max_new_tokens` otherwise), and each
+    row's end."""
+    ends = prompt_lengths + max_new_tokens
+    rows = tf.shape(prompt_lengths)[0]
+    longest = tf.reduce_max(prompt_lengths) + tf.reduce_max(max_new_tokens)
+    check = tf.debugging.assert_less_equal(
+        tf.cast(rows, tf.int64) * tf.cast(longest, tf.int64),
+        tf.constant(MAX_REQUEST_TOKENS, tf.int64),
+        message=f"max_new_tokens: rows x (longest prompt + largest max_new_tokens) "
+                f"must be at most {MAX_REQUEST_TOKENS} tokens")
+    with tf.control_dependencies([check]):
+        width = tf.identity(longest) + model.context
+    dense = prompt_ids.to_tensor(0)
+    return tf.pad(dense, [[0, 0], [0, width - tf.shape(dense)[1]]]), ends
+
+
+def metadata(model):
+    """What `kgen sample` and a reader of `kgen.json` need."""
+    return {
         "output_kind": "text",
-        "context": context,
+        "context": model.context,
         "tokenizer": model.tokenizer.kind,
         "vocabulary_size": model.vocabulary_size,
         "max_new_tokens_limit": MAX_NEW_TOKENS,
+        "max_request_tokens": MAX_REQUEST_TOKENS,
         "defaults": {"prompt": model.default_prompt, **DEFAULTS},
+        "samplers": {
+            "greedy": "top_k=1",
+            "temperature": "top_k=0, top_p=1",
+            "top_k": "top_p=1",
+            "top_p": "top_k=0",
+        },
         "signatures": {
             "generate": (
                 "prompt string [batch], seed int64 [batch], max_new_tokens int32 "
-                "[batch], temperature float32 [batch] (> 0), top_k int32 [batch] "
-                "(0: off) -> text string [batch] (prompt + continuation), "
-                "completion string [batch] (continuation only)"
+                f"[batch] in [1, {MAX_NEW_TOKENS}], temperature float32 [batch] (> 0), "
+                "top_k int32 [batch] (0: off), top_p float32 [batch] in (0, 1] "
+                "(1: off), stop_token string [batch] (one token; '': none) -> text "
+                "string [batch] (prompt + continuation), completion string [batch] "
+                f"(continuation only); rows x (longest prompt + largest "
+                f"max_new_tokens) <= {MAX_REQUEST_TOKENS}"
             ),
         },
     }
-    return {"generate": generate}, metadata

@@ -12,6 +12,7 @@ from kgen.networks import transformer_lm
 from tests.conftest import shared
 
 CONTEXT = 16
+PROMPTS = ["ROMEO:", "First Citizen:", "KING: "]
 
 
 @pytest.fixture(scope="module")
@@ -59,45 +60,69 @@ def test_loss_falls_on_shakespeare(trained):
 
 
 @pytest.mark.parametrize("new_tokens", [5, 3 * CONTEXT], ids=["in_context", "sliding"])
-def test_cached_and_uncached_greedy_give_the_same_tokens(trained, new_tokens):
+def test_cached_and_uncached_greedy_give_the_same_text(trained, new_tokens):
     lm = trained["lm"]
-    prompt = np.stack([lm.tokenizer.encode("ROMEO:"), lm.tokenizer.encode("KING: ")])
-    cached, n1 = lm.generate_ids(prompt, new_tokens, sampler="greedy")
-    uncached, n2 = lm.generate_ids(prompt, new_tokens, sampler="greedy", use_cache=False)
-    assert cached.shape == (2, 6 + new_tokens)
-    np.testing.assert_array_equal(cached, uncached)
-    np.testing.assert_array_equal(n1, [6 + new_tokens] * 2)
-    np.testing.assert_array_equal(cached[:, :6], prompt)
+    kwargs = dict(prompts=["ROMEO:", "KING: "], max_new_tokens=new_tokens, sampler="greedy")
+    cached = lm.generate(2, **kwargs)
+    assert cached == lm.generate(2, use_cache=False, **kwargs)
+    assert [len(t) for t in cached] == [6 + new_tokens] * 2
+    assert [t[:6] for t in cached] == ["ROMEO:", "KING: "]
 
 
-@pytest.mark.parametrize("sampler", ["temperature", "top_k", "top_p"])
-def test_same_seed_same_sample(trained, sampler):
+@pytest.mark.parametrize("sampler", ["greedy", "temperature", "top_k", "top_p"])
+def test_row_i_is_generate_1_with_seed_s_plus_i(trained, sampler):
     lm = trained["lm"]
-    prompts = ["ROMEO:", "First Citizen:", "ROMEO:"]
-    a = lm.generate(prompts, max_new_tokens=20, sampler=sampler, seed=7)
-    b = lm.generate(prompts, max_new_tokens=20, sampler=sampler, seed=7)
-    c = lm.generate(prompts, max_new_tokens=20, sampler=sampler, seed=8)
-    assert a == b and a != c
-    assert [t[:len(p)] for t, p in zip(a, prompts)] == prompts
-    assert all(len(t) == len(p) + 20 for t, p in zip(a, prompts))
-    assert a[0] != a[2], "rows with the same prompt get their own seeds"
-    # A row depends on its seed alone, not on the rest of the batch.
-    assert lm.generate("ROMEO:", max_new_tokens=20, sampler=sampler, seed=9) == a[2]
+    kwargs = dict(max_new_tokens=20, sampler=sampler, temperature=1.0, top_k=5, top_p=0.8)
+    rows = lm.generate(3, seed=5, prompts=PROMPTS, **kwargs)
+    assert rows == lm.generate(3, seed=5, prompts=PROMPTS, **kwargs)
+    for i, prompt in enumerate(PROMPTS):
+        assert rows[i] == lm.generate(1, seed=5 + i, prompt=prompt, **kwargs)[0]
+        assert rows[i].startswith(prompt) and len(rows[i]) == len(prompt) + 20
+    same = lm.generate(3, seed=5, prompt="ROMEO:", **kwargs)
+    assert same[1] == lm.generate(1, seed=6, prompt="ROMEO:", **kwargs)[0]
+    if sampler != "greedy":
+        assert len(set(same)) > 1, "rows with the same prompt get their own seeds"
+        assert rows != lm.generate(3, seed=8, prompts=PROMPTS, **kwargs)
 
 
-def test_generate_n_cycles_prompts_and_stops(trained):
+def test_seeds_use_64_bits(trained):
     lm = trained["lm"]
-    texts = lm.generate(4, max_new_tokens=30, seed=0, prompts=["ROMEO:", "JULIET:"])
-    assert len(texts) == 4 and texts[1].startswith("JULIET:") and texts[2].startswith("ROMEO:")
-    stopped = lm.generate(["ROMEO:"] * 6, max_new_tokens=60, seed=0,
+    a = lm.generate(1, seed=7, prompt="ROMEO:", max_new_tokens=30)[0]
+    b = lm.generate(1, seed=7 + 2**32, prompt="ROMEO:", max_new_tokens=30)[0]
+    assert a != b
+    top = lm.generate(2, seed=2**63 - 2, prompt="ROMEO:", max_new_tokens=4)
+    assert top[1] == lm.generate(1, seed=2**63 - 1, prompt="ROMEO:", max_new_tokens=4)[0]
+    with pytest.raises(ValueError, match="seed=9223372036854775807: with 2 row"):
+        lm.generate(2, seed=2**63 - 1, max_new_tokens=4)
+
+
+def test_samplers_top_k_1_and_tiny_top_p_are_greedy(trained):
+    lm = trained["lm"]
+    kwargs = dict(prompts=PROMPTS, max_new_tokens=24)
+    greedy = lm.generate(3, seed=0, sampler="greedy", **kwargs)
+    assert lm.generate(3, seed=11, sampler="top_k", top_k=1, temperature=2.0,
+                       **kwargs) == greedy
+    assert lm.generate(3, seed=12, sampler="top_p", top_p=1e-6, **kwargs) == greedy
+    assert lm.generate(3, seed=12, sampler="top_p", top_p=0.9, **kwargs) != greedy
+
+
+def test_stop_token_ends_a_row(trained):
+    lm = trained["lm"]
+    stopped = lm.generate(6, seed=0, prompt="ROMEO:", max_new_tokens=60,
                           sampler="temperature", stop_token="\n")
-    for text in stopped:
+    free = lm.generate(6, seed=0, prompt="ROMEO:", max_new_tokens=60, sampler="temperature")
+    for text, full in zip(stopped, free):
         continuation = text[len("ROMEO:"):]
         assert "\n" not in continuation[:-1]
         assert continuation.endswith("\n") or len(continuation) == 60
+        assert full.startswith(text), "the same tokens up to the stop"
     assert any(len(t) < len("ROMEO:") + 60 for t in stopped)
-    # No seed: one is drawn from the model's seed generator.
-    assert lm.generate("ROMEO:", max_new_tokens=4).startswith("ROMEO:")
+
+
+def test_default_prompt_and_drawn_seed(trained):
+    lm = trained["lm"]
+    texts = lm.generate(2, max_new_tokens=4)
+    assert len(texts) == 2 and all(t.startswith(lm.default_prompt) for t in texts)
 
 
 def test_keras_file_round_trip(trained, tmp_path):
@@ -110,8 +135,8 @@ def test_keras_file_round_trip(trained, tmp_path):
     x, _ = next(iter(trained["data"].validation))
     np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x.numpy())),
                                keras.ops.convert_to_numpy(lm(x.numpy())), atol=1e-5)
-    assert (loaded.generate("ROMEO:", max_new_tokens=12, sampler="greedy")
-            == lm.generate("ROMEO:", max_new_tokens=12, sampler="greedy"))
+    kwargs = dict(seed=3, prompt="ROMEO:", max_new_tokens=12)
+    assert loaded.generate(2, **kwargs) == lm.generate(2, **kwargs)
     loaded.fit(trained["data"].train, steps_per_epoch=2, epochs=1, verbose=0)
 
 
@@ -121,58 +146,35 @@ def test_untied_and_dropout_train():
     ids = np.random.default_rng(0).integers(0, 10, (8, CONTEXT + 1)).astype("int32")
     history = lm.fit(ids[:, :-1], ids[:, 1:], batch_size=4, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][-1])
-    assert len(lm.generate("ab", max_new_tokens=4, seed=0)) == 6
+    assert len(lm.generate(1, seed=0, prompt="ab", max_new_tokens=4)[0]) == 6
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"prompt": ""}, "prompt must not be empty"),
-        ({"prompt": "a" * (CONTEXT + 1)}, "longer than the context of 16 tokens"),
-        ({"temperature": 0.0}, r"temperature=0.0: must be > 0"),
-        ({"max_new_tokens": 0}, r"max_new_tokens=0: must be in \[1, 4096\]"),
+        ({"prompt": ""}, "prompt='': must not be empty"),
+        ({"prompt": "a" * (CONTEXT + 1)}, "prompt is 17 tokens, longer than the context of 16"),
+        ({"prompt": "aZ"}, r"prompt='aZ' contains 'Z', not in the tokenizer's 10-character"),
+        ({"prompt": None, "prompts": ["ab", "aZ"]}, r"prompts\[1\]='aZ' contains 'Z'"),
+        ({"prompt": None, "prompts": ["ab"]}, r"prompts: expected a list of n=2 strings"),
+        ({"prompts": ["ab", "ab"]}, "prompt and prompts: give one of them"),
+        ({"temperature": 0.0}, r"temperature=0.0: must be a finite number > 0"),
+        ({"top_k": -1}, r"top_k=-1: must be an int >= 0"),
+        ({"sampler": "top_p", "top_p": 0.0}, r"top_p=0.0: must be in \(0, 1\]"),
+        ({"max_new_tokens": 0}, r"max_new_tokens=0: must be an int in \[1, 4096\]"),
+        ({"max_new_tokens": 4097}, r"max_new_tokens=4097: must be an int in \[1, 4096\]"),
         ({"sampler": "beam"}, r"sampler='beam': expected one of"),
-        ({"prompt": "aZ"}, "'Z'.*not in the tokenizer's"),
-        ({"stop_token": "ab"}, "'ab' is 2 tokens"),
+        ({"stop_token": "ab"}, "stop_token='ab' is 2 tokens"),
+        ({"stop_token": "Z"}, "stop_token='Z' contains 'Z'"),
+        ({"labels": [0, 1]}, r"labels=\[0, 1\]: CausalLM is unconditional"),
+        ({"n": 0}, "n=0: must be an int >= 1"),
     ],
 )
 def test_bad_generate_arguments_are_named(kwargs, message):
     lm = tiny_lm(CharTokenizer("abcdefgh \n"))
-    kwargs = {"prompt": "ab", "max_new_tokens": 3, **kwargs}
+    kwargs = {"n": 2, "seed": 0, "prompt": "ab", "max_new_tokens": 3, **kwargs}
     with pytest.raises(ValueError, match=message):
-        lm.generate(**kwargs)
-
-
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
-                    reason="the core-op KV-cache update is the TensorFlow export path")
-@pytest.mark.parametrize("shape, start, update_shape", [
-    ((3, 2, 8, 4, 5), (0, 0, 5, 0, 0), (3, 2, 1, 4, 5)),   # one position, keras-hub's cache
-    ((2, 8, 4, 5), (0, 3, 0, 0), (2, 4, 4, 5)),            # several positions
-    ((4, 6), (1, 2), (2, 3)),                              # a block in the middle
-    ((4, 6), (0, 0), (4, 6)),                              # the whole array
-])
-def test_core_slice_update_matches_numpy_with_core_ops_only(shape, start, update_shape):
-    import tensorflow as tf
-
-    from kgen.trainers.tensorflow import core_slice_update
-
-    rng = np.random.default_rng(0)
-    inputs = rng.normal(size=shape).astype("float32")
-    updates = rng.normal(size=update_shape).astype("float32")
-    expected = inputs.copy()
-    expected[tuple(slice(s, s + n) for s, n in zip(start, update_shape))] = updates
-
-    @tf.function
-    def dynamic_start(inputs, updates, start):
-        return core_slice_update(inputs, tf.unstack(start), updates)
-
-    dynamic = dynamic_start(inputs, updates, tf.constant(start))
-    np.testing.assert_array_equal(dynamic.numpy(), expected)
-    static = core_slice_update(inputs, list(start), updates)
-    np.testing.assert_array_equal(static.numpy(), expected)
-    graph = dynamic_start.get_concrete_function(inputs, updates, tf.constant(start)).graph
-    op_types = {op.type for op in graph.get_operations()}
-    assert not any(t.startswith("Xla") for t in op_types), op_types
+        lm.generate(kwargs.pop("n"), **kwargs)
 
 
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch's thread pool")
@@ -180,5 +182,5 @@ def test_torch_generation_restores_the_thread_count(trained):
     import torch
 
     before = torch.get_num_threads()
-    trained["lm"].generate("ROMEO:", max_new_tokens=4, sampler="greedy")
+    trained["lm"].generate(1, seed=0, prompt="ROMEO:", max_new_tokens=4, sampler="greedy")
     assert torch.get_num_threads() == before
