@@ -33,6 +33,11 @@ def cache_update(inputs, start_indices, updates):
     cache = cache_update(cache, [0, index, 0, 0], key)  # key (batch, 1, heads, dim)
     ```
     """
+    rank = len(keras.ops.shape(inputs))
+    if len(start_indices) != rank:
+        raise ValueError(
+            f"start_indices has {len(start_indices)} entries; inputs has rank {rank}"
+        )
     if keras.backend.backend() == "tensorflow":
         return _tensorflow_cache_update(inputs, start_indices, updates)
     return keras.ops.slice_update(inputs, start_indices, updates)
@@ -47,10 +52,6 @@ def _tensorflow_cache_update(inputs, start_indices, updates):
     inputs = tf.convert_to_tensor(inputs)
     updates = tf.cast(updates, inputs.dtype)
     rank = inputs.shape.rank
-    if len(start_indices) != rank:
-        raise ValueError(
-            f"start_indices has {len(start_indices)} entries; inputs has rank {rank}"
-        )
     starts = [tf.cast(s, tf.int32) for s in start_indices]
     last = -1  # the last axis the update does not cover from 0 to the end
     for axis in range(rank):

@@ -105,6 +105,7 @@ def check_settings(temperature, top_k, top_p):
 
 def filter_top_k(logits, k):
     """Keep the `k` largest logits of each row (`k (batch,)`; `k <= 0`: all)."""
+    logits = ops.convert_to_tensor(logits)
     vocabulary_size = ops.shape(logits)[-1]
     k = ops.cast(k, "int32")
     k = ops.where(ops.logical_or(k <= 0, k > vocabulary_size), vocabulary_size, k)
@@ -116,6 +117,7 @@ def filter_top_k(logits, k):
 def filter_top_p(logits, p):
     """Keep the fewest most likely tokens whose mass reaches `p (batch,)`
     (`p >= 1`: all)."""
+    logits = ops.convert_to_tensor(logits)
     probs = ops.softmax(logits, axis=-1)
     descending = -ops.sort(-probs, axis=-1)
     before = ops.cumsum(descending, axis=-1) - descending
@@ -139,7 +141,7 @@ def next_token(logits, pairs, position, temperature, top_k, top_p):
         position: int32 scalar: the position being sampled (the noise stream).
         temperature, top_p: float32 `(batch,)`; top_k: int32 `(batch,)`.
     """
-    logits = ops.cast(logits, "float32")
+    logits = ops.cast(ops.convert_to_tensor(logits), "float32")
     greedy = ops.cast(ops.argmax(logits, axis=-1), "int32")
     scaled = logits / ops.cast(temperature, "float32")[:, None]
     scaled = filter_top_p(filter_top_k(scaled, top_k), top_p)

@@ -31,8 +31,49 @@ def test_char_vocabulary_is_sorted_by_code_point_and_byte_is_utf8():
 
 
 def test_unknown_character_is_named():
-    with pytest.raises(ValueError, match="'z'.*not in the tokenizer's 3-character"):
+    with pytest.raises(ValueError, match="text='abz' contains 'z', not in the tokenizer's 3"):
         CharTokenizer("abc").encode("abz")
+
+
+@pytest.mark.parametrize("tokenizer", [CharTokenizer.from_text(NON_ASCII), ByteTokenizer()],
+                         ids=["char", "byte"])
+def test_tokenizer_is_a_keras_layer_of_core_string_ops(tokenizer):
+    import keras
+    import tensorflow as tf
+
+    assert isinstance(tokenizer, keras.layers.Layer)
+    assert keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(tokenizer)).get_config() == tokenizer.get_config()
+    texts = tf.constant(["Grüße", "東京 λόγος"])
+    ids = tokenizer.tokenize(texts)
+    assert ids.shape[0] == 2 and ids.dtype == tf.int32
+    np.testing.assert_array_equal(ids[0].numpy(), tokenizer.encode("Grüße"))
+    assert [t.decode() for t in tokenizer.detokenize(ids).numpy()] == ["Grüße", "東京 λόγος"]
+    # The same layer in a tf.data pipeline and traced as a graph.
+    ds = tf.data.Dataset.from_tensor_slices(texts).map(tokenizer.tokenize)
+    np.testing.assert_array_equal(next(iter(ds)).numpy(), ids[0].numpy())
+    graph = tf.function(tokenizer.tokenize).get_concrete_function(
+        tf.TensorSpec([None], tf.string)).graph
+    op_types = {op.type for op in graph.get_operations()}
+    assert not any(t.startswith(("Xla", "PyFunc", "EagerPyFunc")) for t in op_types)
+
+
+def test_tokenize_names_its_input_in_the_graph():
+    import tensorflow as tf
+
+    tokenizer = CharTokenizer("abc")
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="prompt contains characters outside the tokenizer's 3-character"):
+        tokenizer.tokenize(tf.constant(["ab", "abz"]), name="prompt")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="prompt is not valid UTF-8"):
+        tokenizer.tokenize(tf.constant([b"ab\xff"]), name="prompt")
+
+
+def test_text_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "binary.txt"
+    path.write_bytes(b"hello \xff\xfe world")
+    with pytest.raises(DataError, match=r"binary.txt: not UTF-8 text \(byte 6"):
+        load_text(path)
 
 
 def test_shakespeare_split_and_windows():

@@ -39,9 +39,9 @@ def test_vae_networks_mirror_each_other():
 
 @pytest.mark.parametrize("tie_weights", [True, False])
 def test_cached_forward_matches_the_network(tie_weights):
-    """The one-token decoding step computes what the keras-hub layers do: a
-    prompt fed at once, then token by token through the cache, gives the
-    network's own logits at every position."""
+    """The one-token decoding step computes what the layers do: a prompt fed
+    at once, then token by token through the cache, gives the network's own
+    logits at every position."""
     import keras
 
     from kgen.networks import transformer
@@ -52,13 +52,36 @@ def test_cached_forward_matches_the_network(tie_weights):
     tokens = np.random.default_rng(0).integers(0, 23, size=(3, 12)).astype("int32")
     expected = ops.convert_to_numpy(network(tokens))
 
-    weights = transformer.decoding_weights(network)
     caches = transformer.empty_cache(network, 3)
-    logits, caches = transformer.forward_with_cache(network, tokens[:, :5], caches, 0, weights)
+    logits, caches = transformer.forward_with_cache(network, tokens[:, :5], caches, 0)
     steps = [ops.convert_to_numpy(logits)]
     for i in range(5, 12):
         logits, caches = transformer.forward_with_cache(
-            network, tokens[:, i:i + 1], caches, i, weights)
+            network, tokens[:, i:i + 1], caches, i)
         steps.append(ops.convert_to_numpy(logits))
     np.testing.assert_allclose(np.concatenate(steps, axis=1), expected, atol=2e-5, rtol=1e-4)
     assert len(caches) == 2 and all(c.shape == (3, 12, 2, 8) for pair in caches for c in pair)
+
+
+def test_decoder_block_is_causal_and_round_trips(tmp_path):
+    """Changing a later token leaves earlier outputs alone; the block's
+    config and weights survive a `.keras` file."""
+    import keras
+
+    from kgen.networks import transformer
+
+    keras.utils.set_random_seed(4)
+    network = transformer.transformer_lm(11, 8, num_layers=1, num_heads=2, hidden_dim=8)
+    tokens = np.random.default_rng(1).integers(0, 11, size=(2, 8)).astype("int32")
+    changed = tokens.copy()
+    changed[:, 5] = (changed[:, 5] + 1) % 11
+    a, b = (ops.convert_to_numpy(network(t)) for t in (tokens, changed))
+    np.testing.assert_allclose(a[:, :5], b[:, :5], atol=1e-6)
+    assert np.abs(a[:, 5:] - b[:, 5:]).max() > 1e-4
+    block = network.get_layer("decoder_0")
+    assert isinstance(block, transformer.DecoderBlock)
+    assert block.query_key_value.kernel.shape == (8, 24)
+    network.save(tmp_path / "lm.keras")
+    loaded = keras.saving.load_model(tmp_path / "lm.keras")
+    np.testing.assert_allclose(ops.convert_to_numpy(loaded(tokens)), a, atol=1e-6)
+    assert loaded.get_layer("decoder_0").get_config() == block.get_config()
