@@ -147,8 +147,8 @@ class CharTokenizer(Tokenizer):
                 message=f"{name} is not valid UTF-8"),
             tf.debugging.assert_equal(
                 tf.reduce_all(tf.equal(tf.gather(table, ids), flat)), True,
-                message=f"{name} contains characters outside the tokenizer's "
-                        f"{self.vocabulary_size}-character vocabulary"),
+                message=f"{name} contains characters outside the vocabulary "
+                        f"({self.vocabulary_size} characters)"),
         ]
         with tf.control_dependencies(checks):
             ids = tf.identity(ids)

@@ -63,7 +63,7 @@ def test_tokenize_names_its_input_in_the_graph():
 
     tokenizer = CharTokenizer("abc")
     with pytest.raises(tf.errors.InvalidArgumentError,
-                       match="prompt contains characters outside the tokenizer's 3-character"):
+                       match=r"prompt contains characters outside the vocabulary \(3 characters\)"):
         tokenizer.tokenize(tf.constant(["ab", "abz"]), name="prompt")
     with pytest.raises(tf.errors.InvalidArgumentError, match="prompt is not valid UTF-8"):
         tokenizer.tokenize(tf.constant([b"ab\xff"]), name="prompt")
