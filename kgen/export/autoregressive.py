@@ -43,7 +43,9 @@ def causal_lm_signatures(model, max_rows):
     `temperature`, `top_k`, `top_p`, `stop_token` -> `text` (prompt +
     continuation) and `completion`."""
 
-    @tf.function(input_signature=INPUT_SIGNATURE)
+    # No Python control flow on tensors here: the sampling loop is
+    # `keras.ops.while_loop`, traced as written (as `compile_inference` does).
+    @tf.function(input_signature=INPUT_SIGNATURE, autograph=False)
     def generate(prompt, seed, max_new_tokens, temperature, top_k, top_p, stop_token):
         checks = check_inputs(model, max_rows, prompt=prompt, seed=seed,
                               max_new_tokens=max_new_tokens, temperature=temperature,

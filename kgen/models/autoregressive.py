@@ -64,6 +64,13 @@ class CausalLM(GenerativeModel):
                 f"network has {network.output_shape[-1]} outputs but the "
                 f"tokenizer has {tokenizer.vocabulary_size} tokens"
             )
+        for block in transformer.decoder_layers(network):
+            if not isinstance(block, transformer.DecoderBlock):
+                raise ValueError(
+                    f"network: {block.name} is a {type(block).__name__}; cached "
+                    "generation needs kgen.networks.transformer.DecoderBlock blocks "
+                    "(build the network with kgen.networks.transformer_lm)"
+                )
         if not default_prompt:
             raise ValueError("default_prompt must not be empty")
         tokenizer.check(default_prompt, "default_prompt")  # fails early
@@ -173,6 +180,8 @@ class CausalLM(GenerativeModel):
     def generate_rows(self, pairs, labels, prompt=None, prompts=None,
                       max_new_tokens=None, sampler="top_k", temperature=1.0, top_k=10,
                       top_p=0.9, stop_token=None, use_cache=True):
+        """`generate()` on int32 seed pairs `(n, 2)`: checks and tokenizes
+        the options, runs `sample()` compiled, decodes the rows."""
         n = len(pairs)
         settings = samplers.get(sampler).settings(temperature, top_k, top_p)
         new = self.context if max_new_tokens is None else max_new_tokens

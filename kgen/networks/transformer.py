@@ -11,6 +11,10 @@ generation can read its weights through public attributes: keras-hub's
 `keras.ops.slice_update`, an XLA op in a TensorFlow graph that TF Serving's
 CPU build cannot run.
 
+From keras-hub it uses public API only: `ReversibleEmbedding(reverse=True)`
+and `PositionEmbedding(start_index=...)` with its `sequence_length`
+attribute (keras-hub >= 0.32, the version kgen's setup.py asks for).
+
 The layers are named so cached generation (`forward_with_cache`) can find
 them: `token_embedding`, `position_embedding`, `embedding_dropout`,
 `decoder_0` ... `decoder_{n-1}`, `final_norm`.

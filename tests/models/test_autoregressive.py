@@ -184,3 +184,15 @@ def test_torch_generation_restores_the_thread_count(trained):
     before = torch.get_num_threads()
     trained["lm"].generate(1, seed=0, prompt="ROMEO:", max_new_tokens=4, sampler="greedy")
     assert torch.get_num_threads() == before
+
+
+def test_network_without_kgen_decoder_blocks_is_refused():
+    import keras_hub
+
+    tokens = keras.Input((None,), dtype="int32")
+    x = keras.layers.Embedding(10, 8)(tokens)
+    x = x + keras_hub.layers.PositionEmbedding(CONTEXT, name="position_embedding")(x)
+    x = keras_hub.layers.TransformerDecoder(16, 2, name="decoder_0")(x)
+    network = keras.Model(tokens, keras.layers.Dense(10)(x))
+    with pytest.raises(ValueError, match="network: decoder_0 is a TransformerDecoder"):
+        CausalLM(network, CharTokenizer("abcdefgh \n"))
