@@ -130,7 +130,7 @@ class GenerativeModel(keras.Model):
         does not depend on its position."""
         return np.mod(np.asarray(seeds, np.int64), self.num_classes).astype("int32")
 
-    def compiled(self, key, fn, variables, **kwargs):
+    def compiled_function(self, key, fn, variables, **kwargs):
         """`kgen.inference.compile_inference(fn, variables)`, built once per
         `key` and cached."""
         cache = self._compiled_functions.functions

@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from kgen import random as kgen_random
 from kgen.api import kgen_export
 from kgen.models.base import GenerativeModel
 
@@ -37,7 +38,7 @@ class VAE(GenerativeModel):
     vae = VAE(conv_encoder((28, 28, 1), 16), conv_decoder(16, (28, 28, 1)))
     vae.compile(optimizer="adam")
     vae.fit(images, epochs=1)
-    samples = vae.generate(16, seed=0)  # (16, 28, 28, 1) in [0, 1]
+    samples = vae.generate(16, seed=0)  # (16, 28, 28, 1); row i from seed i
     ```
     """
 
@@ -129,15 +130,14 @@ class VAE(GenerativeModel):
         """Latents -> images in [0, 1] (the likelihood's mean)."""
         return ops.sigmoid(self.decoder(latents, training=False))
 
-    def generate(self, n, seed=None):
-        """Decode `n` draws from the prior; returns numpy `(n, h, w, c)`."""
-        if int(n) < 1:
-            raise ValueError(f"n={n}: must be at least 1")
-        latents = keras.random.normal(
-            (int(n), self.latent_dim),
-            seed=self.seed_generator if seed is None else int(seed),
-        )
-        return ops.convert_to_numpy(self.decode(latents))
+    def sample(self, seeds, labels=None):
+        """Decode one prior draw per row: int32 seed pairs `(batch, 2)` ->
+        images in [0, 1]; row `r` depends on `seeds[r]` alone."""
+        return self.decode(kgen_random.normal(seeds, (self.latent_dim,)))
+
+    def generate_rows(self, pairs, labels):
+        fn = self.compiled_function("sample", self.sample, self.decoder.weights)
+        return ops.convert_to_numpy(fn(pairs))
 
     # --- config ------------------------------------------------------------
 

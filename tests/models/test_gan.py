@@ -11,7 +11,7 @@ from kgen.networks import dcgan_generator
 SHAPE = (28, 28, 1)
 
 
-def tiny_gan(num_classes=0, **kwargs):
+def tiny_gan(num_classes=None, **kwargs):
     return GAN(
         dcgan_generator(8, SHAPE, (16, 8), num_classes=num_classes),
         dcgan_discriminator(SHAPE, (8, 16), num_classes=num_classes),
@@ -38,7 +38,7 @@ def unchanged(before, variables):
     return all(np.array_equal(a, b) for a, b in zip(before, values(variables)))
 
 
-@pytest.mark.parametrize("num_classes", [0, 10], ids=["unconditional", "conditional"])
+@pytest.mark.parametrize("num_classes", [None, 10], ids=["unconditional", "conditional"])
 def test_each_phase_updates_only_its_network(mnist_arrays, num_classes):
     gan = compiled(tiny_gan(num_classes))
     data = batch(mnist_arrays, labels=bool(num_classes))
