@@ -60,7 +60,8 @@ def test_exported_images_match_the_ema_generator(exported):
         seed=tf.constant([5], tf.int64), label=tf.constant([2], tf.int32))["images"].numpy()
     latents = kgen_random.normal(kgen_random.seed_pairs([5]), (8,))
     gan = exported["model"]
-    local = ops.convert_to_numpy(gan.ema_generator([latents, np.array([2])], training=False))
+    local = ops.convert_to_numpy(gan.ema_generator(
+        [latents, ops.convert_to_tensor([2], "int32")], training=False))
     np.testing.assert_allclose(served, np.clip((local + 1) / 2, 0, 1), atol=1e-5)
 
 
