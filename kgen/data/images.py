@@ -318,6 +318,10 @@ def image_datasets(
 ):
     """Split arrays into shuffled, batched, prefetched `tf.data` pipelines.
 
+    Batches are dicts, the one batch format of every kgen image family:
+    `{"images": float32 (b, h, w, c)}`, plus `"labels": int32 (b,)` when
+    `with_labels`.
+
     The split is by position (the last `validation_fraction` validates), as
     the data sets' publishers define their splits.
 
@@ -325,8 +329,10 @@ def image_datasets(
         images: float32 `(n, h, w, c)` in [0, 1].
         labels: int `(n,)` or `None`.
         batch_size: examples per batch.
-        validation_fraction: share of examples held out, in (0, 1).
-        with_labels: yield `(images, labels)` instead of images alone.
+        validation_fraction: share of examples held out, in [0, 1); 0
+            holds out nothing (`validation` is then `None`: GANs use no
+            validation data).
+        with_labels: add `"labels"` to each batch.
         repeat: repeat the training pipeline forever (for `steps_per_epoch`).
         shuffle_seed: seed of the training shuffle.
         limit: keep only the first `limit` examples (quick runs).
@@ -336,9 +342,9 @@ def image_datasets(
     """
     import tensorflow as tf
 
-    if not 0 < validation_fraction < 1:
+    if not 0 <= validation_fraction < 1:
         raise DataError(
-            f"validation_fraction must be in (0, 1), got {validation_fraction}"
+            f"validation_fraction={validation_fraction}: must be in [0, 1)"
         )
     if batch_size < 1:
         raise DataError(f"batch_size must be at least 1, got {batch_size}")
@@ -347,15 +353,15 @@ def image_datasets(
     if limit is not None:
         images = images[:limit]
         labels = labels[:limit] if labels is not None else None
-    n_val = max(1, int(round(len(images) * validation_fraction)))
+    n_val = max(1, int(round(len(images) * validation_fraction))) if validation_fraction else 0
     n_train = len(images) - n_val
     if n_train < 1:
         raise DataError(f"too few images to split: {len(images)}")
 
     def pipeline(start, stop, training):
-        parts = images[start:stop]
+        parts = {"images": images[start:stop]}
         if with_labels:
-            parts = (parts, labels[start:stop])
+            parts["labels"] = labels[start:stop].astype("int32")
         ds = tf.data.Dataset.from_tensor_slices(parts)
         if training:
             ds = ds.shuffle(min(stop - start, 10_000), seed=shuffle_seed)
@@ -367,7 +373,7 @@ def image_datasets(
     num_classes = int(labels.max()) + 1 if labels is not None and len(labels) else 0
     return ImageData(
         train=pipeline(0, n_train, True),
-        validation=pipeline(n_train, len(images), False),
+        validation=pipeline(n_train, len(images), False) if n_val else None,
         image_shape=tuple(int(d) for d in images.shape[1:]),
         num_classes=num_classes,
         train_size=n_train,

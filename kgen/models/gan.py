@@ -6,6 +6,7 @@ from keras import ops
 from kgen import random as kgen_random
 from kgen.api import kgen_export
 from kgen.models.base import GenerativeModel
+from kgen.models.base import batch_images
 from kgen.trainers import GANTrainer
 
 LOSSES = ("non_saturating", "hinge", "wasserstein")
@@ -224,12 +225,19 @@ class GAN(GANTrainer, GenerativeModel):
         )
 
     def unpack(self, data):
-        """`images` or `(images, labels)` -> float images in [-1, 1], labels."""
+        """A `{"images", "labels"}` batch (or images alone for an
+        unconditional GAN) -> float images in [-1, 1], int32 labels."""
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        if self.num_classes and y is None:
-            raise ValueError("a conditional GAN needs (images, labels) batches")
-        real = ops.cast(x, "float32") * 2.0 - 1.0
-        return real, (ops.cast(y, "int32") if self.num_classes else None)
+        if y is not None:
+            raise ValueError(
+                "GAN batches are {'images': ..., 'labels': ...} dicts, not "
+                "(images, labels) tuples"
+            )
+        labels = x.get("labels") if isinstance(x, dict) else None
+        if self.num_classes and labels is None:
+            raise ValueError("a conditional GAN needs {'images', 'labels'} batches")
+        real = ops.cast(batch_images(x), "float32") * 2.0 - 1.0
+        return real, (ops.cast(labels, "int32") if self.num_classes else None)
 
     def _latents(self, batch_size):
         return keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)

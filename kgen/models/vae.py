@@ -8,6 +8,7 @@ from keras import ops
 from kgen import random as kgen_random
 from kgen.api import kgen_export
 from kgen.models.base import GenerativeModel
+from kgen.models.base import batch_images
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -16,6 +17,7 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 class VAE(GenerativeModel):
     """A VAE with a diagonal Gaussian latent and a pixel likelihood.
 
+    Batches are `{"images": ...}` dicts (or image arrays alone).
     `call(images)` returns a dict (`z_mean`, `z_log_var`, `z`, `logits`);
     `compute_loss()` is the negative ELBO per image in nats,
     `reconstruction + beta * kl`, written in `keras.ops` so Keras' own trainer
@@ -86,6 +88,7 @@ class VAE(GenerativeModel):
         return mean + ops.exp(0.5 * log_var) * eps
 
     def call(self, images, training=False):
+        images = batch_images(images)
         mean, log_var = self.encoder(images, training=training)
         z = self.reparameterize(mean, log_var)
         logits = self.decoder(z, training=training)
@@ -93,7 +96,7 @@ class VAE(GenerativeModel):
 
     def loss_terms(self, images, outputs):
         """Mean over the batch of the reconstruction and KL terms, in nats."""
-        images = ops.cast(images, outputs["logits"].dtype)
+        images = ops.cast(batch_images(images), outputs["logits"].dtype)
         logits = outputs["logits"]
         if self.likelihood == "bernoulli":
             nll = ops.softplus(logits) - images * logits

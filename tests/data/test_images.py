@@ -120,8 +120,9 @@ def test_split_batches_and_labels(mnist_arrays):
     data = image_datasets(images, labels, batch_size=100, with_labels=True)
     assert (data.train_size, data.validation_size) == (9000, 1000)
     assert data.image_shape == (28, 28, 1) and data.num_classes == 10
-    x, y = next(iter(data.validation))
-    assert x.shape == (100, 28, 28, 1) and y.shape == (100,)
+    batch = next(iter(data.validation))
+    x, y = batch["images"], batch["labels"]
+    assert x.shape == (100, 28, 28, 1) and y.shape == (100,) and y.dtype == "int32"
     # The validation split is the last 1,000 images, in order.
     np.testing.assert_array_equal(y.numpy(), labels[9000:9100])
 
@@ -129,8 +130,15 @@ def test_split_batches_and_labels(mnist_arrays):
 def test_repeat_gives_full_batches_forever():
     images = np.zeros((10, 4, 4, 1), "float32")
     data = image_datasets(images, batch_size=4, repeat=True, validation_fraction=0.2)
-    shapes = [b.shape[0] for b in data.train.take(5)]
+    shapes = [b["images"].shape[0] for b in data.train.take(5)]
     assert shapes == [4] * 5
+
+
+def test_no_validation_split_when_the_fraction_is_zero():
+    data = image_datasets(np.zeros((10, 4, 4, 1), "float32"), validation_fraction=0.0)
+    assert data.validation is None and data.train_size == 10
+    with pytest.raises(DataError, match="validation_fraction=1.0: must be in \\[0, 1\\)"):
+        image_datasets(np.zeros((10, 4, 4, 1), "float32"), validation_fraction=1.0)
 
 
 def test_labels_required_but_missing():

@@ -24,7 +24,8 @@ def exported(tmp_path_factory, mnist_arrays):
               dcgan_discriminator((28, 28, 1), (8, 16), num_classes=10),
               num_classes=10, ema_decay=0.9, seed=0)
     gan.compile(g_optimizer="adam", d_optimizer="adam")
-    gan.fit(images[:64], labels[:64], batch_size=32, epochs=1, verbose=0)
+    gan.fit({"images": images[:64], "labels": labels[:64].astype("int32")},
+            batch_size=32, epochs=1, verbose=0)
     gan.save(tmp / "gan.keras")
     return {"dir": export_model(tmp / "gan.keras", tmp / "saved_models" / "cgan"),
             "model": gan}
