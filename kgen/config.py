@@ -2,7 +2,7 @@
 
 import ast
 import importlib
-import importlib.util
+import math
 import pathlib
 import pkgutil
 import re
@@ -241,7 +241,12 @@ def validate(config):
     _require(config, "steps_per_epoch", lambda v: v is None or (is_int(v) and v >= 1),
              "none or an integer >= 1")
     _require(config, "learning_rate",
-             lambda v: isinstance(v, (int, float)) and v > 0, "a number > 0")
+             lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0,
+             "a finite number > 0")
+    # keras.utils.set_random_seed seeds NumPy, which takes 32-bit seeds.
+    _require(config, "seed", lambda v: is_int(v) and 0 <= v < 2**32,
+             "an integer in [0, 2**32)")
+    _require(config, "sample_count", lambda v: is_int(v) and v >= 1, "an integer >= 1")
     _require(config, "validation_fraction",
              lambda v: isinstance(v, (int, float)) and 0 < v < 1, "in (0, 1)")
     return config

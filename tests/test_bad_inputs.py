@@ -88,7 +88,8 @@ def export(tmp_path_factory):
     vae(keras.ops.zeros((1, 8, 8, 1)))
     vae.save(root / "tiny.keras")
     try:
-        main(["export", str(root / "tiny.keras"), "--to", str(root / "saved_models" / "tiny")])
+        main(["export", str(root / "tiny.keras"), "--to", str(root / "saved_models" / "tiny"),
+              "--max-rows", "4"])
     except SystemExit as e:
         raise AssertionError(f"kgen export failed with status {e.code}") from None
     assert (root / "saved_models" / "tiny" / "1" / "saved_model.pb").is_file()
@@ -149,6 +150,81 @@ def test_sample_label_for_an_unconditional_model(capfd, cwd, export):
 @pytest.mark.parametrize("n", ["0", "-4", "many"])
 def test_sample_bad_count(capfd, cwd, export, n):
     assert_refused(capfd, [cwd, export], ["sample", export, "--n", n], "argument --n", n)
+
+
+def test_sample_splits_requests_at_the_exports_max_rows(export):
+    """`--n` above the export's max_rows (4 here) is sent as several
+    requests; rows are independent, so the split changes nothing."""
+    import tensorflow as tf
+
+    from kgen.export import sample
+
+    version = export / "1"
+    loaded = tf.saved_model.load(str(version))
+    signature = loaded.signatures["generate"]
+    meta = sample.read_metadata(version)
+    assert meta["max_rows"] == 4
+    nine = sample._run(signature, sample.generate_inputs(signature, meta, 9, 100), 4, version)
+    rows = [sample._run(signature, sample.generate_inputs(signature, meta, 1, 100 + i), 4,
+                        version)["images"][0] for i in range(9)]
+    np.testing.assert_allclose(nine["images"], np.stack(rows), atol=1e-6)
+
+
+def _save_generate(directory, generate, metadata=None):
+    """A SavedModel holding only `generate` (plus kgen.json), as TF writes it."""
+    import json
+
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.generate = generate
+    tf.saved_model.save(module, str(directory), signatures={"generate": generate})
+    if metadata is not None:
+        (directory / "assets.extra").mkdir()
+        (directory / "assets.extra" / "kgen.json").write_text(json.dumps(metadata))
+    return directory
+
+
+def test_sample_graph_refusal_is_one_line(capfd, cwd, tmp_path):
+    """An export that checks its rows (at most 2): kgen sample splits a
+    larger request, and a refusal from inside the graph is named."""
+    import tensorflow as tf
+
+    from kgen.export import sample
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="seed")])
+    def generate(seed):
+        check = tf.debugging.assert_less_equal(
+            tf.size(seed), 2, message="seed has more rows than this export allows (max_rows=2)")
+        with tf.control_dependencies([check]):
+            level = tf.cast(seed % 5, tf.float32) / 4.0
+        return {"images": tf.ones([1, 4, 4, 1]) * level[:, None, None, None]}
+
+    version = _save_generate(tmp_path / "m" / "1", generate,
+                             {"output_kind": "images", "max_rows": 2})
+    capfd.readouterr()
+    main(["sample", str(tmp_path / "m"), "--n", "5", "--out", "five.png"])
+    assert (cwd / "five.png").is_file()
+    loaded = tf.saved_model.load(str(version))
+    signature = loaded.signatures["generate"]
+    inputs = sample.generate_inputs(signature, {}, 5, 0)
+    with pytest.raises(sample.SampleError, match=r"m/1: the generate signature refused the "
+                                                 r"request \(seed has more rows than this "
+                                                 r"export allows \(max_rows=2\)"):
+        sample._run(signature, inputs, None, version)
+
+
+def test_sample_refuses_non_finite_output(capfd, cwd, tmp_path):
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="seed")])
+    def generate(seed):
+        return {"images": tf.fill([tf.size(seed), 4, 4, 1], float("nan"))}
+
+    _save_generate(tmp_path / "nan" / "1", generate)
+    line = assert_refused(capfd, [cwd, tmp_path / "nan"], ["sample", tmp_path / "nan", "--n", 3],
+                          "non-finite values", "3 of 3 rows", "first: seed 0")
+    assert line.endswith("Nothing written")
 
 
 def test_sample_out_in_a_missing_parent_that_is_a_file(capfd, cwd, export):

@@ -24,10 +24,10 @@ import re
 import numpy as np
 
 from kgen import media
+from kgen.export import METADATA_FILE
 from kgen.random import MAX_SEED
 from kgen.random import MIN_SEED
 
-METADATA_FILE = "assets.extra/kgen.json"
 # A version folder as TF Serving reads it: a plain whole number.
 _PLAIN_VERSION = re.compile(r"(0|[1-9][0-9]*)\Z")
 
@@ -172,11 +172,23 @@ def _run(signature, inputs, max_rows, version_dir):
                 k: tf.constant(v[start : start + step]) for k, v in inputs.items()
             }))
         except tf.errors.InvalidArgumentError as e:
-            reason = (e.message or "").strip().splitlines()[0]
             raise SampleError(
-                f"{version_dir}: the generate signature refused the request ({reason})"
+                f"{version_dir}: the generate signature refused the request "
+                f"({_graph_reason(e.message or '')})"
             ) from None
     return {k: np.concatenate([p[k].numpy() for p in parts]) for k in parts[0]}
+
+
+def _graph_reason(message):
+    """The message of a failed check inside a graph, without TensorFlow's
+    node and stack lines."""
+    found = re.search(r"assertion failed: \[(.*?)\](?= \[|\s*$)", message, re.MULTILINE)
+    if found:
+        return found.group(1)
+    noise = ("Graph execution error", "Detected at node", "<stack traces", "[[{{node")
+    lines = [line.strip() for line in message.splitlines()
+             if line.strip() and not line.strip().startswith(noise)]
+    return lines[0] if lines else "INVALID_ARGUMENT"
 
 
 def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=None):
