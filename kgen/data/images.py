@@ -219,7 +219,8 @@ def load_npz(path, images_key=None, labels_key=None):
 
     The images key defaults to the first of `x`, `images`, `x_train`; labels
     to `y`, `labels`, `y_train`. Integer images are scaled by 255, floats must
-    already be in [0, 1]. A 3-D array gains a channel axis.
+    already be in [0, 1]. A 3-D array gains a channel axis. An array whose
+    decompressed size is over `MAX_DATA_BYTES` is refused before it is read.
     """
     path = pathlib.Path(path)
     if not path.is_file():
@@ -228,6 +229,8 @@ def load_npz(path, images_key=None, labels_key=None):
         archive = np.load(path, allow_pickle=False)
     except Exception as e:  # zipfile, pickle and value errors alike
         raise DataError(f"{path}: not a readable .npz archive ({e})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: not a .npz archive (found a single .npy array)")
     with archive:
         keys = list(archive.keys())
         images_key = images_key or _first_present(keys, ("x", "images", "x_train"))
@@ -236,9 +239,9 @@ def load_npz(path, images_key=None, labels_key=None):
                 f"{path}: no images array (looked for "
                 f"{images_key or 'x, images, x_train'}; found {keys})"
             )
-        images = archive[images_key]
+        images = _npz_array(archive, images_key, path)
         labels_key = labels_key or _first_present(keys, ("y", "labels", "y_train"))
-        labels = archive[labels_key] if labels_key in keys else None
+        labels = _npz_array(archive, labels_key, path) if labels_key in keys else None
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4:
@@ -255,6 +258,19 @@ def load_npz(path, images_key=None, labels_key=None):
             )
         labels = check_labels(labels, f"{path}: '{labels_key}'")
     return images, labels
+
+
+def _npz_array(archive, key, path):
+    size = archive.zip.getinfo(f"{key}.npy").file_size
+    if size > MAX_DATA_BYTES:
+        raise DataError(
+            f"{path}: '{key}' holds {size:,} bytes once decompressed, over the "
+            f"limit of {MAX_DATA_BYTES:,} bytes for one data file"
+        )
+    try:
+        return archive[key]
+    except Exception as e:  # zipfile, zlib and format errors alike
+        raise DataError(f"{path}: '{key}' cannot be read ({e})") from None
 
 
 def to_unit_range(images, source):

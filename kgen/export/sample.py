@@ -98,7 +98,7 @@ def read_metadata(version_dir):
     return metadata
 
 
-def check_seed(seed, n):
+def _check_seed(seed, n):
     """Refuse a `--seed` whose rows `seed .. seed + n - 1` leave 64 bits."""
     if not MIN_SEED <= seed <= MAX_SEED - (n - 1):
         last = seed + n - 1
@@ -209,7 +209,7 @@ def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=No
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise SampleError(f"--n {n}: must be an integer >= 1")
-    check_seed(seed, n)
+    _check_seed(seed, n)
     version_dir = resolve_version_dir(model_dir, version)
     metadata = read_metadata(version_dir)
     kind = metadata.get("output_kind", "images")

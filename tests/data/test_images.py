@@ -300,3 +300,20 @@ def test_bad_image_in_a_folder_names_the_file(tmp_path):
     (tmp_path / "b" / "1.png").write_bytes(good[: len(good) // 2])  # cut mid-stream
     with pytest.raises(DataError, match=r"b/1\.png: not a readable image"):
         load_image_folder(tmp_path, image_size=(4, 4))
+
+
+def test_npz_array_over_the_cap_is_refused_unread(tmp_path, monkeypatch):
+    from kgen.data import images as image_module
+
+    np.savez_compressed(tmp_path / "big.npz", x=np.zeros((4, 8, 8), np.uint8))
+    assert load_npz(tmp_path / "big.npz")[0].shape == (4, 8, 8, 1)
+    monkeypatch.setattr(image_module, "MAX_DATA_BYTES", 255)
+    with pytest.raises(DataError, match=r"big\.npz: 'x' holds 384 bytes once decompressed, "
+                                        r"over the limit of 255 bytes"):
+        load_npz(tmp_path / "big.npz")
+
+
+def test_npy_file_is_not_an_npz_archive(tmp_path):
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    with pytest.raises(DataError, match=r"one\.npy: not a \.npz archive"):
+        load_npz(tmp_path / "one.npy")
