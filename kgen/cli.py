@@ -208,8 +208,14 @@ def _cmd_export(args):
     model = args.model
     if not model.is_file():
         raise CommandError(f"{model}: no such model file (expected a .keras file)")
+    # A .keras file is a zip archive holding config.json and the weights.
     if not zipfile.is_zipfile(model):
-        raise CommandError(f"{model}: not a .keras file (a .keras file is a zip archive)")
+        raise CommandError(f"{model}: damaged .keras file (not a zip archive)")
+    with zipfile.ZipFile(model) as archive:
+        if "config.json" not in archive.namelist():
+            raise CommandError(
+                f"{model}: damaged .keras file (the zip archive holds no config.json)"
+            )
     # Print the version directory last: callers read it from the last line.
     print(export_model(model, args.to, max_rows=args.max_rows or DEFAULT_MAX_ROWS))
 
@@ -290,8 +296,13 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     debug = getattr(args, "debug", False)
     try:
-        # Before anything from kgen that may import Keras.
-        _select_backend(getattr(args, "backend", None))
+        # Before anything from kgen that may import Keras. An export is
+        # written by the TensorFlow backend: choose it rather than start a
+        # second process for it.
+        backend = getattr(args, "backend", None)
+        if args.command == "export" and "keras" not in sys.modules:
+            backend = "tensorflow"
+        _select_backend(backend)
         if args.command in _TENSORFLOW_COMMANDS and not debug:
             _quiet_tensorflow()
         _COMMANDS[args.command](args)

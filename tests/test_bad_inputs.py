@@ -389,9 +389,12 @@ def test_refused_build_writes_no_run(capfd, cwd):
 def test_export_of_a_file_that_is_not_a_keras_model(capfd, cwd, export):
     (cwd / "model.keras").write_text("not a zip")
     assert_refused(capfd, [cwd, export], ["export", "model.keras", "--to", export],
-                   "model.keras", "not a .keras file")
+                   "model.keras", "damaged .keras file (not a zip archive)")
     assert_refused(capfd, [cwd, export], ["export", "missing.keras", "--to", export],
                    "missing.keras")
+    np.savez(cwd / "arrays.npz", x=np.zeros(3))  # a zip archive, but not a model
+    assert_refused(capfd, [cwd, export], ["export", "arrays.npz", "--to", export],
+                   "arrays.npz", "holds no config.json")
 
 
 @pytest.mark.parametrize("rows", ["0", "lots"])
