@@ -244,6 +244,8 @@ def test_sample_out_in_a_missing_parent_that_is_a_file(capfd, cwd, export):
         ("filters=0", "--set filters=0"),
         ("epochs=abc", "--set epochs=abc"),
         ("colour=red", "--set colour=red"),
+        ("seed=-1", "--set seed=-1"),
+        ("learning_rate=inf", "--set learning_rate=inf"),
     ],
 )
 def test_train_bad_setting(capfd, cwd, tmp_path, setting, named):

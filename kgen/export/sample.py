@@ -1,8 +1,9 @@
 """Run an export's `generate` signature with TensorFlow alone and write the files.
 
-`kgen sample` loads a SavedModel as TF Serving does: no Keras and no kgen
-model code is imported, so it proves an export is self-contained. It runs
-the graph it is given, so trust only your own exports.
+`kgen sample` loads a SavedModel as TF Serving does: the graph and its
+variables only, no kgen model code and no Keras object rebuilt, so it
+proves an export is self-contained. It runs the graph it is given, so
+trust only your own exports.
 
 Every argument is checked before the graph runs and every failure is a
 `SampleError` (or `kgen.media.OutputError`) naming the bad value, so a bad
@@ -62,7 +63,7 @@ def resolve_version_dir(model_dir, version=None):
     folders = sorted(p.name for p in model_dir.iterdir()
                      if p.is_dir() and not p.name.startswith("."))
     odd = [name for name in folders
-           if not _PLAIN_VERSION.match(name) and (name.isdigit() or name.isdecimal())]
+           if not _PLAIN_VERSION.match(name) and name.isdigit()]
     if odd:
         raise SampleError(
             f"{model_dir / odd[0]}: version folder {odd[0]!r} is not a plain whole "
