@@ -142,10 +142,11 @@ def _parser():
     sample.add_argument("--seed", type=int, default=0,
                         help="seed of the first sample; row i uses seed+i (default 0)")
     sample.add_argument("--label", type=int,
-                        help="class label for conditional models (default: cycle through classes)")
+                        help="class label for conditional models (default: row i's "
+                             "seed mod the number of classes, so rows cycle through them)")
     sample.add_argument("--out", type=pathlib.Path,
-                        help="output file, e.g. grid.png (default: samples.png in the "
-                             "current directory; a folder for audio)")
+                        help="output file, e.g. grid.png, or rows.npy for the float32 "
+                             "array (default: samples.png in the current directory)")
     return parser
 
 

@@ -138,3 +138,13 @@ def save_text(path, text):
     with _atomic(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
+
+
+def save_array(path, array):
+    """Write `array` as a `.npy` file (the exact float32 values behind a
+    grid, for comparing samples)."""
+    path = pathlib.Path(path)
+    with _atomic(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(array))
+    return path

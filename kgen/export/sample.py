@@ -121,10 +121,10 @@ def generate_inputs(signature, metadata, n, seed, label=None):
             "signature takes no label)"
         )
     for name, spec in specs.items():
+        if name == "label":
+            continue
         if name == "seed":
             inputs[name] = np.arange(n, dtype="int64") + np.int64(seed)
-        elif name == "label":
-            inputs[name] = _labels(metadata, n, label).astype(spec.dtype.as_numpy_dtype)
         elif name in defaults:
             inputs[name] = np.full(n, defaults[name], dtype=spec.dtype.as_numpy_dtype)
         else:
@@ -132,10 +132,13 @@ def generate_inputs(signature, metadata, n, seed, label=None):
                 f"the generate signature needs input {name!r}, which kgen sample "
                 "cannot fill"
             )
+    if "label" in specs:
+        dtype = specs["label"].dtype.as_numpy_dtype
+        inputs["label"] = _labels(metadata, n, seed, label).astype(dtype)
     return inputs
 
 
-def _labels(metadata, n, label):
+def _labels(metadata, n, seed, label):
     classes = metadata.get("num_classes")
     if not isinstance(classes, int) or classes < 1:
         if label is None:
@@ -146,10 +149,16 @@ def _labels(metadata, n, label):
         return np.full(n, label)  # the graph checks the range
     if label is not None and not 0 <= label < classes:
         raise SampleError(f"--label {label}: must be in [0, {classes})")
-    return np.full(n, label) if label is not None else np.arange(n) % classes
+    if label is not None:
+        return np.full(n, label)
+    # As `model.generate`: a row's default label is its own seed mod
+    # num_classes, so a row does not depend on its position.
+    return (seed % classes + np.arange(n)) % classes
 
 
 def _output_path(out, kind):
+    if out is not None and pathlib.Path(out).suffix.lower() == ".npy" and kind != "text":
+        return media.check_writable(pathlib.Path(out))
     if kind == "images":
         out = pathlib.Path(out or "samples.png")
         media.image_format(out)
@@ -200,10 +209,11 @@ def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=No
         version: the version to use (default: the newest).
         n: number of samples; row `i` uses seed `seed + i`.
         seed: seed of the first row (64-bit).
-        label: class of every row for conditional models (default: the
+        label: class of every row for conditional models (default: row
+            `i`'s seed mod num_classes, as `model.generate` does, so the
             rows cycle through the classes).
-        out: the file (images: PNG or another image suffix; text) or
-            folder (audio) to write.
+        out: the file (images: PNG or another image suffix, or `.npy` for
+            the float32 array; text) or folder (audio) to write.
 
     Returns:
         the path written.
@@ -232,6 +242,8 @@ def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=No
             f"{len(rows)} of {n} rows (first: seed {seed + int(rows[0])}); its "
             "weights are probably not finite. Nothing written"
         )
+    if out.suffix.lower() == ".npy":
+        return media.save_array(out, values)
     if kind == "images":
         # Rows cycling through the classes: one column per class.
         columns = metadata.get("num_classes") if label is None else None
