@@ -8,6 +8,12 @@ kgen export MODEL.keras --to saved_models/NAME
 kgen sample saved_models/NAME [--version N] [--n 16] [--seed 0] [--out FILE]
 ```
 
+One error style: a user mistake (an argument, a setting, a path, a data or
+model file) ends in one line, `kgen: error: ...`, naming the bad value, and
+exit status 2; any other failure in one line, `kgen: internal error: ...`,
+and exit status 1. `--debug` adds the traceback and TensorFlow's own log
+lines, which are silenced otherwise.
+
 The Keras backend is chosen before Keras is imported, so nothing at the top
 of this file may import Keras.
 """
@@ -18,19 +24,65 @@ import pathlib
 import sys
 
 BACKENDS = ("tensorflow", "jax", "torch")
+# Commands that import TensorFlow (to train, export or run a SavedModel).
+_TENSORFLOW_COMMANDS = ("train", "export", "sample")
+
+
+class CommandError(ValueError):
+    """A command-line argument is wrong; the message names it."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with kgen's one-line error: `kgen: error: ...`, status 2."""
+
+    def error(self, message):
+        command = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        where = f" (see: kgen {command + ' ' if command else ''}--help)"
+        _fail(f"{message}{where}")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _debug_flag(parser, default):
+    parser.add_argument(
+        "--debug", action="store_true", default=default,
+        help="on failure print the traceback, and show TensorFlow's log lines",
+    )
 
 
 def _parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kgen",
         description=(
             "Train generative models with Keras 3 on TensorFlow, JAX or "
             "PyTorch, and ship them as SavedModels for TensorFlow Serving."
         ),
+        epilog=(
+            "Trust: `kgen train PATH.py` runs that file's Python code, and "
+            "`kgen sample` runs the TensorFlow graph of the SavedModel it is "
+            "given; use only recipes and exports you trust (your own). "
+            "Errors: a mistake in what you pass ends in one line `kgen: error: "
+            "...` and exit status 2; any other failure in one line `kgen: "
+            "internal error: ...` and exit status 1; --debug shows the "
+            "traceback and TensorFlow's log lines."
+        ),
     )
+    _debug_flag(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Each command takes --debug too (after its name); SUPPRESS keeps a
+    # `kgen --debug COMMAND` from being reset by the command's default.
+    common = argparse.ArgumentParser(add_help=False)
+    _debug_flag(common, default=argparse.SUPPRESS)
 
-    sub.add_parser("recipes", help="list the recipes, one line each")
+    sub.add_parser("recipes", help="list the recipes, one line each", parents=[common])
 
     train = sub.add_parser(
         "train", help="train a recipe, checkpoint it, and export it",
@@ -38,10 +90,13 @@ def _parser():
             "Train RECIPE with Keras fit(): progress bar, TensorBoard logs and "
             "sample grids in the run directory, the best epoch saved as "
             "best.keras, and a killed run resumed where it stopped when the "
-            "same command runs again. Exports the best model at the end."
+            "same command runs again. Exports the best model at the end. "
+            "A RECIPE path runs that file's Python code: use only recipes you trust."
         ),
+        parents=[common],
     )
-    train.add_argument("recipe", help="a recipe name (see `kgen recipes`) or a path to a recipe file")
+    train.add_argument("recipe", help="a recipe name (see `kgen recipes`) or a path "
+                                      "to a recipe file (its code runs)")
     train.add_argument("--set", dest="sets", action="append", default=[],
                        metavar="KEY=VALUE",
                        help="override one recipe setting; repeat for more "
@@ -63,29 +118,35 @@ def _parser():
         "export", help="export a .keras model as the next SavedModel version",
         description="Publish MODEL.keras as saved_models/NAME/<next version>/ "
                     "(written by the TensorFlow backend, atomically).",
+        parents=[common],
     )
     export.add_argument("model", type=pathlib.Path, help="the .keras file")
     export.add_argument("--to", required=True, type=pathlib.Path,
                         metavar="saved_models/NAME", help="the model's base path")
-    export.add_argument("--max-rows", type=int, default=None, metavar="N",
+    export.add_argument("--max-rows", type=_positive_int, default=None, metavar="N",
                         help="most rows one request may ask for (default 256)")
 
     sample = sub.add_parser(
         "sample", help="draw samples from an exported SavedModel",
         description="Run the `generate` signature of an exported model through "
                     "TensorFlow alone (no kgen model code) and write the "
-                    "samples: a PNG grid for images.",
+                    "samples: a PNG grid for images. This runs the graph the "
+                    "SavedModel holds: use only exports you trust.",
+        parents=[common],
     )
     sample.add_argument("model_dir", type=pathlib.Path, metavar="saved_models/NAME",
                         help="a model's base path, or one version's directory")
     sample.add_argument("--version", type=int, help="version to use (default: newest)")
-    sample.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
+    sample.add_argument("--n", type=_positive_int, default=16,
+                        help="number of samples (default 16)")
     sample.add_argument("--seed", type=int, default=0,
                         help="seed of the first sample; row i uses seed+i (default 0)")
     sample.add_argument("--label", type=int,
-                        help="class label for conditional models (default: cycle through classes)")
+                        help="class label for conditional models (default: row i's "
+                             "seed mod the number of classes, so rows cycle through them)")
     sample.add_argument("--out", type=pathlib.Path,
-                        help="output file (default: samples.png in the current directory)")
+                        help="output file, e.g. grid.png, or rows.npy for the float32 "
+                             "array (default: samples.png in the current directory)")
     return parser
 
 
@@ -96,9 +157,9 @@ def _select_backend(name):
         import keras
 
         if keras.backend.backend() != name:
-            raise SystemExit(
-                f"kgen: error: Keras is already loaded with the "
-                f"{keras.backend.backend()} backend; cannot switch to {name}"
+            raise CommandError(
+                f"--backend {name}: Keras is already loaded with the "
+                f"{keras.backend.backend()} backend in this process"
             )
     os.environ["KERAS_BACKEND"] = name
 
@@ -141,15 +202,27 @@ def _parse_sets(items):
 
 
 def _cmd_export(args):
+    import zipfile
+
     from kgen.export import DEFAULT_MAX_ROWS, export_model
 
+    model = args.model
+    if not model.is_file():
+        raise CommandError(f"{model}: no such model file (expected a .keras file)")
+    # A .keras file is a zip archive holding config.json and the weights.
+    if not zipfile.is_zipfile(model):
+        raise CommandError(f"{model}: damaged .keras file (not a zip archive)")
+    with zipfile.ZipFile(model) as archive:
+        if "config.json" not in archive.namelist():
+            raise CommandError(
+                f"{model}: damaged .keras file (the zip archive holds no config.json)"
+            )
     # Print the version directory last: callers read it from the last line.
-    print(export_model(args.model, args.to,
-                       max_rows=args.max_rows or DEFAULT_MAX_ROWS))
+    print(export_model(model, args.to, max_rows=args.max_rows or DEFAULT_MAX_ROWS))
 
 
 def _cmd_sample(args):
-    from kgen.serving.local import sample_saved_model
+    from kgen.export.sample import sample_saved_model
 
     out = sample_saved_model(
         args.model_dir, version=args.version, n=args.n, seed=args.seed,
@@ -158,20 +231,96 @@ def _cmd_sample(args):
     print(out)
 
 
-def main(argv=None):
-    args = _parser().parse_args(argv)
-    # Before anything from kgen that may import Keras.
-    _select_backend(getattr(args, "backend", None))
+_COMMANDS = {"recipes": _cmd_recipes, "train": _cmd_train, "export": _cmd_export,
+             "sample": _cmd_sample}
+
+
+def _fail(message, status=2):
+    print(f"kgen: error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def _user_errors():
+    """The exceptions that mean a user mistake: each message names the value."""
     from kgen.config import ConfigError
     from kgen.data.errors import DataError
-    from kgen.serving.local import SampleError
+    from kgen.export.sample import SampleError
+    from kgen.media import OutputError
 
+    return (CommandError, ConfigError, DataError, SampleError, OutputError,
+            FileNotFoundError, FileExistsError, IsADirectoryError,
+            NotADirectoryError, PermissionError)
+
+
+def _message(error):
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _quiet_tensorflow():
+    """Keep TensorFlow's C++ start-up lines (oneDNN, CUDA probing) off the
+    terminal: TF_CPP_MIN_LOG_LEVEL=3 filters what is logged after start-up,
+    and the lines it writes while loading (before its logging is set up) go
+    to /dev/null. Python-side TensorFlow and absl warnings are raised to
+    errors only."""
+    import logging
+
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     try:
-        {"recipes": _cmd_recipes, "train": _cmd_train, "export": _cmd_export,
-         "sample": _cmd_sample}[args.command](args)
-    except (ConfigError, DataError, FileNotFoundError, SampleError) as e:
-        print(f"kgen: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        saved = os.dup(2)
+    except OSError:
+        saved = None
+    if saved is not None:
+        sys.stderr.flush()
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+    try:
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
+    except ImportError:
+        pass
+    for name in ("tensorflow", "absl", "jax._src.xla_bridge"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    debug = getattr(args, "debug", False)
+    try:
+        # Before anything from kgen that may import Keras. An export is
+        # written by the TensorFlow backend: choose it rather than start a
+        # second process for it.
+        backend = getattr(args, "backend", None)
+        if args.command == "export" and "keras" not in sys.modules:
+            backend = "tensorflow"
+        _select_backend(backend)
+        if args.command in _TENSORFLOW_COMMANDS and not debug:
+            _quiet_tensorflow()
+        _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("kgen: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        if isinstance(e, _user_errors()):
+            _fail(_message(e))
+        print(f"kgen: internal error: {type(e).__name__}: {_message(e)}"
+              + ("" if debug else " (run again with --debug for the traceback)"),
+              file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

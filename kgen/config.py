@@ -2,9 +2,11 @@
 
 import ast
 import importlib
-import importlib.util
+import math
 import pathlib
 import pkgutil
+import re
+import types
 
 
 class ConfigError(ValueError):
@@ -39,27 +41,128 @@ def recipe_summary(name):
 
 
 def load_recipe(name_or_path):
-    """Import a recipe by name (`vae_digits`) or by path (`my_recipe.py`)."""
+    """Import a recipe by name (`vae_digits`) or by path (`my_recipe.py`).
+
+    A path runs that file's Python code, as `python my_recipe.py` would:
+    load only recipes you trust.
+
+    Returns:
+        A `Recipe`: the module's attributes, with a `build` that reports a
+        setting the model refuses as a `ConfigError`.
+    """
     text = str(name_or_path)
-    if text.endswith(".py") or "/" in text:
-        path = pathlib.Path(text)
-        if not path.is_file():
-            raise ConfigError(f"recipe file {path} does not exist")
-        spec = importlib.util.spec_from_file_location(f"kgen_recipe_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        module.RECIPE_NAME = path.stem
+    if text.endswith(".py") or "/" in text or pathlib.Path(text).is_file():
+        module = _load_recipe_file(pathlib.Path(text))
+        name = module.RECIPE_NAME = pathlib.Path(text).stem
     else:
         if text not in recipe_names():
             raise ConfigError(
                 f"unknown recipe {text!r}; available: {', '.join(recipe_names())}"
             )
         module = importlib.import_module(f"kgen.recipes.{text}")
-        module.RECIPE_NAME = text
+        name = module.RECIPE_NAME = text
     for attr in ("CONFIG", "build"):
         if not hasattr(module, attr):
             raise ConfigError(f"recipe {text!r} has no {attr}")
+    if not isinstance(module.CONFIG, dict):
+        raise ConfigError(f"recipe {text!r}: CONFIG must be a dict, found "
+                          f"{type(module.CONFIG).__name__}")
+    return Recipe(module, name)
+
+
+def _load_recipe_file(path):
+    if not path.exists():
+        raise ConfigError(f"recipe file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"recipe file {path}: is a directory, expected a .py file")
+    if path.suffix != ".py":
+        raise ConfigError(
+            f"recipe file {path}: expected a Python file ending in .py "
+            "(or a recipe name; see `kgen recipes`)"
+        )
+    try:
+        source = path.read_bytes()
+        code = compile(source, str(path), "exec")
+    except SyntaxError as e:
+        if e.lineno is None:  # null bytes: a binary file
+            raise ConfigError(
+                f"recipe file {path}: not a readable Python file ({e.msg})"
+            ) from None
+        raise ConfigError(
+            f"recipe file {path}: not valid Python (line {e.lineno}: {e.msg})"
+        ) from None
+    except (ValueError, OSError) as e:  # null bytes, unreadable
+        raise ConfigError(f"recipe file {path}: not a readable Python file ({e})") from None
+    module = types.ModuleType(f"kgen_recipe_{path.stem}")
+    module.__file__ = str(path)
+    try:
+        exec(code, module.__dict__)
+    except Exception as e:
+        raise ConfigError(
+            f"recipe file {path}: its code failed ({type(e).__name__}: "
+            f"{_first_line(e)}; --debug shows where)"
+        ) from e
     return module
+
+
+class Recipe:
+    """A loaded recipe: reads fall through to its module; `build(config)`
+    runs the recipe's `build` and reports a setting the model refuses.
+
+    Model constructors raise `ValueError` (or Keras a `TypeError`) naming
+    their own argument; `build` turns that into a `ConfigError` naming the
+    `--set` value that caused it: the setting the message names, else the
+    settings that differ from the recipe's defaults. With no such setting
+    the error is the recipe's own and is raised unchanged.
+    """
+
+    def __init__(self, module, name):
+        self.module = module
+        self.RECIPE_NAME = name
+
+    def __getattr__(self, attr):
+        return getattr(self.module, attr)
+
+    def build(self, config):
+        try:
+            return self.module.build(config)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as e:
+            if _is_data_error(e):
+                raise
+            changed = {k: v for k, v in config.items()
+                       if k in self.module.CONFIG and v != self.module.CONFIG[k]}
+            if not changed:
+                raise
+            message = _first_line(e)
+            named = [k for k in sorted(changed, key=len, reverse=True)
+                     if re.search(rf"(?<![\w]){re.escape(k)}(?![\w])", message)]
+            culprits = named[:1] or sorted(changed)
+            sets = " ".join(f"--set {k}={format_value(changed[k])}" for k in culprits)
+            raise ConfigError(f"{sets}: {message}") from e
+
+
+def _is_data_error(error):
+    from kgen.data.errors import DataError
+
+    return isinstance(error, DataError)
+
+
+def _first_line(error):
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def format_value(value):
+    """A setting as `--set` spells it: `none`, `true`, `32,64`."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (tuple, list)):
+        return ",".join(format_value(v) for v in value)
+    return str(value)
 
 
 def parse_sets(items):
@@ -138,7 +241,12 @@ def validate(config):
     _require(config, "steps_per_epoch", lambda v: v is None or (is_int(v) and v >= 1),
              "none or an integer >= 1")
     _require(config, "learning_rate",
-             lambda v: isinstance(v, (int, float)) and v > 0, "a number > 0")
+             lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0,
+             "a finite number > 0")
+    # keras.utils.set_random_seed seeds NumPy, which takes 32-bit seeds.
+    _require(config, "seed", lambda v: is_int(v) and 0 <= v < 2**32,
+             "an integer in [0, 2**32)")
+    _require(config, "sample_count", lambda v: is_int(v) and v >= 1, "an integer >= 1")
     _require(config, "validation_fraction",
              lambda v: isinstance(v, (int, float)) and 0 < v < 1, "in (0, 1)")
     return config

@@ -1,14 +1,77 @@
 """Results a person can look at: image grids as PNG, audio as WAV, text.
 
 numpy and Pillow only, so `kgen sample` shows an exported model's output
-without importing Keras or any model code.
+without importing Keras or any model code. Every file is written to a
+temporary sibling and renamed into place, so a failed write leaves the
+previous file; a path that cannot be written raises `OutputError` naming it.
 """
 
+import contextlib
 import math
+import os
 import pathlib
+import uuid
 import wave
 
 import numpy as np
+
+
+class OutputError(ValueError):
+    """An output path cannot be written; the message names it and why."""
+
+
+def image_format(path):
+    """The Pillow format that writes `path`'s suffix (`.png` -> `PNG`).
+
+    Raises:
+        OutputError: naming the path when no image format has that suffix.
+    """
+    from PIL import Image
+
+    Image.init()
+    suffix = pathlib.Path(path).suffix.lower()
+    formats = {ext: fmt for ext, fmt in Image.registered_extensions().items()
+               if fmt in Image.SAVE}
+    if suffix not in formats:
+        known = ", ".join(s for s in (".png", ".jpg", ".bmp", ".gif", ".tiff", ".webp")
+                          if s in formats)
+        raise OutputError(
+            f"{path}: cannot write images as {suffix or 'a file without a suffix'!r} "
+            f"(use one of {known})"
+        )
+    return formats[suffix]
+
+
+def check_writable(path, directory=False):
+    """Raise `OutputError` unless `path` (a file, or a folder when
+    `directory`) can be created or replaced: nothing is written."""
+    path = pathlib.Path(path)
+    if path.is_dir() and not directory:
+        raise OutputError(f"{path}: is a directory; expected a file name")
+    if path.exists() and directory and not path.is_dir():
+        raise OutputError(f"{path}: is a file; expected a directory")
+    parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise OutputError(f"{path}: {parent} is a file, not a directory")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: {parent} is not writable")
+    return path
+
+
+@contextlib.contextmanager
+def _atomic(path):
+    """Yield a temporary sibling of `path` to write; rename it into place."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def image_grid(images, columns=None, padding=1):
@@ -38,6 +101,7 @@ def save_image_grid(path, images, columns=None, scale=None):
     """Write a PNG grid of `images`; small images are enlarged to be seen."""
     from PIL import Image
 
+    image_format(path)  # an unknown suffix fails before any work
     grid = image_grid(images, columns)
     if scale is None:
         scale = max(1, 256 // max(grid.shape[:2]))
@@ -47,8 +111,8 @@ def save_image_grid(path, images, columns=None, scale=None):
             (picture.width * scale, picture.height * scale), Image.NEAREST
         )
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(path)
+    with _atomic(path) as tmp:
+        picture.save(tmp, format=image_format(path))
     return path
 
 
@@ -60,10 +124,27 @@ def save_wav(path, audio, sample_rate):
         audio = audio[:, None]
     pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as f:
+    with _atomic(path) as tmp, wave.open(str(tmp), "wb") as f:
         f.setnchannels(pcm.shape[1])
         f.setsampwidth(2)
         f.setframerate(int(sample_rate))
         f.writeframes(pcm.tobytes())
+    return path
+
+
+def save_text(path, text):
+    """Write `text` as UTF-8."""
+    path = pathlib.Path(path)
+    with _atomic(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
+def save_array(path, array):
+    """Write `array` as a `.npy` file (the exact float32 values behind a
+    grid, for comparing samples)."""
+    path = pathlib.Path(path)
+    with _atomic(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(array))
     return path

@@ -1,47 +1,7 @@
 """Class-conditional DCGAN on MNIST from IDX files (`--set data=DIR`):
 ask for a digit, get that digit."""
 
-import keras
+from kgen.recipes.dcgan_mnist import CONFIG as DCGAN_MNIST
+from kgen.recipes.dcgan_digits import build  # noqa: F401  (the GAN recipes' one build)
 
-from kgen import data, models, networks
-
-CONFIG = dict(
-    data=None,                 # a directory holding *-images-idx3-ubyte[.gz]
-    latent_dim=64,
-    g_filters=(64, 32),        # 7x7 -> 14x14 -> 28x28
-    d_filters=(32, 64),
-    loss="non_saturating",
-    ema_decay=0.995,
-    epochs=15,
-    steps_per_epoch=None,
-    batch_size=64,
-    learning_rate=2e-4,
-    beta_1=0.5,
-    jit_compile=None,          # None: XLA on JAX only, fastest on CPU (bench/gan.py)
-    validation_fraction=0.1,
-    seed=0,
-)
-
-
-def build(config):
-    ds = data.load_image_data(
-        config["data"],
-        batch_size=config["batch_size"],
-        validation_fraction=config["validation_fraction"],
-        with_labels=True,
-        repeat=config["steps_per_epoch"] is not None,
-        seed=config["seed"],
-    )
-    model = models.GAN(
-        networks.dcgan_generator(config["latent_dim"], ds.image_shape, config["g_filters"],
-                                 num_classes=ds.num_classes),
-        networks.dcgan_discriminator(ds.image_shape, config["d_filters"],
-                                     num_classes=ds.num_classes),
-        num_classes=ds.num_classes,
-        loss=config["loss"],
-        ema_decay=config["ema_decay"],
-        seed=config["seed"],
-    )
-    adam = lambda: keras.optimizers.Adam(config["learning_rate"], beta_1=config["beta_1"])  # noqa: E731
-    model.compile(g_optimizer=adam(), d_optimizer=adam(), jit_compile=config["jit_compile"])
-    return model, ds
+CONFIG = dict(DCGAN_MNIST, conditional=True)

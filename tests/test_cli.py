@@ -21,6 +21,26 @@ def test_help_explains_each_command(tmp_path):
     assert "--set KEY=VALUE" in train_help and "--backend" in train_help
 
 
+def test_help_says_what_runs_code(tmp_path):
+    """A recipe path is Python code and a SavedModel is a graph: both run."""
+    out = " ".join(run_kgen("--help", cwd=tmp_path).stdout.split())
+    assert "`kgen train PATH.py` runs that file's Python code" in out
+    assert "`kgen sample` runs the TensorFlow graph of the SavedModel it is given" in out
+    assert "--debug" in out and "kgen: error:" in out
+    sample_help = " ".join(run_kgen("sample", "--help", cwd=tmp_path).stdout.split())
+    assert "use only exports you trust" in sample_help and "--debug" in sample_help
+
+
+def test_debug_flag_before_or_after_the_command(tmp_path):
+    for args in (["--debug", "sample", "nowhere"], ["sample", "nowhere", "--debug"]):
+        result = run_kgen(*args, cwd=tmp_path, check=False)
+        assert result.returncode == 2
+        assert "Traceback (most recent call last)" in result.stderr
+        assert result.stderr.strip().splitlines()[-1] == (
+            "kgen: error: nowhere: no such exported model (expected "
+            "saved_models/NAME or one version's directory)")
+
+
 def test_recipes_lists_one_line_each(tmp_path):
     lines = run_kgen("recipes", cwd=tmp_path).stdout.strip().splitlines()
     assert any(line.startswith("vae_digits ") and "digits" in line for line in lines)

@@ -4,7 +4,7 @@ from kgen import config
 from kgen.config import ConfigError
 
 DEFAULTS = dict(data=None, epochs=10, steps_per_epoch=None, learning_rate=1e-3,
-                filters=(32, 64), likelihood="bernoulli", augment=False)
+                filters=(32, 64), likelihood="bernoulli", augment=False, seed=0)
 
 
 def test_sets_are_coerced_to_the_defaults_types():
@@ -29,7 +29,10 @@ def test_none_resets_an_optional_setting():
         ("learning_rate=fast", r"--set learning_rate=fast: expected a number"),
         ("augment=maybe", r"--set augment=maybe: expected true or false"),
         ("epochs=0", r"--set epochs=0: epochs must be an integer >= 1"),
-        ("learning_rate=-1", r"--set learning_rate=-1.0: learning_rate must be a number > 0"),
+        ("learning_rate=-1", r"--set learning_rate=-1.0: learning_rate must be a finite number > 0"),
+        ("learning_rate=inf", r"--set learning_rate=inf: learning_rate must be a finite number > 0"),
+        ("seed=-1", r"--set seed=-1: seed must be an integer in \[0, 2\*\*32\)"),
+        ("seed=4294967296", r"--set seed=4294967296: seed must be an integer in \[0, 2\*\*32\)"),
         ("steps_per_epoch=0", r"--set steps_per_epoch=0: steps_per_epoch must be none or an integer >= 1"),
         ("colour=red", r"--set colour=red: unknown setting 'colour'; this recipe's settings are: augment, data"),
     ],
@@ -61,3 +64,75 @@ def test_recipe_from_a_path(tmp_path):
     path.write_text("CONFIG = dict(epochs=1)\n\ndef build(config):\n    return None, None\n")
     module = config.load_recipe(path)
     assert module.RECIPE_NAME == "mine" and module.CONFIG == {"epochs": 1}
+
+
+def test_recipe_path_that_is_not_python(tmp_path):
+    (tmp_path / "notes.txt").write_text("CONFIG = {}\n")
+    with pytest.raises(ConfigError, match=r"notes\.txt: expected a Python file ending in \.py"):
+        config.load_recipe(tmp_path / "notes.txt")
+    (tmp_path / "broken.py").write_text("CONFIG = dict(\n")
+    with pytest.raises(ConfigError, match=r"broken\.py: not valid Python \(line 1: "):
+        config.load_recipe(tmp_path / "broken.py")
+    (tmp_path / "blob.py").write_bytes(b"\x00\x01\x02")
+    with pytest.raises(ConfigError, match=r"blob\.py: not a readable Python file"):
+        config.load_recipe(tmp_path / "blob.py")
+    (tmp_path / "fails.py").write_text("CONFIG = {}\nraise RuntimeError('boom')\n")
+    with pytest.raises(ConfigError, match=r"fails\.py: its code failed \(RuntimeError: boom"):
+        config.load_recipe(tmp_path / "fails.py")
+
+
+RECIPE = '''
+CONFIG = dict(width=8, depth=2, mode="a")
+
+
+def build(config):
+    if config["width"] < 1:
+        raise ValueError(f"units={config['width']}: expected a positive integer")
+    if config["mode"] not in ("a", "b"):
+        raise ValueError(f"mode={config['mode']!r}: expected 'a' or 'b'")
+    if config["depth"] > 4:
+        raise TypeError("too deep for this network")
+    return "model", "data"
+'''
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        # The message names the setting: that one is blamed.
+        ({"mode": "c", "width": "3"}, r"^--set mode=c: mode='c': expected 'a' or 'b'$"),
+        # It does not: the settings that differ from the defaults are.
+        ({"width": "0"}, r"^--set width=0: units=0: expected a positive integer$"),
+        ({"depth": "9"}, r"^--set depth=9: too deep for this network$"),
+    ],
+)
+def test_build_errors_name_the_set_value(tmp_path, sets, message):
+    (tmp_path / "r.py").write_text(RECIPE)
+    recipe = config.load_recipe(tmp_path / "r.py")
+    with pytest.raises(ConfigError, match=message):
+        recipe.build(config.apply_overrides(recipe.CONFIG, sets))
+    assert recipe.build(dict(recipe.CONFIG)) == ("model", "data")
+
+
+def test_build_error_without_a_set_value_is_the_recipes_own(tmp_path):
+    (tmp_path / "r.py").write_text(RECIPE.replace("width=8", "width=0"))
+    recipe = config.load_recipe(tmp_path / "r.py")
+    with pytest.raises(ValueError, match=r"^units=0") as raised:
+        recipe.build(dict(recipe.CONFIG))
+    assert not isinstance(raised.value, ConfigError)
+
+
+def test_data_errors_pass_through_build(tmp_path):
+    from kgen.data import DataError
+
+    recipe_text = ("from kgen.data import load_images\nCONFIG = dict(data='none')\n\n"
+                   "def build(config):\n    return load_images(config['data'])\n")
+    (tmp_path / "d.py").write_text(recipe_text)
+    recipe = config.load_recipe(tmp_path / "d.py")
+    with pytest.raises(DataError, match=r"missing: no such file or directory"):
+        recipe.build({"data": str(tmp_path / "missing")})
+
+
+def test_values_are_shown_as_set_spells_them():
+    assert [config.format_value(v) for v in (None, True, (32, 64), 0.5, "x")] == [
+        "none", "true", "32,64", "0.5", "x"]

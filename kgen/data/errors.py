@@ -4,5 +4,7 @@
 class DataError(ValueError):
     """A data file or setting is missing, malformed or out of range.
 
-    The message names the file (or setting) and what was expected.
+    The message starts with the file (or setting) and says what was
+    expected; `kgen` prints it as one line, `kgen: error: ...`, and exits
+    with status 2.
     """

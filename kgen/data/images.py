@@ -4,14 +4,21 @@ Every loader returns images as float32 in [0, 1], NHWC, and integer labels,
 then `image_datasets()` splits, batches and prefetches them as `tf.data`
 pipelines, which Keras' `fit()` takes on every backend.
 
-Errors name the file and what was expected, so a user with a truncated
-download or the wrong file sees what to fix.
+Nothing is trusted: a file is streamed and its header checked against its
+size and against `MAX_DATA_BYTES` before the data is read (a small gzip
+that would expand to gigabytes is refused at once), pixels outside [0, 255]
+(or [0, 1] for floats) and labels that do not number the classes 0..K-1
+are refused, and an image that cannot be decoded is named. Every error is a
+`DataError` naming the file and what was expected, so a user with a
+truncated download or the wrong file sees what to fix.
 """
 
 import dataclasses
 import gzip
+import math
 import os
 import pathlib
+import zlib
 
 import numpy as np
 
@@ -27,6 +34,10 @@ _IDX_DTYPES = {
     0x0E: np.dtype(">f8"),
 }
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+# The most bytes one data file may hold once decompressed (MNIST's largest
+# file holds 47 MB); `load_idx(..., max_bytes=N)` raises or lowers it.
+MAX_DATA_BYTES = 2**31
+_CHUNK = 1 << 20
 
 
 @dataclasses.dataclass
@@ -51,62 +62,111 @@ class ImageData:
     validation_size: int
 
 
-def _read_bytes(path):
+def _open_data(path):
+    """The file's bytes as a stream (gunzipped on the fly when gzipped) and
+    its size on disk; nothing is read into memory yet."""
     path = pathlib.Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if not path.is_file():
         raise DataError(f"{path}: expected a file, found a directory")
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise DataError(
-                f"{path}: gzip data is truncated or corrupt ({e})"
-            ) from None
-    return raw
+    try:
+        raw = path.open("rb")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the file ({e.strerror})") from None
+    if raw.read(2) == b"\x1f\x8b":
+        raw.seek(0)
+        return gzip.GzipFile(fileobj=raw, mode="rb"), None
+    raw.seek(0)
+    return raw, path.stat().st_size
 
 
-def load_idx(path):
+def _read(stream, size, path):
+    """Up to `size` bytes from `stream` in 1 MiB chunks (gzip errors named)."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    filled = 0
+    try:
+        while filled < size:
+            got = stream.readinto(view[filled : filled + _CHUNK])
+            if not got:
+                break
+            filled += got
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: gzip data is truncated or corrupt ({e})") from None
+    return buffer[:filled] if filled < size else buffer
+
+
+def load_idx(path, max_bytes=None):
     """Read an IDX file (as MNIST ships), gzipped or not, into a numpy array.
+
+    The file is streamed: the header is checked against the file's size and
+    against `max_bytes` before any data is read, and a gzipped file is
+    decompressed only as far as its header says it reaches, so a small file
+    that would expand to gigabytes is refused at once.
 
     Args:
         path: the file, e.g. `t10k-images-idx3-ubyte.gz`.
+        max_bytes: the most data bytes the header may announce (default
+            `MAX_DATA_BYTES`, 2 GiB).
 
     Returns:
         A numpy array with the file's element type and shape.
 
     Raises:
-        DataError: naming the file when it is missing, not IDX, or shorter
-            than its header says.
+        DataError: naming the file when it is missing, not IDX, larger than
+            `max_bytes`, or shorter or longer than its header says.
     """
-    raw = _read_bytes(path)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise DataError(
-            f"{path}: not an IDX file (expected the magic bytes 00 00 <type> "
-            f"<ndim>, found {raw[:4].hex(' ') or 'an empty file'})"
+    max_bytes = MAX_DATA_BYTES if max_bytes is None else int(max_bytes)
+    stream, file_size = _open_data(path)
+    with stream:
+        magic = bytes(_read(stream, 4, path))
+        if len(magic) < 4 or magic[0] != 0 or magic[1] != 0:
+            raise DataError(
+                f"{path}: not an IDX file (expected the magic bytes 00 00 <type> "
+                f"<ndim>, found {magic.hex(' ') or 'an empty file'})"
+            )
+        type_code, ndim = magic[2], magic[3]
+        if type_code not in _IDX_DTYPES:
+            raise DataError(
+                f"{path}: unknown IDX element type 0x{type_code:02x} (expected "
+                f"one of {', '.join(f'0x{c:02x}' for c in _IDX_DTYPES)})"
+            )
+        dims = bytes(_read(stream, 4 * ndim, path))
+        header = 4 + 4 * ndim
+        if len(dims) < 4 * ndim:
+            raise DataError(
+                f"{path}: truncated IDX header ({4 + len(dims)} of {header} bytes)"
+            )
+        # Python ints: a product of four 32-bit sizes cannot overflow here.
+        shape = tuple(
+            int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim)
         )
-    type_code, ndim = raw[2], raw[3]
-    if type_code not in _IDX_DTYPES:
-        raise DataError(
-            f"{path}: unknown IDX element type 0x{type_code:02x} (expected one "
-            f"of {', '.join(f'0x{c:02x}' for c in _IDX_DTYPES)})"
-        )
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes)")
-    shape = tuple(
-        int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)
-    )
-    dtype = np.dtype(_IDX_DTYPES[type_code])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise DataError(
-            f"{path}: truncated or padded IDX data: header says shape {shape} "
-            f"({expected} bytes of data), file holds {len(raw) - header}"
-        )
-    return np.frombuffer(raw, dtype, offset=header).reshape(shape)
+        dtype = np.dtype(_IDX_DTYPES[type_code])
+        expected = math.prod(shape) * dtype.itemsize
+        if expected > max_bytes:
+            raise DataError(
+                f"{path}: IDX header says shape {shape}, {expected:,} bytes of "
+                f"data, over the limit of {max_bytes:,} bytes for one data file"
+            )
+        if file_size is not None and file_size - header != expected:
+            raise DataError(
+                f"{path}: truncated or padded IDX data: header says shape "
+                f"{shape} ({expected} bytes of data), file holds "
+                f"{file_size - header}"
+            )
+        data = _read(stream, expected, path)
+        if len(data) < expected:
+            raise DataError(
+                f"{path}: truncated IDX data: header says shape {shape} "
+                f"({expected} bytes of data), file holds {len(data)}"
+            )
+        if _read(stream, 1, path):
+            raise DataError(
+                f"{path}: padded IDX data: header says shape {shape} "
+                f"({expected} bytes of data), file holds more"
+            )
+    return np.frombuffer(data, dtype).reshape(shape)
 
 
 def _find_one(directory, patterns, what):
@@ -150,7 +210,8 @@ def load_mnist(directory):
             f"{labels_path}: expected {len(images)} labels to match "
             f"{images_path.name}, found shape {labels.shape}"
         )
-    return _scale(images[..., None], 255.0), labels.astype("int32")
+    return (to_unit_range(images[..., None], images_path),
+            check_labels(labels, labels_path))
 
 
 def load_npz(path, images_key=None, labels_key=None):
@@ -158,7 +219,8 @@ def load_npz(path, images_key=None, labels_key=None):
 
     The images key defaults to the first of `x`, `images`, `x_train`; labels
     to `y`, `labels`, `y_train`. Integer images are scaled by 255, floats must
-    already be in [0, 1]. A 3-D array gains a channel axis.
+    already be in [0, 1]. A 3-D array gains a channel axis. An array whose
+    decompressed size is over `MAX_DATA_BYTES` is refused before it is read.
     """
     path = pathlib.Path(path)
     if not path.is_file():
@@ -167,6 +229,8 @@ def load_npz(path, images_key=None, labels_key=None):
         archive = np.load(path, allow_pickle=False)
     except Exception as e:  # zipfile, pickle and value errors alike
         raise DataError(f"{path}: not a readable .npz archive ({e})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: not a .npz archive (found a single .npy array)")
     with archive:
         keys = list(archive.keys())
         images_key = images_key or _first_present(keys, ("x", "images", "x_train"))
@@ -175,9 +239,9 @@ def load_npz(path, images_key=None, labels_key=None):
                 f"{path}: no images array (looked for "
                 f"{images_key or 'x, images, x_train'}; found {keys})"
             )
-        images = archive[images_key]
+        images = _npz_array(archive, images_key, path)
         labels_key = labels_key or _first_present(keys, ("y", "labels", "y_train"))
-        labels = archive[labels_key] if labels_key in keys else None
+        labels = _npz_array(archive, labels_key, path) if labels_key in keys else None
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4:
@@ -185,23 +249,111 @@ def load_npz(path, images_key=None, labels_key=None):
             f"{path}: '{images_key}' must be (n, h, w) or (n, h, w, c), "
             f"found shape {images.shape}"
         )
-    if np.issubdtype(images.dtype, np.integer):
-        images = _scale(images, 255.0)
-    else:
-        images = images.astype("float32")
-        if images.size and (images.min() < 0 or images.max() > 1):
-            raise DataError(
-                f"{path}: float images in '{images_key}' must lie in [0, 1], "
-                f"found [{images.min():.3g}, {images.max():.3g}]"
-            )
+    images = to_unit_range(images, f"{path}: '{images_key}'")
     if labels is not None:
         if labels.shape != (len(images),):
             raise DataError(
                 f"{path}: '{labels_key}' must hold one label per image "
                 f"({len(images)}), found shape {labels.shape}"
             )
-        labels = labels.astype("int32")
+        labels = check_labels(labels, f"{path}: '{labels_key}'")
     return images, labels
+
+
+def _npz_array(archive, key, path):
+    size = archive.zip.getinfo(f"{key}.npy").file_size
+    if size > MAX_DATA_BYTES:
+        raise DataError(
+            f"{path}: '{key}' holds {size:,} bytes once decompressed, over the "
+            f"limit of {MAX_DATA_BYTES:,} bytes for one data file"
+        )
+    try:
+        return archive[key]
+    except Exception as e:  # zipfile, zlib and format errors alike
+        raise DataError(f"{path}: '{key}' cannot be read ({e})") from None
+
+
+def to_unit_range(images, source):
+    """Pixels as float32 in [0, 1], refusing values outside the range.
+
+    Integer pixels must lie in [0, 255] and are divided by 255; float pixels
+    must already lie in [0, 1].
+
+    Args:
+        images: a numpy array of pixels.
+        source: what to name in an error (the file, and the array's key).
+
+    Raises:
+        DataError: naming `source`, the offending value and its position.
+    """
+    if not (np.issubdtype(images.dtype, np.integer)
+            or np.issubdtype(images.dtype, np.floating)):
+        raise DataError(f"{source}: pixels must be numbers, found dtype {images.dtype}")
+    integer = np.issubdtype(images.dtype, np.integer)
+    low, high = (0, 255) if integer else (0.0, 1.0)
+    if images.dtype == np.uint8 or not images.size:
+        return _scale(images, 255.0)
+    smallest, largest = images.min(), images.max()  # NaN when any is NaN
+    if not (low <= smallest and largest <= high):
+        bad = (images < low) | (images > high)
+        if not integer:
+            bad |= np.isnan(images)
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            kind = "integer pixels" if integer else "float pixels"
+            raise DataError(
+                f"{source}: pixel value {images[index].item()!r} at index {index} is out of "
+                f"range ({kind} must lie in [0, {high:g}]; {int(bad.sum())} "
+                f"value(s) outside it)"
+            )
+    return _scale(images, 255.0) if integer else images.astype("float32")
+
+
+def check_labels(labels, source):
+    """Labels as int32, refusing values that do not number classes 0..K-1.
+
+    The number of classes K is read from the data: the labels must be whole
+    numbers from 0 with no class left empty, so a stray value (a 255 among
+    the digits 0..9) is refused rather than silently adding 246 classes.
+
+    Args:
+        labels: a 1-D numpy array.
+        source: what to name in an error (the file, and the array's key).
+
+    Raises:
+        DataError: naming `source`, the bad value and its row.
+    """
+    labels = np.asarray(labels)
+    if np.issubdtype(labels.dtype, np.floating):
+        whole = np.isfinite(labels) & (labels == np.round(labels))
+        if not whole.all():
+            row = int(np.argmin(whole))
+            raise DataError(
+                f"{source}: label {labels[row].item()!r} (row {row}) is not a whole number"
+            )
+    elif not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{source}: labels must be integers, found dtype {labels.dtype}")
+    if not labels.size:
+        return labels.astype("int32")
+    if labels.min() < 0:
+        row = int(np.argmin(labels))
+        raise DataError(
+            f"{source}: label {labels[row].item():.0f} (row {row}) is negative; labels "
+            f"number the classes 0, 1, 2, ..."
+        )
+    present = np.unique(labels).astype("int64")
+    # The classes 0..k-1 present without a gap; anything above is refused.
+    k = int(np.searchsorted(present - np.arange(len(present)), 1))
+    if k < len(present):
+        value = int(present[k])
+        row = int(np.argmax(labels == value))
+        held = f"classes 0..{k - 1} are present" if k else "no label is 0"
+        raise DataError(
+            f"{source}: label {value} (row {row}) is out of range: {held}, "
+            f"so labels must lie in [0, {k}) with every class present; "
+            f"{int((labels >= k).sum())} label(s) fall outside"
+        )
+    return labels.astype("int32")
 
 
 def load_digits(image_size=None):
@@ -223,14 +375,14 @@ def load_image_folder(directory, image_size, color_mode="grayscale"):
     """Load a folder of images (one sub-folder per class, or flat).
 
     Uses `keras.utils.image_dataset_from_directory`, then gathers the images
-    into memory: fine for the small data sets recipes train on.
+    into memory: fine for the small data sets recipes train on. A file that
+    cannot be read or decoded is named in the error.
     """
     import keras
+    import tensorflow as tf
 
     directory = pathlib.Path(directory)
-    files = [
-        p for p in directory.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES
-    ]
+    files = _image_files(directory)
     if not files:
         raise DataError(
             f"{directory}: no images found (expected files ending in "
@@ -247,14 +399,40 @@ def load_image_folder(directory, image_size, color_mode="grayscale"):
         verbose=False,
     )
     images, labels = [], []
-    for batch in ds.as_numpy_iterator():
-        if has_classes:
-            batch, y = batch
-            labels.append(y)
-        images.append(batch)
+    try:
+        for batch in ds.as_numpy_iterator():
+            if has_classes:
+                batch, y = batch
+                labels.append(y)
+            images.append(batch)
+    except tf.errors.OpError as e:
+        # tf.data does not say which file failed: find it.
+        raise _unreadable_image(files, e) from None
     images = np.concatenate(images).astype("float32") / 255.0
     labels = np.concatenate(labels).astype("int32") if labels else None
     return images, labels
+
+
+def _image_files(directory):
+    return sorted(
+        p for p in directory.rglob("*")
+        if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file()
+    )
+
+
+def _unreadable_image(files, error):
+    """The DataError naming the first of `files` that TensorFlow cannot
+    read or decode (as `image_dataset_from_directory` does)."""
+    import tensorflow as tf
+
+    for path in files:
+        try:
+            tf.io.decode_image(tf.io.read_file(str(path)), expand_animations=False)
+        except tf.errors.OpError as e:
+            reason = (e.message or type(e).__name__).strip().splitlines()[0]
+            return DataError(f"{path}: not a readable image ({reason})")
+    reason = (error.message or type(error).__name__).strip().splitlines()[0]
+    return DataError(f"{files[0].parent}: reading the images failed ({reason})")
 
 
 def load_images(source, image_size=None):
@@ -300,7 +478,7 @@ def load_images(source, image_size=None):
                 f"{path}: expected IDX images of shape (count, rows, cols), "
                 f"found {raw.shape}"
             )
-        images, labels = _scale(raw[..., None], 255.0), None
+        images, labels = to_unit_range(raw[..., None], path), None
     if image_size is not None and tuple(images.shape[1:3]) != tuple(image_size):
         images = _resize(images, image_size)
     return images, labels
@@ -318,6 +496,10 @@ def image_datasets(
 ):
     """Split arrays into shuffled, batched, prefetched `tf.data` pipelines.
 
+    Batches are dicts, the one batch format of every kgen image family:
+    `{"images": float32 (b, h, w, c)}`, plus `"labels": int32 (b,)` when
+    `with_labels`.
+
     The split is by position (the last `validation_fraction` validates), as
     the data sets' publishers define their splits.
 
@@ -325,8 +507,10 @@ def image_datasets(
         images: float32 `(n, h, w, c)` in [0, 1].
         labels: int `(n,)` or `None`.
         batch_size: examples per batch.
-        validation_fraction: share of examples held out, in (0, 1).
-        with_labels: yield `(images, labels)` instead of images alone.
+        validation_fraction: share of examples held out, in [0, 1); 0
+            holds out nothing (`validation` is then `None`: GANs use no
+            validation data).
+        with_labels: add `"labels"` to each batch.
         repeat: repeat the training pipeline forever (for `steps_per_epoch`).
         shuffle_seed: seed of the training shuffle.
         limit: keep only the first `limit` examples (quick runs).
@@ -336,26 +520,30 @@ def image_datasets(
     """
     import tensorflow as tf
 
-    if not 0 < validation_fraction < 1:
+    if not 0 <= validation_fraction < 1:
         raise DataError(
-            f"validation_fraction must be in (0, 1), got {validation_fraction}"
+            f"validation_fraction={validation_fraction}: must be in [0, 1)"
         )
     if batch_size < 1:
         raise DataError(f"batch_size must be at least 1, got {batch_size}")
     if with_labels and labels is None:
         raise DataError("this model needs labels, but the data source has none")
+    if labels is not None:
+        labels = check_labels(labels, "labels")
+    # Classes are counted on the whole data set, before any `limit`.
+    num_classes = int(labels.max()) + 1 if labels is not None and len(labels) else 0
     if limit is not None:
         images = images[:limit]
         labels = labels[:limit] if labels is not None else None
-    n_val = max(1, int(round(len(images) * validation_fraction)))
+    n_val = max(1, int(round(len(images) * validation_fraction))) if validation_fraction else 0
     n_train = len(images) - n_val
     if n_train < 1:
         raise DataError(f"too few images to split: {len(images)}")
 
     def pipeline(start, stop, training):
-        parts = images[start:stop]
+        parts = {"images": images[start:stop]}
         if with_labels:
-            parts = (parts, labels[start:stop])
+            parts["labels"] = labels[start:stop].astype("int32")
         ds = tf.data.Dataset.from_tensor_slices(parts)
         if training:
             ds = ds.shuffle(min(stop - start, 10_000), seed=shuffle_seed)
@@ -364,10 +552,9 @@ def image_datasets(
         ds = ds.batch(batch_size, drop_remainder=training and repeat)
         return ds.prefetch(tf.data.AUTOTUNE)
 
-    num_classes = int(labels.max()) + 1 if labels is not None and len(labels) else 0
     return ImageData(
         train=pipeline(0, n_train, True),
-        validation=pipeline(n_train, len(images), False),
+        validation=pipeline(n_train, len(images), False) if n_val else None,
         image_shape=tuple(int(d) for d in images.shape[1:]),
         num_classes=num_classes,
         train_size=n_train,

@@ -15,16 +15,16 @@ def seed_pairs(seed):
     return tf.stack([tf.cast(low, tf.int32), tf.cast(high, tf.int32)], axis=-1)
 
 
-def check_rows(seed, max_rows):
-    """Checks that a request has between 1 and `max_rows` rows (`seed`'s
-    batch size): INVALID_ARGUMENT naming `seed` otherwise."""
-    rows = tf.size(seed)
+def check_rows(x, max_rows, name="seed"):
+    """Checks that a request has between 1 and `max_rows` rows (`x`'s
+    leading axis): INVALID_ARGUMENT naming `name` otherwise."""
+    rows = tf.shape(x)[0]
     return [
         tf.debugging.assert_positive(
-            rows, message="seed must have at least one row (empty batch)"),
+            rows, message=f"{name} must have at least one row (empty batch)"),
         tf.debugging.assert_less_equal(
             rows, tf.constant(max_rows, tf.int32),
-            message=f"seed has more rows than this export allows (max_rows={max_rows})"),
+            message=f"{name} has more rows than this export allows (max_rows={max_rows})"),
     ]
 
 
@@ -35,6 +35,22 @@ def check_same_rows(seed, **inputs):
             tf.shape(x)[0], tf.shape(seed)[0],
             message=f"{name} must have one value per row (as seed)")
         for name, x in inputs.items()
+    ]
+
+
+def check_shape(x, row_shape, name):
+    """Checks that each row of `x` has `row_shape`."""
+    return [tf.debugging.assert_equal(
+        tf.shape(x)[1:], tf.constant(row_shape, tf.int32),
+        message=f"{name} must have shape [batch, {', '.join(map(str, row_shape))}]")]
+
+
+def check_labels(label, num_classes, name="label"):
+    """Checks that every label is in `[0, num_classes)`."""
+    message = f"{name} must be in [0, {num_classes})"
+    return [
+        tf.debugging.assert_greater_equal(label, 0, message=message),
+        tf.debugging.assert_less(label, num_classes, message=message),
     ]
 
 
@@ -58,11 +74,7 @@ def normal_per_row(seeds, shape, dtype=tf.float32):
 
 def check_images(images, image_shape, name="images"):
     """Assert `images` is `[batch, *image_shape]` float in [0, 1]."""
-    return [
-        tf.debugging.assert_equal(
-            tf.shape(images)[1:], tf.constant(image_shape, tf.int32),
-            message=f"{name} must have shape [batch, {', '.join(map(str, image_shape))}]",
-        ),
+    return check_shape(images, image_shape, name) + [
         tf.debugging.assert_greater_equal(
             images, tf.zeros([], images.dtype), message=f"{name} must be in [0, 1]"
         ),

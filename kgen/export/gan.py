@@ -7,44 +7,36 @@ from kgen.export import common
 
 def gan_signatures(model, max_rows):
     """`generate`: per-row `seed` (and `label` for a conditional GAN) ->
-    `images` in [0, 1], from the EMA generator when there is one."""
-    image_shape = list(model.image_shape)
-    net = model.ema_generator or model.generator
-    latent_dim = model.latent_dim
+    `images` in [0, 1], from the EMA generator when there is one: the
+    graph of `model.sample`, the computation `model.generate` runs."""
     num_classes = model.num_classes
+    label_spec = tf.TensorSpec([None], tf.int32, name="label")
 
-    def images_from(latents, labels=None):
-        raw = net([latents, labels] if num_classes else latents, training=False)
-        return {"images": tf.clip_by_value((raw + 1.0) / 2.0, 0.0, 1.0)}
+    def checks(seed, label=None):
+        found = common.check_rows(seed, max_rows)
+        if num_classes:
+            found += common.check_same_rows(seed, label=label)
+            found += common.check_labels(label, num_classes)
+        return found
 
     if num_classes:
-        @tf.function(input_signature=[
-            common.SEED_SPEC, tf.TensorSpec([None], tf.int32, name="label"),
-        ])
+        @tf.function(input_signature=[common.SEED_SPEC, label_spec])
         def generate(seed, label):
-            checks = [
-                tf.debugging.assert_equal(
-                    tf.shape(seed), tf.shape(label),
-                    message="seed and label must have the same batch size"),
-                tf.debugging.assert_greater_equal(
-                    label, 0, message=f"label must be in [0, {num_classes})"),
-                tf.debugging.assert_less(
-                    label, num_classes, message=f"label must be in [0, {num_classes})"),
-            ]
-            with tf.control_dependencies(checks):
-                return images_from(common.normal_per_row(seed, [latent_dim]),
-                                   tf.identity(label))
-        inputs = "seed int64 [batch], label int32 [batch] in [0, num_classes)"
+            with tf.control_dependencies(checks(seed, label)):
+                pairs = common.seed_pairs(seed)
+                return {"images": model.sample(pairs, tf.identity(label))}
+        inputs = f"seed int64 [batch], label int32 [batch] in [0, {num_classes})"
     else:
         @tf.function(input_signature=[common.SEED_SPEC])
         def generate(seed):
-            return images_from(common.normal_per_row(seed, [latent_dim]))
+            with tf.control_dependencies(checks(seed)):
+                return {"images": model.sample(common.seed_pairs(seed))}
         inputs = "seed int64 [batch]"
 
     metadata = {
         "output_kind": "images",
-        "image_shape": image_shape,
-        "latent_dim": latent_dim,
+        "image_shape": list(model.image_shape),
+        "latent_dim": model.latent_dim,
         "num_classes": num_classes,
         "uses_ema_generator": model.ema_generator is not None,
         "signatures": {

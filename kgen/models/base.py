@@ -144,6 +144,20 @@ class GenerativeModel(keras.Model):
         return {**super().get_config(), "seed": self.seed}
 
 
+def batch_images(batch):
+    """The images of a batch: a `{"images": ...}` dict (kgen's one batch
+    format) or, for models that need nothing else, the images alone."""
+    if isinstance(batch, dict):
+        if "images" not in batch:
+            raise ValueError(f"batch has keys {sorted(batch)}; expected 'images'")
+        return batch["images"]
+    if isinstance(batch, (tuple, list)):
+        raise ValueError(
+            "batches are {'images': ..., 'labels': ...} dicts, not tuples"
+        )
+    return batch
+
+
 def check_count(n, name="n"):
     """`n` as a positive int, or a ValueError naming it."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or int(n) < 1:

@@ -3,8 +3,10 @@
 import keras
 from keras import ops
 
+from kgen import random as kgen_random
 from kgen.api import kgen_export
 from kgen.models.base import GenerativeModel
+from kgen.models.base import batch_images
 from kgen.trainers import GANTrainer
 
 LOSSES = ("non_saturating", "hinge", "wasserstein")
@@ -23,7 +25,8 @@ class GAN(GANTrainer, GenerativeModel):
     Args:
         generator: latents (or `[latents, labels]`) -> images in [-1, 1].
         discriminator: images (or `[images, labels]`) -> one logit each.
-        num_classes: number of classes of a conditional GAN; 0 for none.
+        num_classes: number of classes of a conditional GAN; `None` for an
+            unconditional one.
         loss: `"non_saturating"`, `"hinge"` or `"wasserstein"`.
         gradient_penalty_weight: WGAN-GP weight on `(|grad D(x_hat)| - 1)^2`
             at random interpolates of real and fake (0: off).
@@ -51,7 +54,7 @@ class GAN(GANTrainer, GenerativeModel):
         self,
         generator,
         discriminator,
-        num_classes=0,
+        num_classes=None,
         loss="non_saturating",
         gradient_penalty_weight=0.0,
         r1_weight=0.0,
@@ -71,6 +74,12 @@ class GAN(GANTrainer, GenerativeModel):
             )
         if ema_decay is not None and not 0 < ema_decay < 1:
             raise ValueError(f"ema_decay={ema_decay}: must be in (0, 1) or None")
+        if num_classes is not None and (
+                isinstance(num_classes, bool) or int(num_classes) < 2):
+            raise ValueError(
+                f"num_classes={num_classes!r}: must be an int >= 2, or None "
+                "for an unconditional GAN"
+            )
         expected_inputs = 2 if num_classes else 1
         for name, net in (("generator", generator), ("discriminator", discriminator)):
             if len(net.inputs) != expected_inputs:
@@ -88,7 +97,7 @@ class GAN(GANTrainer, GenerativeModel):
             self.ema_generator.set_weights(generator.get_weights())
             self.ema_generator.trainable = False
         # === Config ===
-        self.num_classes = int(num_classes)
+        self.num_classes = None if num_classes is None else int(num_classes)
         self.loss_name = loss
         self.gradient_penalty_weight = float(gradient_penalty_weight)
         self.r1_weight = float(r1_weight)
@@ -199,10 +208,11 @@ class GAN(GANTrainer, GenerativeModel):
     def call(self, inputs, training=False):
         """`latents` (or `(latents, labels)`) -> generated images in [-1, 1].
 
-        A conditional GAN given latents alone cycles through the classes.
+        A conditional GAN given latents alone cycles through the classes
+        (what Keras builds the model with).
         """
         if self.num_classes and not isinstance(inputs, (list, tuple)):
-            inputs = [inputs, self.default_labels(ops.shape(inputs)[0])]
+            inputs = [inputs, self._cycle_labels(ops.shape(inputs)[0])]
         return self.generator(inputs, training=training)
 
     def _generate_raw(self, latents, labels, training, net=None):
@@ -215,12 +225,19 @@ class GAN(GANTrainer, GenerativeModel):
         )
 
     def unpack(self, data):
-        """`images` or `(images, labels)` -> float images in [-1, 1], labels."""
+        """A `{"images", "labels"}` batch (or images alone for an
+        unconditional GAN) -> float images in [-1, 1], int32 labels."""
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        if self.num_classes and y is None:
-            raise ValueError("a conditional GAN needs (images, labels) batches")
-        real = ops.cast(x, "float32") * 2.0 - 1.0
-        return real, (ops.cast(y, "int32") if self.num_classes else None)
+        if y is not None:
+            raise ValueError(
+                "GAN batches are {'images': ..., 'labels': ...} dicts, not "
+                "(images, labels) tuples"
+            )
+        labels = x.get("labels") if isinstance(x, dict) else None
+        if self.num_classes and labels is None:
+            raise ValueError("a conditional GAN needs {'images', 'labels'} batches")
+        real = ops.cast(batch_images(x), "float32") * 2.0 - 1.0
+        return real, (ops.cast(labels, "int32") if self.num_classes else None)
 
     def _latents(self, batch_size):
         return keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
@@ -291,30 +308,26 @@ class GAN(GANTrainer, GenerativeModel):
 
     # --- inference -------------------------------------------------------
 
-    def default_labels(self, n):
-        return ops.mod(ops.arange(n, dtype="int32"), max(self.num_classes, 1))
+    def _cycle_labels(self, n):
+        return ops.mod(ops.arange(n, dtype="int32"), self.num_classes)
 
-    def generate(self, n, seed=None, labels=None):
-        """`n` images in [0, 1] from the EMA generator when there is one.
-
-        Args:
-            n: number of images.
-            seed: int; the same seed gives the same images.
-            labels: class of each image (conditional GANs); default cycles
-                through the classes.
-        """
-        if int(n) < 1:
-            raise ValueError(f"n={n}: must be at least 1")
-        latents = keras.random.normal(
-            (int(n), self.latent_dim),
-            seed=self.seed_generator if seed is None else int(seed),
-        )
+    def sample(self, seeds, labels=None):
+        """Images in [0, 1] from one latent draw per row (int32 seed pairs
+        `(batch, 2)`), from the EMA generator when there is one; row `r`
+        depends on `seeds[r]` (and `labels[r]`) alone."""
+        latents = kgen_random.normal(seeds, (self.latent_dim,))
         if self.num_classes:
-            labels = self.default_labels(n) if labels is None else ops.convert_to_tensor(labels, "int32")
-            if tuple(labels.shape) != (int(n),):
-                raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+            labels = ops.cast(labels, "int32")
         images = self._generate_raw(latents, labels, False, net=self.ema_generator)
-        return ops.convert_to_numpy(ops.clip((images + 1.0) / 2.0, 0.0, 1.0))
+        return ops.clip((images + 1.0) / 2.0, 0.0, 1.0)
+
+    def generate_rows(self, pairs, labels):
+        net = self.ema_generator or self.generator
+        if self.num_classes:
+            fn = self.compiled_function("sample", self.sample, net.weights)
+            return ops.convert_to_numpy(fn(pairs, labels))
+        fn = self.compiled_function("sample", lambda s: self.sample(s), net.weights)
+        return ops.convert_to_numpy(fn(pairs))
 
     # --- config ----------------------------------------------------------
 

@@ -5,8 +5,10 @@ import math
 import keras
 from keras import ops
 
+from kgen import random as kgen_random
 from kgen.api import kgen_export
 from kgen.models.base import GenerativeModel
+from kgen.models.base import batch_images
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -15,6 +17,7 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 class VAE(GenerativeModel):
     """A VAE with a diagonal Gaussian latent and a pixel likelihood.
 
+    Batches are `{"images": ...}` dicts (or image arrays alone).
     `call(images)` returns a dict (`z_mean`, `z_log_var`, `z`, `logits`);
     `compute_loss()` is the negative ELBO per image in nats,
     `reconstruction + beta * kl`, written in `keras.ops` so Keras' own trainer
@@ -37,7 +40,7 @@ class VAE(GenerativeModel):
     vae = VAE(conv_encoder((28, 28, 1), 16), conv_decoder(16, (28, 28, 1)))
     vae.compile(optimizer="adam")
     vae.fit(images, epochs=1)
-    samples = vae.generate(16, seed=0)  # (16, 28, 28, 1) in [0, 1]
+    samples = vae.generate(16, seed=0)  # (16, 28, 28, 1); row i from seed i
     ```
     """
 
@@ -85,6 +88,7 @@ class VAE(GenerativeModel):
         return mean + ops.exp(0.5 * log_var) * eps
 
     def call(self, images, training=False):
+        images = batch_images(images)
         mean, log_var = self.encoder(images, training=training)
         z = self.reparameterize(mean, log_var)
         logits = self.decoder(z, training=training)
@@ -92,7 +96,7 @@ class VAE(GenerativeModel):
 
     def loss_terms(self, images, outputs):
         """Mean over the batch of the reconstruction and KL terms, in nats."""
-        images = ops.cast(images, outputs["logits"].dtype)
+        images = ops.cast(batch_images(images), outputs["logits"].dtype)
         logits = outputs["logits"]
         if self.likelihood == "bernoulli":
             nll = ops.softplus(logits) - images * logits
@@ -129,15 +133,14 @@ class VAE(GenerativeModel):
         """Latents -> images in [0, 1] (the likelihood's mean)."""
         return ops.sigmoid(self.decoder(latents, training=False))
 
-    def generate(self, n, seed=None):
-        """Decode `n` draws from the prior; returns numpy `(n, h, w, c)`."""
-        if int(n) < 1:
-            raise ValueError(f"n={n}: must be at least 1")
-        latents = keras.random.normal(
-            (int(n), self.latent_dim),
-            seed=self.seed_generator if seed is None else int(seed),
-        )
-        return ops.convert_to_numpy(self.decode(latents))
+    def sample(self, seeds, labels=None):
+        """Decode one prior draw per row: int32 seed pairs `(batch, 2)` ->
+        images in [0, 1]; row `r` depends on `seeds[r]` alone."""
+        return self.decode(kgen_random.normal(seeds, (self.latent_dim,)))
+
+    def generate_rows(self, pairs, labels):
+        fn = self.compiled_function("sample", self.sample, self.decoder.weights)
+        return ops.convert_to_numpy(fn(pairs))
 
     # --- config ------------------------------------------------------------
 

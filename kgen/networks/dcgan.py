@@ -8,14 +8,14 @@ from kgen.networks.blocks import grid_size
 from kgen.networks.blocks import upsampling_block
 
 
-def dcgan_generator(latent_dim, image_shape, filters=(128, 64), num_classes=0,
+def dcgan_generator(latent_dim, image_shape, filters=(128, 64), num_classes=None,
                     upsample="resize", name="generator"):
     """Latents (and labels) -> images in [-1, 1] (tanh).
 
     A dense projection to a `1 / 2**len(filters)` size grid, then one 2x
     upsampling with batch norm and LeakyReLU per entry of `filters`
     (`upsample`: `"resize"` or the paper's `"transpose"`; see
-    `kgen.networks.blocks.upsampling_block`). With `num_classes > 0` the model takes `[latents, labels]`
+    `kgen.networks.blocks.upsampling_block`). With `num_classes` set the model takes `[latents, labels]`
     and concatenates a learned label embedding to the latents.
 
     Example:
@@ -45,12 +45,12 @@ def dcgan_generator(latent_dim, image_shape, filters=(128, 64), num_classes=0,
     return keras.Model(inputs if num_classes else latents, images, name=name)
 
 
-def dcgan_discriminator(image_shape, filters=(64, 128), num_classes=0,
+def dcgan_discriminator(image_shape, filters=(64, 128), num_classes=None,
                         name="discriminator"):
     """Images in [-1, 1] (and labels) -> one real/fake logit per image.
 
     One stride-2 convolution with LeakyReLU per entry of `filters`, no batch
-    norm (so gradient penalties stay per-sample). With `num_classes > 0` the
+    norm (so gradient penalties stay per-sample). With `num_classes` set the
     model takes `[images, labels]` and adds the label as an embedded extra
     image channel.
     """

@@ -11,7 +11,7 @@ from kgen.networks import dcgan_generator
 SHAPE = (28, 28, 1)
 
 
-def tiny_gan(num_classes=0, **kwargs):
+def tiny_gan(num_classes=None, **kwargs):
     return GAN(
         dcgan_generator(8, SHAPE, (16, 8), num_classes=num_classes),
         dcgan_discriminator(SHAPE, (8, 16), num_classes=num_classes),
@@ -27,7 +27,7 @@ def compiled(gan, lr=1e-3):
 
 def batch(mnist_arrays, n=16, labels=False):
     images, ys = mnist_arrays
-    return (images[:n], ys[:n]) if labels else images[:n]
+    return {"images": images[:n], "labels": ys[:n].astype("int32")} if labels else images[:n]
 
 
 def values(variables):
@@ -38,7 +38,7 @@ def unchanged(before, variables):
     return all(np.array_equal(a, b) for a, b in zip(before, values(variables)))
 
 
-@pytest.mark.parametrize("num_classes", [0, 10], ids=["unconditional", "conditional"])
+@pytest.mark.parametrize("num_classes", [None, 10], ids=["unconditional", "conditional"])
 def test_each_phase_updates_only_its_network(mnist_arrays, num_classes):
     gan = compiled(tiny_gan(num_classes))
     data = batch(mnist_arrays, labels=bool(num_classes))
@@ -111,7 +111,7 @@ def test_same_seed_same_image_and_labels_matter():
 def test_keras_file_round_trip_keeps_both_optimizers(tmp_path, mnist_arrays):
     gan = compiled(tiny_gan(num_classes=10, ema_decay=0.9))
     data = batch(mnist_arrays, labels=True)
-    gan.fit(*data, batch_size=8, epochs=1, verbose=0)
+    gan.fit(data, batch_size=8, epochs=1, verbose=0)
     gan.save(tmp_path / "gan.keras")
     loaded = keras.saving.load_model(tmp_path / "gan.keras")
     assert isinstance(loaded, GAN) and loaded.num_classes == 10
@@ -119,7 +119,7 @@ def test_keras_file_round_trip_keeps_both_optimizers(tmp_path, mnist_arrays):
     for opt in ("g_optimizer", "d_optimizer"):
         for a, b in zip(values(getattr(loaded, opt).variables), values(getattr(gan, opt).variables)):
             np.testing.assert_allclose(a, b, atol=1e-6)
-    loaded.fit(*data, batch_size=8, epochs=1, verbose=0)
+    loaded.fit(data, batch_size=8, epochs=1, verbose=0)
 
 
 def test_multioptimizer_carries_both_optimizers_in_order():
@@ -153,5 +153,8 @@ def test_bad_arguments_are_named(kwargs, message):
 
 def test_conditional_gan_needs_labels(mnist_arrays):
     gan = compiled(tiny_gan(num_classes=10))
-    with pytest.raises(ValueError, match=r"needs \(images, labels\) batches"):
+    with pytest.raises(ValueError, match=r"needs \{'images', 'labels'\} batches"):
         gan.train_phase("discriminator", batch(mnist_arrays))
+    images, labels = mnist_arrays
+    with pytest.raises(ValueError, match="dicts, not \\(images, labels\\) tuples"):
+        gan.fit(images[:8], labels[:8], batch_size=8, epochs=1, verbose=0)
