@@ -189,18 +189,24 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
                 f"--run-dir {_free_run_dir(run_dir)} for a new run, or "
                 f"--overwrite to replace it"
             )
-    if overwrite and previous is not None:
+    leftovers = [name for name in _RUN_FILES if (run_dir / name).exists()]
+    if previous is None and leftovers and not overwrite:
+        raise ConfigError(
+            f"{run_dir} holds {', '.join(leftovers)} but no config.json; pass "
+            f"--run-dir {_free_run_dir(run_dir)} for a new run, or --overwrite "
+            f"to replace them"
+        )
+    if overwrite and (previous is not None or leftovers):
         _clear_run(run_dir)
         previous = None
-    state = _read_json(run_dir / "state.json")
-    if state is None and previous is not None:
-        state = _legacy_state(run_dir)
-    if state is None:
-        state = {"status": "training"}
     run_dir.mkdir(parents=True, exist_ok=True)
     kgen_io.clean_stale_temporaries(run_dir)
     if previous is None:
+        state = {"status": "training"}
         kgen_io.write_text(run_dir / "config.json", json.dumps(settings, indent=2))
+        _write_state(run_dir, state)
+    else:
+        state = _read_json(run_dir / "state.json") or _legacy_state(run_dir)
 
     if state["status"] == "trained":
         return _finished(run_dir, state, export_to, verbose)
@@ -268,8 +274,8 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
 
 
 def _write_state(run_dir, state):
-    kgen_io.write_text(run_dir / "state.json", json.dumps(state, indent=2),
-                       fault=("state", 1))
+    fault = ("state", 1) if state["status"] == "trained" else None
+    kgen_io.write_text(run_dir / "state.json", json.dumps(state, indent=2), fault=fault)
 
 
 def _finished(run_dir, state, export_to, verbose):

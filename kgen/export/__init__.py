@@ -65,6 +65,25 @@ def _load(path):
         ) from None
 
 
+def _check_archive(path):
+    """A `.keras` file must be a whole zip archive (a copy or a write cut
+    short is not); checked before any subprocess is started."""
+    import zipfile
+
+    from kgen.io import DamagedFileError
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file (expected a .keras file)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise DamagedFileError(f"{path}: damaged .keras file ({e})") from None
+    if bad is not None:
+        raise DamagedFileError(f"{path}: damaged .keras file ({bad} fails its CRC)")
+
+
 def _check_finite(model, source):
     """Refuse a model with a NaN or infinite weight, naming the first."""
     from kgen.callbacks.checkpoints import NonFiniteError
@@ -94,7 +113,9 @@ def export_model(model, to, max_rows=DEFAULT_MAX_ROWS, verbose=False):
     import keras
 
     max_rows = _check_max_rows(max_rows)
-    if not isinstance(model, (str, os.PathLike)):
+    if isinstance(model, (str, os.PathLike)):
+        _check_archive(model)
+    else:
         _check_finite(model, type(model).__name__)
     if keras.backend.backend() != "tensorflow":
         return _export_in_tensorflow_process(model, to, max_rows)
