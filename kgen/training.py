@@ -200,7 +200,8 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
         _clear_run(run_dir)
         previous = None
     run_dir.mkdir(parents=True, exist_ok=True)
-    kgen_io.clean_stale_temporaries(run_dir)
+    for directory in (run_dir, run_dir / "samples"):
+        kgen_io.clean_stale_temporaries(directory)
     if previous is None:
         state = {"status": "training"}
         kgen_io.write_text(run_dir / "config.json", json.dumps(settings, indent=2))
@@ -229,15 +230,18 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
         if verbose:
             print(f"resuming {run_dir} after epoch {initial_epoch} "
                   f"(backup {backup.weights_path(initial_epoch)})")
-    history_log = kgen_callbacks.HistoryLog(run_dir / "history.csv",
-                                            keep_epochs=initial_epoch)
+    history_log = kgen_callbacks.HistoryLog(
+        run_dir / "history.csv", rows=(restored or {}).get("history") or ())
+    backup.history = history_log
     train_stream, steps = _resume_stream(
         data.train, config.get("steps_per_epoch"), initial_epoch)
     callbacks = [
         # Order matters (see kgen/callbacks/checkpoints.py): nothing of a
-        # non-finite epoch is written, and the backup comes last.
+        # non-finite epoch is written; the checkpoint comes before the
+        # backup, and the backup before the history row.
         kgen_callbacks.FiniteCheck(),
         checkpoint,
+        backup,
         history_log,
         keras.callbacks.TensorBoard(run_dir / "logs"),
         kgen_callbacks.SampleLogger(
@@ -245,7 +249,6 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
             seed=config.get("sample_seed", 0), out_dir=run_dir / "samples",
             generate_kwargs=getattr(module, "sample_kwargs", lambda c: {})(config),
         ),
-        backup,
     ]
     start = time.time()
     model.fit(

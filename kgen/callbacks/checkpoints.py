@@ -3,11 +3,13 @@
 Each callback writes its file to a temporary sibling and renames it into
 place (`kgen.io.atomic_write`), so a kill at any instant leaves the previous
 good file. `kgen train` puts them in this order: `FiniteCheck` (stops a
-diverging run before anything is written), `Checkpoint`, `HistoryLog`,
-then the sample and TensorBoard callbacks, and `TrainingBackup` last: a
-backup generation therefore always describes an epoch whose checkpoint and
-history row are already on disk, and a run resumed from it redoes at most
-the epoch that was being written.
+diverging run before anything is written), `Checkpoint`, `TrainingBackup`
+(whose generation also records the history rows up to its epoch), then
+`HistoryLog` and the sample and TensorBoard callbacks. A backup generation
+therefore always describes an epoch whose checkpoint is already on disk,
+and its history rows are written again on resume: a run resumed from it
+redoes at most the epoch that was being written, and no epoch is lost from
+or repeated in `history.csv`.
 """
 
 import csv
@@ -148,21 +150,28 @@ class HistoryLog(keras.callbacks.Callback):
     Args:
         path: the CSV file (columns `epoch`, then the logged values sorted;
             `epoch` counts from 0, as Keras' `CSVLogger` writes it).
-        keep_epochs: rows of an earlier, resumed run to keep: those whose
-            epoch is below this (the rows after the resumed epoch are redone).
+        rows: the rows of the epochs already done (a resumed run's, from
+            its backup); written out when training begins.
     """
 
-    def __init__(self, path, keep_epochs=0):
+    def __init__(self, path, rows=()):
         super().__init__()
         self.path = pathlib.Path(path)
-        self.rows = [row for row in read_history(self.path)
-                     if int(row["epoch"]) < keep_epochs]
+        self.rows = [dict(row) for row in rows]
 
-    def on_epoch_end(self, epoch, logs=None):
+    @staticmethod
+    def row(epoch, logs):
+        """The row of `epoch` (0-based) with its `logs`."""
         row = {"epoch": str(epoch)}
         row.update({k: repr(float(v)) if _is_number(v) else str(v)
                     for k, v in sorted((logs or {}).items())})
-        self.rows.append(row)
+        return row
+
+    def on_train_begin(self, logs=None):
+        kgen_io.write_text(self.path, self.render())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.rows.append(self.row(epoch, logs))
         kgen_io.write_text(self.path, self.render(), fault=("history", epoch + 1))
 
     def render(self):
@@ -191,22 +200,14 @@ def _is_number(value):
     return True
 
 
-def read_history(path):
-    """The rows of a `history.csv` (`[]` when there is none)."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return [row for row in csv.DictReader(f) if row.get("epoch", "").isdigit()]
-
-
 class TrainingBackup(keras.callbacks.Callback):
     """Back up the training state at each epoch's end; restore it on resume.
 
     Each generation is two files in `backup_dir`: `epoch-NNNN.weights.h5`
     (the model's and its optimizers' variables, `model.save_weights`) and
-    then `epoch-NNNN.json` (the epoch count, the checkpoint's best value and
-    the seed generators' states), both written atomically; a generation counts once its `.json` exists.
+    then `epoch-NNNN.json` (the epoch count, the checkpoint's best value,
+    the seed generators' states and the history rows), both written
+    atomically; a generation counts once its `.json` exists.
     The newest `keep` generations are kept, so a damaged newest one (a disk
     fault, a copy cut short) leaves the one before it to resume from.
 
@@ -217,6 +218,8 @@ class TrainingBackup(keras.callbacks.Callback):
     Args:
         backup_dir: the directory of the generations.
         checkpoint: the run's `Checkpoint`, whose best value is recorded.
+        history: the run's `HistoryLog`, whose rows (with this epoch's)
+            are recorded.
         keep: generations to keep (at least 2).
         log: where messages go (default: standard error).
 
@@ -232,10 +235,11 @@ class TrainingBackup(keras.callbacks.Callback):
 
     _NAME = re.compile(r"^epoch-(\d+)\.json$")
 
-    def __init__(self, backup_dir, checkpoint=None, keep=2, log=None):
+    def __init__(self, backup_dir, checkpoint=None, history=None, keep=2, log=None):
         super().__init__()
         self.backup_dir = pathlib.Path(backup_dir)
         self.checkpoint = checkpoint
+        self.history = history
         self.keep = max(int(keep), 2)
         self.log = log or (lambda message: print(message, file=sys.stderr))
         self.restored = None
@@ -329,9 +333,11 @@ class TrainingBackup(keras.callbacks.Callback):
         best = self.checkpoint.best if self.checkpoint is not None else None
         seeds = {v.path: keras.ops.convert_to_numpy(v).tolist()
                  for v in _seed_states(self.model)}
+        rows = (self.history.rows + [self.history.row(epoch, logs)]
+                if self.history is not None else None)
         kgen_io.write_text(self.meta_path(done), json.dumps(
             {"epoch": done, "best": best, "weights": self.weights_path(done).name,
-             "seed_states": seeds}))
+             "seed_states": seeds, "history": rows}))
         for old in self.generations()[self.keep:]:
             self.meta_path(old).unlink(missing_ok=True)
             self.weights_path(old).unlink(missing_ok=True)
