@@ -348,9 +348,8 @@ def _seed_states(model):
     `keras.random.SeedGenerator`'s), so a resumed run draws the noise a run
     from scratch draws."""
     saved = {id(v) for v in model.weights}
-    if model.optimizer is not None:
-        saved |= {id(v) for v in model.optimizer.variables}
-    return [v for v in model.variables if id(v) not in saved]
+    return [v for v in model.variables if id(v) not in saved
+            and v.path.endswith("seed_generator_state")]
 
 
 def _h5_problem(path):
