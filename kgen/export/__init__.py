@@ -165,8 +165,10 @@ def _export_in_tensorflow_process(model, to, max_rows):
             env=env, capture_output=True, text=True,
         )
     if result.returncode != 0:
+        how = (f"was killed by signal {-result.returncode}" if result.returncode < 0
+               else "failed")
         raise RuntimeError(
-            f"export of {model} in a TensorFlow-backend process failed:\n"
+            f"export of {model} in a TensorFlow-backend process {how}:\n"
             f"{result.stderr[-4000:]}"
         )
     return pathlib.Path(result.stdout.strip().splitlines()[-1])
