@@ -3,7 +3,8 @@
 ```
 kgen recipes
 kgen train RECIPE [--set key=value]... [--backend B] [--strategy S]
-                  [--run-dir runs/NAME] [--export saved_models/NAME | --no-export]
+                  [--run-dir runs/NAME] [--overwrite]
+                  [--export saved_models/NAME | --no-export]
 kgen export MODEL.keras --to saved_models/NAME
 kgen sample saved_models/NAME [--version N] [--n 16] [--seed 0] [--out FILE]
 ```
@@ -109,6 +110,9 @@ def _parser():
                             "or data_parallel (keras.distribution, jax)")
     train.add_argument("--run-dir", type=pathlib.Path,
                        help="where logs, checkpoints and samples go (default: runs/RECIPE)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace an earlier run in the run directory that had "
+                            "other settings (its checkpoints, history and logs)")
     group = train.add_mutually_exclusive_group()
     group.add_argument("--export", type=pathlib.Path, metavar="saved_models/NAME",
                        help="base path to publish the best model to (default: saved_models/RECIPE)")
@@ -179,8 +183,13 @@ def _cmd_train(args):
     export_to = None if args.no_export else (args.export or pathlib.Path("saved_models") / _recipe_stem(args.recipe))
     result = training.train(
         args.recipe, sets=_parse_sets(args.sets), run_dir=args.run_dir,
-        export_to=export_to, strategy=args.strategy,
+        export_to=export_to, strategy=args.strategy, overwrite=args.overwrite,
     )
+    if result.get("up_to_date"):
+        print(f"model:       {result['best']}")
+        if result["exported"]:
+            print(f"exported:    {result['exported']}")
+        return
     logs = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result["logs"].items())
                      if isinstance(v, float))
     print(f"\ntrained in {result['wall_s']:.1f}s: {logs}")

@@ -10,24 +10,29 @@ runs/NAME/samples/        the same samples as PNG / WAV / text files
 runs/NAME/history.csv     one row per finished epoch
 runs/NAME/best.keras      the model of the best epoch (lowest val_loss), or
 runs/NAME/last.keras      the last epoch's, for families no loss ranks (GAN)
-runs/NAME/backup/         BackupAndRestore state while a run is unfinished
+runs/NAME/backup/         the last two epochs' training state, while unfinished
+runs/NAME/state.json      "training" or "trained", the final logs, the export
 ```
 
-A run killed part-way resumes from its last finished epoch when the same
-command is run again.
+Every one of these files is written to a temporary sibling and renamed, so
+a kill at any instant leaves the previous good file. Run again with the
+same settings, a run killed part-way resumes from its last backed-up epoch
+(or at the export, if training had finished), and a finished run is left
+as it is; a run with other settings is refused unless `overwrite=True`.
 """
 
 import contextlib
-import csv
 import json
-import math
 import pathlib
+import shutil
 import time
 
 import keras
 
 from kgen import callbacks as kgen_callbacks
 from kgen import config as kgen_config
+from kgen import io as kgen_io
+from kgen.callbacks.checkpoints import NonFiniteError  # noqa: F401  (part of the API)
 from kgen.config import ConfigError
 
 STRATEGIES = ("none", "mirrored", "data_parallel")
@@ -57,20 +62,98 @@ def strategy_scope(name):
     raise ConfigError(f"--strategy {name}: expected one of {', '.join(STRATEGIES)}")
 
 
-def _best_so_far(history_csv, monitor):
-    """Lowest `monitor` in an unfinished run's history, so a resumed run's
-    best checkpoint is not overwritten by a worse epoch."""
-    if not history_csv.is_file():
+def _settings(module, config, strategy):
+    """What decides a run's result, as `config.json` records it."""
+    return json.loads(json.dumps(
+        {"recipe": module.RECIPE_NAME, "backend": keras.backend.backend(),
+         "strategy": strategy, "config": config}, default=str))
+
+
+def _differences(old, new):
+    """`["latent_dim: 2 -> 3", ...]` between two runs' settings."""
+    found = []
+    for key in ("recipe", "backend", "strategy"):
+        if old.get(key) != new.get(key):
+            found.append(f"{key}: {old.get(key)} -> {new.get(key)}")
+    old_config, new_config = old.get("config") or {}, new.get("config") or {}
+    for key in sorted(set(old_config) | set(new_config)):
+        if old_config.get(key) != new_config.get(key):
+            found.append(f"{key}: {old_config.get(key, '(unset)')} -> "
+                         f"{new_config.get(key, '(unset)')}")
+    return found
+
+
+def _free_run_dir(run_dir):
+    k = 2
+    while run_dir.with_name(f"{run_dir.name}-{k}").exists():
+        k += 1
+    return run_dir.with_name(f"{run_dir.name}-{k}")
+
+
+def _read_json(path):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
         return None
-    with history_csv.open() as f:
-        values = [float(row[monitor]) for row in csv.DictReader(f)
-                  if row.get(monitor) not in (None, "")]
-    return min(values) if values else None
+    except (OSError, ValueError) as e:
+        raise kgen_io.DamagedFileError(
+            f"{path} is damaged ({e}); rerun with --overwrite to start the run again"
+        ) from None
+
+
+# What a run writes; `--overwrite` removes these before it starts again.
+_RUN_FILES = ("state.json", "history.csv", "best.keras", "last.keras")
+_RUN_DIRS = ("backup", "samples", "logs")
+
+
+def _clear_run(run_dir):
+    for name in _RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for name in _RUN_DIRS:
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+
+
+def _legacy_state(run_dir):
+    """The state of a run written before `state.json` existed."""
+    if (run_dir / "backup").exists():
+        return {"status": "training"}
+    for name in ("best.keras", "last.keras"):
+        if (run_dir / name).exists():
+            return {"status": "trained", "checkpoint": name, "exported": None}
+    return {"status": "training"}
+
+
+def _resume_stream(train, steps, initial_epoch):
+    """The training stream of a run that starts at `initial_epoch`.
+
+    Epoch `e` of a resumed run sees the batches a run from scratch sees in
+    its epoch `e`: a finite pipeline is repeated (its shuffle then draws the
+    same order per pass as a fresh run) and the batches of the epochs
+    already done are skipped. Returns `(stream, steps_per_epoch)`.
+    """
+    if not hasattr(train, "skip"):  # not a tf.data.Dataset: as given
+        return train, steps
+    if steps is None:
+        import tensorflow as tf
+
+        count = int(train.cardinality())
+        if count in (tf.data.INFINITE_CARDINALITY, tf.data.UNKNOWN_CARDINALITY) or count < 1:
+            return train, steps
+        train, steps = train.repeat(), count
+    if initial_epoch:
+        train = train.skip(initial_epoch * steps)
+    return train, steps
 
 
 def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
-          verbose="auto"):
+          verbose="auto", overwrite=False):
     """Train a recipe; returns a dict of what was written.
+
+    A run directory remembers its settings (`config.json`) and how far it
+    got (`state.json`). Run again with the same settings, an unfinished run
+    resumes from its last backup, a finished one is left as it is (only a
+    missing export is written), and a run with other settings is refused
+    unless `overwrite`.
 
     Args:
         recipe: a recipe name or path.
@@ -79,14 +162,55 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
         export_to: base path to export the best model to, or `None`.
         strategy: one of `STRATEGIES`.
         verbose: Keras' `fit()` verbosity.
+        overwrite: replace an earlier run with other settings (its
+            checkpoints, history, backups, samples and logs are removed).
+
+    Returns:
+        A dict: `run_dir`, `best` (the checkpoint), `wall_s`, `logs` (the
+        last epoch's), `exported` (a version directory or `None`) and
+        `up_to_date` (True when the run had finished before this call).
+
+    Raises:
+        ConfigError: a bad setting, or a run with other settings in `run_dir`.
+        NonFiniteError: the loss or a weight stopped being finite; the last
+            finite checkpoint stays and nothing is exported.
     """
     module = kgen_config.load_recipe(recipe)
     config = kgen_config.apply_overrides(module.CONFIG, sets or {})
     run_dir = pathlib.Path(run_dir or pathlib.Path("runs") / module.RECIPE_NAME)
+    settings = _settings(module, config, strategy)
+
+    previous = _read_json(run_dir / "config.json")
+    if previous is not None and previous != settings:
+        if not overwrite:
+            raise ConfigError(
+                f"{run_dir} holds a run with other settings "
+                f"({'; '.join(_differences(previous, settings))}); pass "
+                f"--run-dir {_free_run_dir(run_dir)} for a new run, or "
+                f"--overwrite to replace it"
+            )
+    leftovers = [name for name in _RUN_FILES if (run_dir / name).exists()]
+    if previous is None and leftovers and not overwrite:
+        raise ConfigError(
+            f"{run_dir} holds {', '.join(leftovers)} but no config.json; pass "
+            f"--run-dir {_free_run_dir(run_dir)} for a new run, or --overwrite "
+            f"to replace them"
+        )
+    if overwrite and (previous is not None or leftovers):
+        _clear_run(run_dir)
+        previous = None
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(
-        {"recipe": module.RECIPE_NAME, "backend": keras.backend.backend(),
-         "strategy": strategy, "config": config}, indent=2, default=str))
+    for directory in (run_dir, run_dir / "samples"):
+        kgen_io.clean_stale_temporaries(directory)
+    if previous is None:
+        state = {"status": "training"}
+        kgen_io.write_text(run_dir / "config.json", json.dumps(settings, indent=2))
+        _write_state(run_dir, state)
+    else:
+        state = _read_json(run_dir / "state.json") or _legacy_state(run_dir)
+
+    if state["status"] == "trained":
+        return _finished(run_dir, state, export_to, verbose)
 
     keras.utils.set_random_seed(config.get("seed", 0))
     with strategy_scope(strategy):
@@ -96,53 +220,90 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
     validation = data.validation if monitor else None
     if monitor == "val_loss" and validation is None:
         monitor = "loss"
-    backup_dir = run_dir / "backup"
-    resuming = backup_dir.exists()
     checkpoint_path = run_dir / ("best.keras" if monitor else "last.keras")
-    checkpoint = keras.callbacks.ModelCheckpoint(
-        checkpoint_path, monitor=monitor or "loss", save_best_only=bool(monitor)
-    )
-    if resuming and monitor:
-        best = _best_so_far(run_dir / "history.csv", monitor)
-        if best is not None:
-            checkpoint.best = best
-    elif not resuming and (run_dir / "history.csv").exists():
-        (run_dir / "history.csv").unlink()  # a fresh run: a fresh history
+    checkpoint = kgen_callbacks.Checkpoint(checkpoint_path, monitor=monitor)
+    backup = kgen_callbacks.TrainingBackup(run_dir / "backup", checkpoint=checkpoint)
+    restored = backup.select()
+    initial_epoch = int(restored["epoch"]) if restored else 0
+    if restored:
+        checkpoint.best = restored.get("best")
+        if verbose:
+            print(f"resuming {run_dir} after epoch {initial_epoch} "
+                  f"(backup {backup.weights_path(initial_epoch)})")
+    history_log = kgen_callbacks.HistoryLog(
+        run_dir / "history.csv", rows=(restored or {}).get("history") or ())
+    backup.history = history_log
+    train_stream, steps = _resume_stream(
+        data.train, config.get("steps_per_epoch"), initial_epoch)
     callbacks = [
-        # Order matters: the backup is written before the history row, so a
-        # finished row always has a backup to resume from.
-        keras.callbacks.BackupAndRestore(backup_dir),
+        # Order matters (see kgen/callbacks/checkpoints.py): nothing of a
+        # non-finite epoch is written; the checkpoint comes before the
+        # backup, and the backup before the history row.
+        kgen_callbacks.FiniteCheck(),
         checkpoint,
+        backup,
+        history_log,
         keras.callbacks.TensorBoard(run_dir / "logs"),
         kgen_callbacks.SampleLogger(
             run_dir / "logs", n=config.get("sample_count", 16),
             seed=config.get("sample_seed", 0), out_dir=run_dir / "samples",
             generate_kwargs=getattr(module, "sample_kwargs", lambda c: {})(config),
         ),
-        keras.callbacks.CSVLogger(run_dir / "history.csv", append=True),
-        keras.callbacks.TerminateOnNaN(),
     ]
     start = time.time()
-    history = model.fit(
-        data.train,
+    model.fit(
+        train_stream,
         validation_data=validation,
         epochs=config["epochs"],
-        steps_per_epoch=config.get("steps_per_epoch"),
+        initial_epoch=initial_epoch,
+        steps_per_epoch=steps,
         callbacks=callbacks,
         shuffle=False,  # the pipelines shuffle themselves
         verbose=verbose,
     )
     wall = time.time() - start
-    final_logs = {k: v[-1] for k, v in history.history.items()}
-    if any(isinstance(v, float) and not math.isfinite(v) for v in final_logs.values()):
-        raise RuntimeError(f"training diverged: {final_logs}")
-    best_path = checkpoint_path
-    if not best_path.exists():  # every epoch had been run before the resume
-        model.save(best_path)
-    result = {"run_dir": run_dir, "best": best_path, "wall_s": wall,
-              "logs": final_logs, "exported": None}
-    if export_to:
-        from kgen.export import export_model
+    if not checkpoint_path.exists():  # every epoch had been run before the resume
+        checkpoint.save()
+    state = {"status": "trained", "checkpoint": checkpoint_path.name,
+             "best": checkpoint.best, "epochs": config["epochs"],
+             "logs": history_log.last_logs, "exported": None}
+    _write_state(run_dir, state)
+    # Only once the run is recorded as trained: a kill before this line
+    # resumes from the last backup instead of training again from scratch.
+    shutil.rmtree(run_dir / "backup", ignore_errors=True)
+    result = _finished(run_dir, state, export_to, verbose=0)
+    result.update(wall_s=wall, up_to_date=False)
+    return result
 
-        result["exported"] = export_model(best_path, export_to)
+
+def _write_state(run_dir, state):
+    fault = ("state", 1) if state["status"] == "trained" else None
+    kgen_io.write_text(run_dir / "state.json", json.dumps(state, indent=2), fault=fault)
+
+
+def _finished(run_dir, state, export_to, verbose):
+    """A trained run: export it if asked and not yet exported there."""
+    best_path = run_dir / state["checkpoint"]
+    if not best_path.is_file():
+        raise kgen_io.DamagedFileError(
+            f"{best_path} is missing although {run_dir / 'state.json'} records a "
+            f"finished run; rerun with --overwrite to train again"
+        )
+    result = {"run_dir": run_dir, "best": best_path, "wall_s": 0.0,
+              "logs": state.get("logs") or {}, "exported": None, "up_to_date": True}
+    exported = state.get("exported")
+    if export_to:
+        base = pathlib.Path(export_to)
+        if exported and pathlib.Path(exported).parent == base and pathlib.Path(exported).is_dir():
+            result["exported"] = pathlib.Path(exported)
+        else:
+            from kgen.export import export_model
+
+            result["exported"] = export_model(best_path, base)
+            state = {**state, "exported": str(result["exported"])}
+            _write_state(run_dir, state)
+            result["up_to_date"] = False
+    if result["up_to_date"] and verbose:
+        print(f"{run_dir} is a finished run with these settings: nothing to do "
+              f"(pass --overwrite to train it again, or --run-dir for a new run)")
     return result

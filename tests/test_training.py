@@ -48,3 +48,108 @@ def test_config_json_records_the_run(tmp_path):
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())
     assert recorded["recipe"] == "vae_digits" and recorded["backend"] == backend()
     assert recorded["config"]["latent_dim"] == 3
+
+
+# === Writes that a kill cannot damage (kgen.io, kgen.callbacks.checkpoints) ===
+
+
+def test_atomic_write_keeps_the_previous_file_when_the_write_fails(tmp_path):
+    from kgen import io as kgen_io
+
+    path = tmp_path / "history.csv"
+    kgen_io.write_text(path, "epoch\n0\n")
+
+    def fail_half_way(tmp):
+        tmp.write_text("epoch\n0\n1")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        kgen_io.atomic_write(path, fail_half_way)
+    assert path.read_text() == "epoch\n0\n"
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_only_abandoned_temporaries_are_cleaned(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from kgen import io as kgen_io
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    abandoned = tmp_path / f"best.keras.tmp-{gone}-0123abcd.keras"
+    in_use = tmp_path / f"best.keras.tmp-{os.getpid()}-4567abcd.keras"
+    export_dir = tmp_path / f".tmp-{gone}-89abcdef"
+    for path in (abandoned, in_use):
+        path.write_bytes(b"partial")
+    export_dir.mkdir()
+    (export_dir / "saved_model.pb").write_bytes(b"partial")
+    removed = kgen_io.clean_stale_temporaries(tmp_path)
+    assert sorted(removed) == sorted([abandoned, export_dir])
+    assert in_use.exists() and not abandoned.exists() and not export_dir.exists()
+
+
+def _tiny_model():
+    import keras
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def test_backup_skips_a_damaged_generation_and_names_it(tmp_path):
+    import keras
+    import numpy as np
+
+    from kgen.callbacks import HistoryLog
+    from kgen.callbacks import TrainingBackup
+
+    model = _tiny_model()
+    messages = []
+    history = HistoryLog(tmp_path / "history.csv")
+    backup = TrainingBackup(tmp_path / "backup", history=history, log=messages.append)
+    backup.set_model(model)
+    for epoch in range(3):
+        model.layers[0].kernel.assign(np.full((3, 2), float(epoch + 1), "float32"))
+        backup.on_epoch_end(epoch, {"loss": 1.0 / (epoch + 1)})
+        history.on_epoch_end(epoch, {"loss": 1.0 / (epoch + 1)})
+    assert backup.generations() == [3, 2]  # the two newest are kept
+
+    newest = backup.weights_path(3)
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    restored = backup.select()
+    assert restored["epoch"] == 2
+    assert [row["epoch"] for row in restored["history"]] == ["0", "1"]
+    assert len(messages) == 1 and f"backup {newest} is damaged" in messages[0]
+
+    fresh = _tiny_model()
+    backup.set_model(fresh)
+    backup.on_train_begin()
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(fresh.layers[0].kernel),
+                                  np.full((3, 2), 2.0))
+
+    backup.weights_path(2).write_bytes(b"")
+    messages.clear()
+    assert backup.select() is None
+    assert f"backup {backup.weights_path(2)} is damaged (0 bytes)" in messages[1]
+    assert "training starts again from epoch 1" in messages[-1]
+
+
+def test_non_finite_weight_is_named(tmp_path):
+    import numpy as np
+
+    from kgen.callbacks import FiniteCheck
+    from kgen.callbacks import NonFiniteError
+
+    model = _tiny_model()
+    check = FiniteCheck()
+    check.set_model(model)
+    check.on_epoch_end(0, {"loss": 1.0})  # all finite: nothing raised
+    with pytest.raises(NonFiniteError, match=r"loss is inf at epoch 1, batch 3"):
+        check.on_train_batch_end(2, {"loss": float("inf")})
+    model.layers[0].bias.assign(np.array([0.0, np.nan], "float32"))
+    with pytest.raises(NonFiniteError,
+                       match=r"weight \S*bias holds nan at the end of epoch 2"):
+        check.on_epoch_end(1, {"loss": 1.0})

@@ -1,3 +1,9 @@
-"""Callbacks: sample logging to TensorBoard."""
+"""Callbacks: sample logging to TensorBoard; checkpoints, backups and
+history written atomically; a stop on non-finite values."""
 
+from kgen.callbacks.checkpoints import Checkpoint
+from kgen.callbacks.checkpoints import FiniteCheck
+from kgen.callbacks.checkpoints import HistoryLog
+from kgen.callbacks.checkpoints import NonFiniteError
+from kgen.callbacks.checkpoints import TrainingBackup
 from kgen.callbacks.samples import SampleLogger

@@ -5,6 +5,7 @@ import pathlib
 import keras
 import numpy as np
 
+from kgen import io as kgen_io
 from kgen import media
 
 
@@ -74,7 +75,8 @@ class SampleLogger(keras.callbacks.Callback):
         with self.writer.as_default():
             tf.summary.image("samples", grid[None], step=epoch)
         if self.out_dir:
-            media.save_image_grid(self.out_dir / f"epoch_{epoch + 1:03d}.png", images)
+            kgen_io.atomic_write(self.out_dir / f"epoch_{epoch + 1:03d}.png",
+                                 lambda p: media.save_image_grid(p, images), suffix=".png")
 
     def _log_audio(self, audio, epoch):
         import tensorflow as tf
@@ -87,7 +89,8 @@ class SampleLogger(keras.callbacks.Callback):
             tf.summary.audio("samples", audio, rate, step=epoch, max_outputs=self.n)
         if self.out_dir:
             for i, clip in enumerate(audio):
-                media.save_wav(self.out_dir / f"epoch_{epoch + 1:03d}_{i:02d}.wav", clip, rate)
+                kgen_io.atomic_write(self.out_dir / f"epoch_{epoch + 1:03d}_{i:02d}.wav",
+                                     lambda p: media.save_wav(p, clip, rate), suffix=".wav")
 
     def _log_text(self, texts, epoch):
         import tensorflow as tf
@@ -97,7 +100,5 @@ class SampleLogger(keras.callbacks.Callback):
         with self.writer.as_default():
             tf.summary.text("samples", "\n\n---\n\n".join(texts), step=epoch)
         if self.out_dir:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / f"epoch_{epoch + 1:03d}.txt").write_text(
-                "\n\n---\n\n".join(texts), encoding="utf-8"
-            )
+            kgen_io.write_text(self.out_dir / f"epoch_{epoch + 1:03d}.txt",
+                               "\n\n---\n\n".join(texts))

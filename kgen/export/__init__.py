@@ -52,10 +52,49 @@ def _load(path):
 
     import kgen.models  # noqa: F401  (registers the classes)
 
+    from kgen.io import DamagedFileError
+
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file (expected a .keras file)")
-    return keras.saving.load_model(path)
+    try:
+        return keras.saving.load_model(path)
+    except Exception as e:  # zipfile, h5py and Keras raise many kinds
+        raise DamagedFileError(
+            f"{path}: cannot be read as a .keras model ({type(e).__name__}: {e})"
+        ) from None
+
+
+def _check_archive(path):
+    """A `.keras` file must be a whole zip archive (a copy or a write cut
+    short is not); checked before any subprocess is started."""
+    import zipfile
+
+    from kgen.io import DamagedFileError
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file (expected a .keras file)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise DamagedFileError(f"{path}: damaged .keras file ({e})") from None
+    if bad is not None:
+        raise DamagedFileError(f"{path}: damaged .keras file ({bad} fails its CRC)")
+
+
+def _check_finite(model, source):
+    """Refuse a model with a NaN or infinite weight, naming the first."""
+    from kgen.callbacks.checkpoints import NonFiniteError
+    from kgen.callbacks.checkpoints import first_non_finite
+
+    bad = first_non_finite(model.weights)
+    if bad:
+        raise NonFiniteError(
+            f"{source}: weight {bad[0]} holds {bad[1]}; a model with non-finite "
+            f"weights is not exported"
+        )
 
 
 def export_model(model, to, max_rows=DEFAULT_MAX_ROWS, verbose=False):
@@ -74,10 +113,16 @@ def export_model(model, to, max_rows=DEFAULT_MAX_ROWS, verbose=False):
     import keras
 
     max_rows = _check_max_rows(max_rows)
+    if isinstance(model, (str, os.PathLike)):
+        _check_archive(model)
+    else:
+        _check_finite(model, type(model).__name__)
     if keras.backend.backend() != "tensorflow":
         return _export_in_tensorflow_process(model, to, max_rows)
     if isinstance(model, (str, os.PathLike)):
+        source = model
         model = _load(model)
+        _check_finite(model, source)
     builder = _signature_builder(model)
     endpoints, metadata = builder(model, max_rows=max_rows)
 
@@ -120,8 +165,10 @@ def _export_in_tensorflow_process(model, to, max_rows):
             env=env, capture_output=True, text=True,
         )
     if result.returncode != 0:
+        how = (f"was killed by signal {-result.returncode}" if result.returncode < 0
+               else "failed")
         raise RuntimeError(
-            f"export of {model} in a TensorFlow-backend process failed:\n"
+            f"export of {model} in a TensorFlow-backend process {how}:\n"
             f"{result.stderr[-4000:]}"
         )
     return pathlib.Path(result.stdout.strip().splitlines()[-1])

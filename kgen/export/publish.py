@@ -3,13 +3,17 @@
 TensorFlow Serving watches a model's base path and loads the highest whole
 number directory it finds. A half-written version must never be visible, so
 a version is written to a hidden temporary sibling and then renamed into
-place; a rename within one file system is atomic.
+place; a rename within one file system is atomic. The temporary's name
+holds the writer's process id: temporaries whose writer has exited (a
+killed export) are removed by the next export to the same base path.
 """
 
 import os
 import pathlib
 import shutil
 import uuid
+
+from kgen import io as kgen_io
 
 
 def versions(base):
@@ -57,9 +61,11 @@ def publish(base, write):
     """
     base = pathlib.Path(base)
     base.mkdir(parents=True, exist_ok=True)
-    tmp = base / f".tmp-{uuid.uuid4().hex}"
+    kgen_io.clean_stale_temporaries(base)
+    tmp = base / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
     try:
         write(tmp)
+        kgen_io.fault_point("export", 1, partial=tmp)
         while True:
             target = base / str(next_version(base))
             try:
