@@ -253,10 +253,15 @@ def _user_errors():
     """The exceptions that mean a user mistake: each message names the value."""
     from kgen.config import ConfigError
     from kgen.data.errors import DataError
+    from kgen.io import DamagedFileError
     from kgen.export.sample import SampleError
     from kgen.media import OutputError
 
+    # A diverged run is named by kgen.callbacks, which loads Keras: only
+    # look for it when it can have been raised.
+    diverged = (sys.modules["kgen.callbacks"].NonFiniteError,) if "kgen.callbacks" in sys.modules else ()
     return (CommandError, ConfigError, DataError, SampleError, OutputError,
+            DamagedFileError, *diverged,
             FileNotFoundError, FileExistsError, IsADirectoryError,
             NotADirectoryError, PermissionError)
 

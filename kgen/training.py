@@ -199,22 +199,23 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
     if overwrite and (previous is not None or leftovers):
         _clear_run(run_dir)
         previous = None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for directory in (run_dir, run_dir / "samples"):
-        kgen_io.clean_stale_temporaries(directory)
-    if previous is None:
-        state = {"status": "training"}
-        kgen_io.write_text(run_dir / "config.json", json.dumps(settings, indent=2))
-        _write_state(run_dir, state)
-    else:
+    if previous is not None:
+        for directory in (run_dir, run_dir / "samples"):
+            kgen_io.clean_stale_temporaries(directory)
         state = _read_json(run_dir / "state.json") or _legacy_state(run_dir)
+        if state["status"] == "trained":
+            return _finished(run_dir, state, export_to, verbose)
 
-    if state["status"] == "trained":
-        return _finished(run_dir, state, export_to, verbose)
-
+    # Built before a new run directory is made: a setting or data set the
+    # recipe refuses leaves nothing on disk.
     keras.utils.set_random_seed(config.get("seed", 0))
     with strategy_scope(strategy):
         model, data = module.build(config)
+    if previous is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        state = {"status": "training"}
+        kgen_io.write_text(run_dir / "config.json", json.dumps(settings, indent=2))
+        _write_state(run_dir, state)
 
     monitor = getattr(model, "checkpoint_monitor", "val_loss")
     validation = data.validation if monitor else None

@@ -376,9 +376,6 @@ def test_train_image_folder_with_a_corrupt_png(capfd, cwd, tmp_path):
     _refused_data(capfd, cwd, data_dir, "b/0.png", "not a readable image", recipe=recipe)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "training.train writes runs/NAME/config.json before the recipe's build "
-    "loads the data and builds the model; it must build first"))
 def test_refused_build_writes_no_run(capfd, cwd):
     status, _, _ = kgen(capfd, "train", "vae_digits", "--set", "latent_dim=0", "--no-export")
     assert status == 2
