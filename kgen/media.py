@@ -1,4 +1,4 @@
-"""Results a person can look at: image grids as PNG, audio as WAV, text.
+"""Results a person can look at: image grids as PNG, text.
 
 numpy and Pillow only, so `kgen sample` shows an exported model's output
 without importing Keras or any model code. Every file is written to a
@@ -11,7 +11,6 @@ import math
 import os
 import pathlib
 import uuid
-import wave
 
 import numpy as np
 
@@ -113,22 +112,6 @@ def save_image_grid(path, images, columns=None, scale=None):
     path = pathlib.Path(path)
     with _atomic(path) as tmp:
         picture.save(tmp, format=image_format(path))
-    return path
-
-
-def save_wav(path, audio, sample_rate):
-    """Write float audio in [-1, 1], shape `(samples,)` or `(samples, ch)`,
-    as 16-bit PCM WAV."""
-    audio = np.asarray(audio, dtype="float32")
-    if audio.ndim == 1:
-        audio = audio[:, None]
-    pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
-    path = pathlib.Path(path)
-    with _atomic(path) as tmp, wave.open(str(tmp), "wb") as f:
-        f.setnchannels(pcm.shape[1])
-        f.setsampwidth(2)
-        f.setframerate(int(sample_rate))
-        f.writeframes(pcm.tobytes())
     return path
 
 

@@ -1,25 +1,152 @@
-"""Shared fixtures: the real data in ../shared/data and a `kgen` runner.
+"""Shared fixtures: the test data sets and a `kgen` runner.
+
+Data: tests find the real data sets in the folder named by the `KGEN_DATA`
+environment variable (default `../shared/data` beside the checkout), laid
+out as their publishers ship them (see README, "Data"). Where a data set is
+not there, `shared()` writes a stand-in built from data that ships in the
+installed packages, once per session:
+
+- `mnist/`: scikit-learn's 8x8 digits, enlarged to 20x20 and centred in a
+  28x28 frame as MNIST is, written as the gzipped IDX files
+  `t10k-images-idx3-ubyte.gz` and `t10k-labels-idx1-ubyte.gz`.
+- `tinyshakespeare/input.txt`: CPython's help texts (`pydoc_data.topics`).
+
+A data set with no stand-in (`fsdd`), or a test of the published data set
+itself (`real_data()`), skips with a reason saying how to get it.
 
 The backend under test is the one in KERAS_BACKEND (the README's test
 command runs the suite once per backend).
 """
 
+import gzip
 import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
+import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+
+# Where each real data set comes from, for skip reasons (README, "Data").
+SOURCES = {
+    "mnist": "MNIST's t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz "
+             "from http://yann.lecun.com/exdb/mnist/",
+    "tinyshakespeare": "input.txt from https://raw.githubusercontent.com/karpathy/"
+                       "char-rnn/master/data/tinyshakespeare/input.txt",
+    "fsdd": "the recordings/ folder of "
+            "https://github.com/Jakobovski/free-spoken-digit-dataset",
+}
+
+_fallback_root = None
 
 
-def shared(*parts):
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.fail(f"shared test data missing: {path} (see ../shared/data/README.md)")
+def data_root():
+    """The folder holding the real data sets: $KGEN_DATA or ../shared/data."""
+    return pathlib.Path(os.environ.get("KGEN_DATA") or DEFAULT_DATA)
+
+
+def how_to_get(name):
+    return (f"set KGEN_DATA=DIR where DIR/{name}/ holds {SOURCES[name]} "
+            f"(looked in {data_root()})")
+
+
+def write_idx(path, array):
+    """Write a uint8 array as a gzipped IDX file, as MNIST ships."""
+    array = np.asarray(array, dtype="uint8")
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(gzip.compress(header + array.tobytes()))
     return path
+
+
+def write_digits_as_mnist(directory):
+    """scikit-learn's digits as MNIST's t10k IDX files: each 8x8 digit
+    enlarged (bilinear) to 20x20 and centred in a 28x28 frame, uint8."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.zeros((len(digits.images), 28, 28), dtype="uint8")
+    for i, digit in enumerate(digits.images):
+        small = Image.fromarray((digit * (255.0 / 16.0)).astype("float32"))
+        big = np.asarray(small.resize((20, 20), Image.BILINEAR))
+        images[i, 4:24, 4:24] = np.clip(big + 0.5, 0, 255).astype("uint8")
+    directory.mkdir(parents=True, exist_ok=True)
+    write_idx(directory / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(directory / "t10k-labels-idx1-ubyte.gz", digits.target)
+
+
+def write_pydoc_as_shakespeare(directory):
+    """CPython's help texts as one UTF-8 `input.txt`."""
+    from pydoc_data.topics import topics
+
+    directory.mkdir(parents=True, exist_ok=True)
+    text = "\n\n".join(topics[key].strip() for key in sorted(topics)) + "\n"
+    (directory / "input.txt").write_text(text, encoding="utf-8")
+
+
+FALLBACKS = {
+    "mnist": ("scikit-learn's digits at 28x28", write_digits_as_mnist),
+    "tinyshakespeare": ("pydoc_data text", write_pydoc_as_shakespeare),
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fallback_data(tmp_path_factory):
+    """One folder per session for the stand-in data sets, written on demand."""
+    global _fallback_root
+    _fallback_root = tmp_path_factory.mktemp("data")
+    yield _fallback_root
+    _fallback_root = None
+
+
+def has_real(name, *parts):
+    return data_root().joinpath(name, *parts).exists()
+
+
+def real_data(name, *parts):
+    """The path of a real data set's file; skips where it is absent. For
+    tests of the published data set itself (its size, its vocabulary)."""
+    path = data_root().joinpath(name, *parts)
+    if not path.exists():
+        pytest.skip(f"needs the real {name} data set: {how_to_get(name)}")
+    return path
+
+
+def shared(name, *parts):
+    """The path of data set `name` (then `parts` inside it): the real one
+    under $KGEN_DATA, else its stand-in; skips where there is neither."""
+    global _fallback_root
+    if has_real(name, *parts):
+        return data_root().joinpath(name, *parts)
+    if name not in FALLBACKS:
+        pytest.skip(f"needs the {name} data set, which cannot ship with the "
+                    f"packages: {how_to_get(name)}")
+    if _fallback_root is None:  # called outside a pytest session
+        _fallback_root = pathlib.Path(tempfile.mkdtemp(prefix="kgen-data-"))
+    directory = _fallback_root / name
+    if not directory.exists():
+        FALLBACKS[name][1](directory)
+    path = directory.joinpath(*parts)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the {name} stand-in has no such file")
+    return path
+
+
+def pytest_report_header(config):
+    lines = []
+    for name in SOURCES:
+        if has_real(name):
+            lines.append(f"  {name}: {data_root() / name}")
+        elif name in FALLBACKS:
+            lines.append(f"  {name}: stand-in ({FALLBACKS[name][0]})")
+        else:
+            lines.append(f"  {name}: absent (its tests skip)")
+    return [f"kgen data from {data_root()} (KGEN_DATA):", *lines]
 
 
 @pytest.fixture(scope="session")

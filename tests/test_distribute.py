@@ -1,7 +1,9 @@
-"""A GAN under a real two-replica MirroredStrategy (two logical CPUs).
+"""Training on two devices: a GAN under a real two-replica MirroredStrategy
+(TensorFlow, two logical CPUs) and `kgen train --strategy data_parallel`
+(JAX, two host devices).
 
-TensorFlow fixes its devices when it starts, so this runs in a fresh
-process; it is a TensorFlow-only path and is skipped on other backends.
+TensorFlow and JAX fix their devices when they start, so each runs in a
+fresh process; each path belongs to one backend and is skipped on the others.
 """
 
 import json
@@ -38,6 +40,58 @@ SCRIPT = textwrap.dedent("""
         "iterations": [int(o.iterations.numpy()) for o in (gan.optimizer, gan.g_optimizer, gan.d_optimizer)],
     }))
 """)
+
+
+# `kgen train` as `python -m kgen` runs it, then what the run left behind:
+# the distribution it set, the checkpoint's variables and a batch laid out
+# by that distribution, as `fit()` lays out each of its batches.
+DATA_PARALLEL = textwrap.dedent("""
+    import json, sys
+    import jax
+    import keras
+    import numpy as np
+    from kgen import cli
+
+    cli.main(["train", "vae_digits", "--strategy", "data_parallel", "--no-export",
+              "--run-dir", "run", "--set", "epochs=1", "--set", "steps_per_epoch=2",
+              "--set", "filters=8,16", "--set", "hidden_dim=16"])
+    distribution = keras.distribution.distribution()
+    model = keras.saving.load_model("run/best.keras")
+    batch = np.zeros((32, 8, 8, 1), "float32")
+    laid_out = keras.distribution.distribute_tensor(
+        batch, distribution.get_data_layout(batch.shape))
+    images = np.asarray(model.generate(4, seed=0))
+    print(json.dumps({
+        "jax_devices": jax.device_count(),
+        "distribution": type(distribution).__name__,
+        "mesh_devices": int(distribution.device_mesh.devices.size),
+        "variable_devices": sorted({len(v.value.sharding.device_set) for v in model.weights}),
+        "batch_shards": [shard.data.shape[0] for shard in laid_out.addressable_shards],
+        "finite": bool(np.isfinite(images).all()),
+    }))
+""")
+
+
+def test_kgen_train_data_parallel_uses_two_jax_devices(tmp_path):
+    if backend() != "jax":
+        pytest.skip("--strategy data_parallel is the JAX backend's (keras.distribution)")
+    result = subprocess.run(
+        [sys.executable, "-c", DATA_PARALLEL], cwd=tmp_path, capture_output=True,
+        text=True, timeout=600,
+        env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+             "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
+             + " --xla_force_host_platform_device_count=2"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "trained in" in result.stdout
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["jax_devices"] == 2
+    assert out["distribution"] == "DataParallel" and out["mesh_devices"] == 2
+    assert out["variable_devices"] == [2]  # every weight replicated on both
+    assert out["batch_shards"] == [16, 16]  # each batch split between them
+    assert out["finite"]
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert recorded["strategy"] == "data_parallel" and recorded["backend"] == "jax"
 
 
 def test_gan_trains_on_two_mirrored_replicas(tmp_path):

@@ -1,5 +1,3 @@
-import wave
-
 import numpy as np
 
 from kgen import media
@@ -20,11 +18,3 @@ def test_png_grid_is_enlarged_for_small_images(tmp_path):
     with Image.open(path) as picture:
         assert picture.size[0] >= 128
 
-
-def test_wav_round_trip(tmp_path):
-    audio = np.sin(np.linspace(0, 40, 800)).astype("float32")
-    path = media.save_wav(tmp_path / "a.wav", audio, 8000)
-    with wave.open(str(path)) as f:
-        assert (f.getframerate(), f.getnchannels(), f.getnframes()) == (8000, 1, 800)
-        pcm = np.frombuffer(f.readframes(800), "<i2") / 32767.0
-    np.testing.assert_allclose(pcm, audio, atol=1e-4)

@@ -13,8 +13,7 @@ class SampleLogger(keras.callbacks.Callback):
     """Every `every` epochs, draw samples from fixed seeds and log them.
 
     Images go to TensorBoard as one grid (`tf.summary.image`) and to
-    `out_dir/epoch_NNN.png`; audio (models with `output_kind = "audio"` and
-    a `sample_rate`) as `tf.summary.audio` and WAV files; text as
+    `out_dir/epoch_NNN.png`; text (models with `output_kind = "text"`) as
     `tf.summary.text` and `.txt` files. The seeds stay fixed, so the grids of
     successive epochs show the same draws improving.
 
@@ -23,7 +22,7 @@ class SampleLogger(keras.callbacks.Callback):
         n: number of samples per log.
         seed: seed of the samples (the same every epoch).
         every: log every this many epochs.
-        out_dir: optional directory for PNG / WAV / text files.
+        out_dir: optional directory for PNG / text files.
         generate_kwargs: extra keyword arguments of `model.generate()` (e.g.
             labels or prompts).
 
@@ -33,6 +32,8 @@ class SampleLogger(keras.callbacks.Callback):
     model.fit(data, epochs=10, callbacks=[SampleLogger("runs/vae/logs")])
     ```
     """
+
+    KINDS = ("images", "text")
 
     def __init__(self, log_dir, n=16, seed=0, every=1, out_dir=None,
                  generate_kwargs=None):
@@ -58,8 +59,13 @@ class SampleLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:
             return
-        samples = self.model.generate(self.n, seed=self.seed, **self.generate_kwargs)
         kind = getattr(self.model, "output_kind", "images")
+        if kind not in self.KINDS:
+            raise ValueError(
+                f"{type(self.model).__name__}.output_kind={kind!r}: SampleLogger "
+                f"logs one of {', '.join(self.KINDS)}"
+            )
+        samples = self.model.generate(self.n, seed=self.seed, **self.generate_kwargs)
         getattr(self, f"_log_{kind}")(samples, epoch)
         self.writer.flush()
 
@@ -77,20 +83,6 @@ class SampleLogger(keras.callbacks.Callback):
         if self.out_dir:
             kgen_io.atomic_write(self.out_dir / f"epoch_{epoch + 1:03d}.png",
                                  lambda p: media.save_image_grid(p, images), suffix=".png")
-
-    def _log_audio(self, audio, epoch):
-        import tensorflow as tf
-
-        audio = np.asarray(audio, dtype="float32")
-        if audio.ndim == 2:
-            audio = audio[..., None]
-        rate = int(self.model.sample_rate)
-        with self.writer.as_default():
-            tf.summary.audio("samples", audio, rate, step=epoch, max_outputs=self.n)
-        if self.out_dir:
-            for i, clip in enumerate(audio):
-                kgen_io.atomic_write(self.out_dir / f"epoch_{epoch + 1:03d}_{i:02d}.wav",
-                                     lambda p: media.save_wav(p, clip, rate), suffix=".wav")
 
     def _log_text(self, texts, epoch):
         import tensorflow as tf

@@ -163,8 +163,6 @@ def _output_path(out, kind):
         out = pathlib.Path(out or "samples.png")
         media.image_format(out)
         return media.check_writable(out)
-    if kind == "audio":
-        return media.check_writable(pathlib.Path(out or "samples"), directory=True)
     return media.check_writable(pathlib.Path(out or "samples.txt"))
 
 
@@ -213,7 +211,7 @@ def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=No
             `i`'s seed mod num_classes, as `model.generate` does, so the
             rows cycle through the classes).
         out: the file (images: PNG or another image suffix, or `.npy` for
-            the float32 array; text) or folder (audio) to write.
+            the float32 array; or a text file) to write.
 
     Returns:
         the path written.
@@ -229,7 +227,7 @@ def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=No
     signature = loaded.signatures["generate"]
     inputs = generate_inputs(signature, metadata, n, seed, label)
     outputs = _run(signature, inputs, metadata.get("max_rows"), version_dir)
-    values = outputs.get({"images": "images", "audio": "audio"}.get(kind, "text"))
+    values = outputs.get("images" if kind == "images" else "text")
     if values is None:
         raise SampleError(
             f"{version_dir}: the generate signature has no {kind!r} output "
@@ -248,11 +246,6 @@ def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=No
         # Rows cycling through the classes: one column per class.
         columns = metadata.get("num_classes") if label is None else None
         return media.save_image_grid(out, values, columns=columns or None)
-    if kind == "audio":
-        rate = int(metadata["sample_rate"])
-        for i, clip in enumerate(values):
-            media.save_wav(out / f"sample_{i:02d}.wav", clip, rate)
-        return out
     texts = [t.decode("utf-8", "replace") for t in values]
     return media.save_text(out, "\n\n---\n\n".join(texts))
 
