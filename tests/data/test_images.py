@@ -21,12 +21,21 @@ def write_idx(path, array, compress=False):
     return path
 
 
-def test_mnist_from_shared_data(mnist_arrays):
+def test_mnist_loads_as_unit_range_images(mnist_arrays):
     images, labels = mnist_arrays
-    assert images.shape == (10000, 28, 28, 1)
+    assert images.shape[1:] == (28, 28, 1) and len(images) == len(labels) > 1000
     assert images.dtype == np.float32
     assert 0.0 == images.min() and images.max() == 1.0
     assert set(np.unique(labels)) == set(range(10))
+
+
+def test_the_published_mnist_test_split():
+    from kgen.data import load_mnist
+    from tests.conftest import real_data
+
+    images, labels = load_mnist(real_data("mnist"))
+    assert images.shape == (10000, 28, 28, 1)
+    assert np.bincount(labels).tolist()[:2] == [980, 1135]
 
 
 @pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
@@ -119,13 +128,14 @@ def test_digits_embedded_default():
 def test_split_batches_and_labels(mnist_arrays):
     images, labels = mnist_arrays
     data = image_datasets(images, labels, batch_size=100, with_labels=True)
-    assert (data.train_size, data.validation_size) == (9000, 1000)
+    n_val = round(len(images) * 0.1)
+    assert (data.train_size, data.validation_size) == (len(images) - n_val, n_val)
     assert data.image_shape == (28, 28, 1) and data.num_classes == 10
     batch = next(iter(data.validation))
     x, y = batch["images"], batch["labels"]
     assert x.shape == (100, 28, 28, 1) and y.shape == (100,) and y.dtype == "int32"
     # The validation split is the last 1,000 images, in order.
-    np.testing.assert_array_equal(y.numpy(), labels[9000:9100])
+    np.testing.assert_array_equal(y.numpy(), labels[len(images) - n_val:][:100])
 
 
 def test_repeat_gives_full_batches_forever():

@@ -76,13 +76,19 @@ def test_text_that_is_not_utf8_is_named(tmp_path):
         load_text(path)
 
 
+def test_the_published_tiny_shakespeare():
+    from tests.conftest import real_data
+
+    text = load_text(real_data("tinyshakespeare", "input.txt"))
+    assert len(text) == 1115394 and len(set(text)) == 65
+
+
 def test_shakespeare_split_and_windows():
     text = load_text(shared("tinyshakespeare", "input.txt"))
-    assert len(text) == 1115394
     train, val = split_text(text, 0.1)
     assert len(train) == int(len(text) * 0.9) and train + val == text
     data = text_datasets(text, "char", context=32, batch_size=4, validation_batches=3)
-    assert data.tokenizer.vocabulary_size == 65
+    assert data.tokenizer.vocabulary_size == len(set(text))
     x, y = next(iter(data.train))
     assert x.shape == (4, 32) and y.shape == (4, 32)
     np.testing.assert_array_equal(x.numpy()[:, 1:], y.numpy()[:, :-1])
