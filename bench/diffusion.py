@@ -50,9 +50,9 @@ def run_one(args):
     for name, steps in SAMPLERS:
         if keras.backend.backend() != "torch":  # torch runs eagerly: nothing to compile
             model.generate(args.n, seed=0, num_steps=steps, scheduler=name,
-                           label=label, guidance_scale=2.0)  # compile
+                           labels=label, guidance_scale=2.0)  # compile
         start = time.perf_counter()
-        model.generate(args.n, seed=1, num_steps=steps, scheduler=name, label=label,
+        model.generate(args.n, seed=1, num_steps=steps, scheduler=name, labels=label,
                        guidance_scale=2.0)
         result[f"{name}_{steps}_images_per_s"] = args.n / (time.perf_counter() - start)
 

@@ -12,7 +12,7 @@ CONFIG = dict(
     beta_schedule="cosine",
     prediction_type="epsilon",
     label_dropout=0.1,         # classifier-free guidance trains the "no label" class
-    ema_momentum=0.995,
+    ema_decay=0.995,           # sample, export and validate with an EMA of the denoiser
     sampler="dpm_solver",      # generate() and the export's default
     sample_steps=20,           # per-epoch sample grids
     guidance_scale=2.0,
@@ -45,7 +45,7 @@ def build(config):
         networks.unet(ds.image_shape, config["widths"], config["blocks_per_level"],
                       num_classes=ds.num_classes),
         scheduler, num_classes=ds.num_classes, label_dropout=config["label_dropout"],
-        ema_momentum=config["ema_momentum"], sampler=config["sampler"],
+        ema_decay=config["ema_decay"], sampler=config["sampler"],
         seed=config["seed"],
     )
     model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]))
@@ -55,5 +55,5 @@ def build(config):
 def sample_kwargs(config):
     """Per-epoch grids: classes 0..9 in turn, guided, a few solver steps."""
     n = config.get("sample_count", 16)
-    return dict(label=[i % 10 for i in range(n)], num_steps=config["sample_steps"],
+    return dict(labels=[i % 10 for i in range(n)], num_steps=config["sample_steps"],
                 guidance_scale=config["guidance_scale"])
