@@ -317,12 +317,11 @@ class DiffusionModel(EMATrainer, GenerativeModel):
         if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
             raise ValueError(f"num_steps={num_steps!r}: must be an int")
         scheduler.check_num_steps(num_steps)
-        try:
-            guidance_scale = float(guidance_scale)
-        except (TypeError, ValueError):
-            guidance_scale = float("nan")
-        if not np.isfinite(guidance_scale):
+        if isinstance(guidance_scale, bool) \
+                or not isinstance(guidance_scale, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(guidance_scale):
             raise ValueError(f"guidance_scale={guidance_scale!r}: must be a finite number")
+        guidance_scale = float(guidance_scale)
         return super().generate(n, seed=seed, labels=labels, num_steps=int(num_steps),
                                 scheduler=scheduler, guidance_scale=guidance_scale)
 
@@ -334,15 +333,18 @@ class DiffusionModel(EMATrainer, GenerativeModel):
                json.dumps(scheduler.get_config(), sort_keys=True))
         n = pairs.shape[0]
         steps = np.asarray(num_steps, "int32")
-        # Called through the class: `compile()` sets a `compiled` attribute
-        # (a bool) on every Keras model, hiding the method.
-        compiled = GenerativeModel.compiled.__get__(self)
+
+        def compiled(fn):
+            # Through the class: `compile()` sets a `compiled` attribute (a
+            # bool) on every Keras model, which hides the method.
+            return GenerativeModel.compiled(self, key, fn, self.sampling_denoiser.weights)
+
         if labels is None:
-            fn = compiled(key, lambda seeds, num_steps: self.sample(
-                seeds, None, 1.0, num_steps, scheduler), self.sampling_denoiser.weights)
+            fn = compiled(lambda seeds, num_steps: self.sample(
+                seeds, None, 1.0, num_steps, scheduler))
             return ops.convert_to_numpy(fn(pairs, steps))
-        fn = compiled(key, lambda seeds, labels, guidance_scale, num_steps: self.sample(
-            seeds, labels, guidance_scale, num_steps, scheduler), self.sampling_denoiser.weights)
+        fn = compiled(lambda seeds, labels, guidance_scale, num_steps: self.sample(
+            seeds, labels, guidance_scale, num_steps, scheduler))
         return ops.convert_to_numpy(
             fn(pairs, labels, np.full((n,), guidance_scale, "float32"), steps))
 

@@ -195,11 +195,14 @@ def test_guidance_changes_the_sample(trained):
 
 def test_generate_rejects_bad_arguments(trained):
     model, _ = trained
-    for bad, match in [(dict(num_steps=0), "num_steps=0"), (dict(num_steps=101), "num_steps=101"),
-                       (dict(num_steps=2.5), "num_steps=2.5"),
-                       (dict(labels=10), "labels=10"), (dict(labels=[1, 2, 3]), "labels=\\[1, 2, 3\\]"),
-                       (dict(guidance_scale=float("nan")), "guidance_scale=nan"),
-                       (dict(scheduler="euler"), "euler"), (dict(seed=2**63 - 1), "seed=")]:
+    for bad, match in [
+        (dict(num_steps=0), "num_steps=0"), (dict(num_steps=101), "num_steps=101"),
+        (dict(num_steps=2.5), "num_steps=2.5"), (dict(labels=10), "labels=10"),
+        (dict(labels=[1, 2, 3]), "labels=\\[1, 2, 3\\]"),
+        (dict(guidance_scale=float("nan")), "guidance_scale=nan"),
+        (dict(guidance_scale="2"), "guidance_scale='2'"),
+        (dict(scheduler="euler"), "euler"), (dict(seed=2**63 - 1), "seed="),
+    ]:
         with pytest.raises(ValueError, match=match):
             model.generate(2, **{"seed": 0, "num_steps": 2, **bad})
     with pytest.raises(ValueError, match="n=0"):
