@@ -3,7 +3,7 @@ for DDPM (1000 steps) vs DDIM (50) vs DPM-Solver++ 2M (20), in-process and
 through the exported SavedModel.
 
     python bench/diffusion.py [--backends tensorflow,jax,torch] [--n 16]
-                              [--train-steps 20] [--widths 16,32]
+                              [--train-steps 20] [--filters 16,32]
 
 Each backend runs in its own process (Keras fixes its backend at import).
 The model is a class-conditional U-Net on the 8x8 digits; sampling is guided
@@ -32,7 +32,7 @@ def run_one(args):
 
     images, labels = data.load_images("digits")
     model = models.DiffusionModel(
-        networks.unet(images.shape[1:], args.widths, num_classes=10),
+        networks.unet(images.shape[1:], args.filters, num_classes=10),
         schedulers.DDPMScheduler(1000, "cosine"), num_classes=10, seed=0,
     )
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
@@ -50,9 +50,9 @@ def run_one(args):
     for name, steps in SAMPLERS:
         if keras.backend.backend() != "torch":  # torch runs eagerly: nothing to compile
             model.generate(args.n, seed=0, num_steps=steps, scheduler=name,
-                           label=label, guidance_scale=2.0)  # compile
+                           labels=label, guidance_scale=2.0)  # compile
         start = time.perf_counter()
-        model.generate(args.n, seed=1, num_steps=steps, scheduler=name, label=label,
+        model.generate(args.n, seed=1, num_steps=steps, scheduler=name, labels=label,
                        guidance_scale=2.0)
         result[f"{name}_{steps}_images_per_s"] = args.n / (time.perf_counter() - start)
 
@@ -86,10 +86,10 @@ def main():
     parser.add_argument("--n", type=int, default=16, help="images per sampling call")
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--widths", default="16,32", help="U-Net channels per level")
+    parser.add_argument("--filters", default="16,32", help="U-Net channels per level")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.widths = tuple(int(w) for w in args.widths.split(","))
+    args.filters = tuple(int(w) for w in args.filters.split(","))
     if args.one:
         return run_one(args)
     rows = []
@@ -97,7 +97,7 @@ def main():
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
         cmd = [sys.executable, __file__, "--one", "--n", str(args.n),
                "--train-steps", str(args.train_steps), "--batch-size",
-               str(args.batch_size), "--widths", ",".join(map(str, args.widths))]
+               str(args.batch_size), "--filters", ",".join(map(str, args.filters))]
         start = time.time()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
@@ -107,7 +107,7 @@ def main():
         rows.append(json.loads(lines[-1][len("RESULT "):]))
         print(f"{backend}: done in {time.time() - start:.0f}s: {json.dumps(rows[-1])}",
               file=sys.stderr, flush=True)
-    print(f"\nU-Net widths {args.widths}, 8x8 digits, batch {args.batch_size}, "
+    print(f"\nU-Net filters {args.filters}, 8x8 digits, batch {args.batch_size}, "
           f"{args.n} guided images per sampling call\n")
     keys = ["train_steps_per_s"] + [f"{n}_{s}_images_per_s" for n, s in SAMPLERS] + [
         f"savedmodel_{n}_{s}_images_per_s" for n, s in SAMPLERS]

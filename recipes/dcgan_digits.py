@@ -17,7 +17,7 @@ CONFIG = dict(
     loss="non_saturating",     # or "hinge", "wasserstein"
     gradient_penalty_weight=0.0,
     d_steps=1,                 # discriminator updates per generator update
-    ema_momentum=0.99,         # sample and export from an EMA of the generator
+    ema_decay=0.99,            # sample and export from an EMA of the generator
     epochs=60,
     steps_per_epoch=None,      # None: one pass over the data
     batch_size=32,
@@ -49,7 +49,7 @@ def build(config):
         loss=config["loss"],
         gradient_penalty_weight=config["gradient_penalty_weight"],
         d_steps=config["d_steps"],
-        ema_decay=config["ema_momentum"],
+        ema_decay=config["ema_decay"],
         seed=config["seed"],
     )
     adam = lambda: keras.optimizers.Adam(  # noqa: E731

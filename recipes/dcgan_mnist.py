@@ -8,7 +8,7 @@ CONFIG = dict(
     data=None,                 # a directory holding *-images-idx3-ubyte[.gz]
     latent_dim=64,
     filters=(64, 32),          # 7x7 -> 14x14 -> 28x28
-    ema_momentum=0.995,
+    ema_decay=0.995,
     epochs=15,
     batch_size=64,
 )

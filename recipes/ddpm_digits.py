@@ -1,4 +1,7 @@
-"""Class-conditional DDPM on scikit-learn's 8x8 digits: embedded data, a few minutes on 2 cores."""
+"""Class-conditional DDPM on scikit-learn's 8x8 digits: embedded data, a few minutes on 2 cores.
+
+This file holds the diffusion recipes' one `build`; `ddpm_mnist` is settings for it.
+"""
 
 import keras
 
@@ -6,13 +9,13 @@ from kgen import data, models, networks, schedulers
 
 CONFIG = dict(
     data="digits",             # embedded in scikit-learn: no download
-    widths=(32, 64),           # U-Net levels: 8x8 -> 4x4 (attention at 4x4)
+    filters=(32, 64),          # U-Net levels: 8x8 -> 4x4 (attention at 4x4)
     blocks_per_level=1,
     num_train_timesteps=1000,
     beta_schedule="cosine",
     prediction_type="epsilon",
     label_dropout=0.1,         # classifier-free guidance trains the "no label" class
-    ema_momentum=0.995,
+    ema_decay=0.995,           # sample, export and validate with an EMA of the denoiser
     sampler="dpm_solver",      # generate() and the export's default
     sample_steps=20,           # per-epoch sample grids
     guidance_scale=2.0,
@@ -34,18 +37,15 @@ def build(config):
         repeat=config["steps_per_epoch"] is not None,  # steps_per_epoch: an endless stream
         seed=config["seed"],
     )
-    ds.train, ds.validation = (
-        d.map(lambda x, y: {"images": x, "labels": y}) for d in (ds.train, ds.validation)
-    )
     scheduler = schedulers.DDPMScheduler(
         config["num_train_timesteps"], config["beta_schedule"],
         prediction_type=config["prediction_type"],
     )
     model = models.DiffusionModel(
-        networks.unet(ds.image_shape, config["widths"], config["blocks_per_level"],
+        networks.unet(ds.image_shape, config["filters"], config["blocks_per_level"],
                       num_classes=ds.num_classes),
         scheduler, num_classes=ds.num_classes, label_dropout=config["label_dropout"],
-        ema_momentum=config["ema_momentum"], sampler=config["sampler"],
+        ema_decay=config["ema_decay"], sampler=config["sampler"],
         seed=config["seed"],
     )
     model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]))
@@ -53,7 +53,7 @@ def build(config):
 
 
 def sample_kwargs(config):
-    """Per-epoch grids: classes 0..9 in turn, guided, a few solver steps."""
-    n = config.get("sample_count", 16)
-    return dict(label=[i % 10 for i in range(n)], num_steps=config["sample_steps"],
+    """Per-epoch grids: guided, a few solver steps (SampleLogger asks for
+    the classes in turn)."""
+    return dict(num_steps=config["sample_steps"],
                 guidance_scale=config["guidance_scale"])

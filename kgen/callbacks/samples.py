@@ -24,7 +24,8 @@ class SampleLogger(keras.callbacks.Callback):
         every: log every this many epochs.
         out_dir: optional directory for PNG / text files.
         generate_kwargs: extra keyword arguments of `model.generate()` (e.g.
-            labels or prompts).
+            prompts). A conditional model without `labels` here is asked
+            for the classes in turn.
 
     Example:
 
@@ -65,7 +66,12 @@ class SampleLogger(keras.callbacks.Callback):
                 f"{type(self.model).__name__}.output_kind={kind!r}: SampleLogger "
                 f"logs one of {', '.join(self.KINDS)}"
             )
-        samples = self.model.generate(self.n, seed=self.seed, **self.generate_kwargs)
+        kwargs = dict(self.generate_kwargs)
+        classes = getattr(self.model, "num_classes", None)
+        if classes and "labels" not in kwargs:
+            # One class per row, in turn (each row's seed mod num_classes).
+            kwargs["labels"] = (self.seed + np.arange(self.n)) % classes
+        samples = self.model.generate(self.n, seed=self.seed, **kwargs)
         getattr(self, f"_log_{kind}")(samples, epoch)
         self.writer.flush()
 

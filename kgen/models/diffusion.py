@@ -8,56 +8,47 @@ import numpy as np
 from keras import ops
 
 from kgen import networks  # noqa: F401  (registers the U-Net's layers for .keras files)
+from kgen import random as kgen_random
 from kgen import schedulers as kgen_schedulers
 from kgen.api import kgen_export
+from kgen.models import ema
 from kgen.models.base import GenerativeModel
+from kgen.trainers import EMATrainer
 
 LOSSES = ("mse", "mae")
 
 
-class _FunctionCache:
-    """Compiled sampling functions by scheduler, in a plain object that
-    TensorFlow's attribute tracking leaves alone (a dict attribute would be
-    wrapped and tracked, and a model that has sampled could not be exported)."""
-
-    def __init__(self):
-        self.functions = {}
-
-    def __contains__(self, key):
-        return key in self.functions
-
-    def __getitem__(self, key):
-        return self.functions[key]
-
-    def __setitem__(self, key, fn):
-        self.functions[key] = fn
-
-    def __len__(self):
-        return len(self.functions)
-
-
 @kgen_export("kgen.models.DiffusionModel")
-class DiffusionModel(GenerativeModel):
+class DiffusionModel(EMATrainer, GenerativeModel):
     """A diffusion model trained with `fit()` on every backend.
 
     `call(images)` (or `call({"images": ..., "labels": ...})` for a
     class-conditional model) scales images from [0, 1] to [-1, 1], draws
-    integer timesteps, noise and label dropout from the model's
-    `SeedGenerator`, noises the images with `scheduler.add_noise` (`q_sample`)
-    and returns `{"prediction", "target"}`; `compute_loss()` is the simple
-    loss of Ho et al. (MSE, or MAE), all in `keras.ops` (`p_losses`).
+    integer timesteps and noise, noises the images with
+    `scheduler.add_noise` (`q_sample`) and returns `{"prediction",
+    "target"}`; `compute_loss()` is the simple loss of Ho et al. (MSE, or
+    MAE), all in `keras.ops` (`p_losses`).
+
+    Training (`training=True`) runs the trained denoiser on timesteps, noise
+    and label dropout drawn from the model's `SeedGenerator`. Evaluation
+    (`training=False`, Keras' `test_step`, hence `val_loss`) runs the
+    sampling denoiser (the EMA copy) on timesteps and noise fixed by each
+    row's index in the batch (`kgen.random`, `validation_draws`), so the
+    validation loss of successive epochs compares, and `best.keras` is
+    picked by the weights that sample and export.
 
     EMA: `ema_denoiser` is a copy of the denoiser whose weights follow an
-    exponential moving average of the trained weights, updated inside
-    `call(training=True)` like BatchNorm's moving statistics (non-trainable
-    variables, so Keras' own trainers carry the update on TensorFlow, JAX and
-    torch). The decay warms up as `min(ema_momentum, (1 + n) / (10 + n))`
-    after `n` updates. `generate()` and the SavedModel export sample with the
-    EMA weights; `ema_momentum=None` samples with the trained weights.
+    exponential moving average of the trained weights (`kgen.models.ema`,
+    shared with the GAN): updated once per train step after Keras' own
+    step (`kgen.trainers.EMATrainer`), never by calling the model, with the
+    decay warmed up as `min(ema_decay, (1 + n) / (10 + n))` after `n`
+    updates. `generate()` and the SavedModel export sample with the EMA
+    weights; `ema_decay=None` samples with the trained weights.
 
     Guidance: a conditional model replaces a `label_dropout` share of the
     labels by the "no label" class `num_classes` while training; sampling
-    mixes `uncond + guidance_scale * (cond - uncond)`.
+    mixes `uncond + guidance_scale * (cond - uncond)`. Without labels a
+    conditional model samples the "no label" class (unguided).
 
     Args:
         denoiser: a model mapping `[images, timesteps(, labels)]` to a tensor
@@ -68,7 +59,7 @@ class DiffusionModel(GenerativeModel):
         num_classes: number of classes of a conditional model, else `None`.
         label_dropout: probability of dropping a label while training.
         loss: `"mse"` or `"mae"`.
-        ema_momentum: EMA decay of the sampling weights, or `None`.
+        ema_decay: EMA decay of the sampling weights in [0, 1), or `None`.
         sampler: name of the scheduler `generate()` and the export use by
             default, built from `scheduler`'s config (`"ddpm"`, `"ddim"`,
             `"dpm_solver"`).
@@ -83,13 +74,14 @@ class DiffusionModel(GenerativeModel):
         schedulers.DDPMScheduler(1000, "cosine"), num_classes=10)
     model.compile(optimizer="adam")
     model.fit(dataset.map(lambda x, y: {"images": x, "labels": y}), epochs=5)
-    images = model.generate(16, seed=0, num_steps=20, scheduler="dpm_solver",
-                            label=list(range(10)) * 2, guidance_scale=2.0)
+    images = model.generate(16, seed=0, labels=[i % 10 for i in range(16)],
+                            num_steps=20, scheduler="dpm_solver",
+                            guidance_scale=2.0)
     ```
     """
 
     def __init__(self, denoiser, scheduler="ddpm", num_classes=None,
-                 label_dropout=0.1, loss="mse", ema_momentum=0.999,
+                 label_dropout=0.1, loss="mse", ema_decay=0.999,
                  sampler="ddim", seed=None, **kwargs):
         if isinstance(scheduler, str):
             scheduler = kgen_schedulers.get(scheduler)()
@@ -97,8 +89,7 @@ class DiffusionModel(GenerativeModel):
             raise ValueError(f"loss={loss!r}: expected one of {LOSSES}")
         if not 0.0 <= label_dropout < 1.0:
             raise ValueError(f"label_dropout={label_dropout}: must be in [0, 1)")
-        if ema_momentum is not None and not 0.0 <= ema_momentum < 1.0:
-            raise ValueError(f"ema_momentum={ema_momentum}: must be in [0, 1) or None")
+        ema_decay = ema.check_decay(ema_decay)
         expected_inputs = 2 if num_classes is None else 3
         if len(denoiser.inputs) != expected_inputs:
             raise ValueError(
@@ -110,25 +101,17 @@ class DiffusionModel(GenerativeModel):
         super().__init__(seed=seed, **kwargs)
         # === Layers ===
         self.denoiser = denoiser
-        self.ema_denoiser = None
-        if ema_momentum is not None:
-            self.ema_denoiser = keras.models.clone_model(denoiser)
-            self.ema_denoiser.trainable = False
-            for ema, weight in zip(self.ema_denoiser.weights, denoiser.weights):
-                ema.assign(ops.convert_to_numpy(weight))  # a copy, not a shared buffer
+        self.ema_denoiser = ema.average_copy(denoiser, ema_decay)
         # === Config ===
         self.scheduler = scheduler
         self.num_classes = None if num_classes is None else int(num_classes)
         self.label_dropout = float(label_dropout)
         self.loss_name = loss
-        self.ema_momentum = None if ema_momentum is None else float(ema_momentum)
+        self.ema_decay = ema_decay
         self.sampler = sampler
         self.image_shape = tuple(denoiser.inputs[0].shape[1:])
         # === State ===
-        self.ema_updates = self.add_weight(
-            shape=(), initializer="zeros", trainable=False, name="ema_updates"
-        )
-        self._sample_functions = _FunctionCache()
+        self.ema_updates = ema.update_counter(self) if ema_decay is not None else None
         # What Keras records here is the input of the default SavedModel
         # signature the TensorFlow backend traces when a model is tracked.
         if self.num_classes is None:
@@ -142,8 +125,13 @@ class DiffusionModel(GenerativeModel):
 
     @property
     def sampling_denoiser(self):
-        """The denoiser `generate()` and the export run (the EMA copy)."""
+        """The denoiser `generate()`, the export and the validation loss run
+        (the EMA copy when there is one)."""
         return self.ema_denoiser if self.ema_denoiser is not None else self.denoiser
+
+    def update_ema(self):
+        """One EMA step of `ema_denoiser` (called by the train step)."""
+        ema.update(self.ema_denoiser, self.denoiser, self.ema_decay, self.ema_updates)
 
     # --- training (q_sample, p_losses) -------------------------------------
 
@@ -158,15 +146,34 @@ class DiffusionModel(GenerativeModel):
         """Noise clean samples (in [-1, 1]) to `timesteps`."""
         return self.scheduler.add_noise(x0, noise, timesteps)
 
+    def training_draws(self, x0):
+        """Random timesteps `(batch,)` and noise for a training batch."""
+        timesteps = keras.random.randint(
+            (ops.shape(x0)[0],), 0, self.scheduler.num_train_timesteps,
+            dtype="int32", seed=self.seed_generator,
+        )
+        return timesteps, keras.random.normal(ops.shape(x0), seed=self.seed_generator)
+
+    def validation_draws(self, x0):
+        """Timesteps `(batch,)` and noise fixed by each row's index in the
+        batch (`kgen.random` with seed = index), the same at every epoch."""
+        batch = ops.shape(x0)[0]
+        index = ops.arange(batch, dtype="int32")
+        pairs = ops.stack([index, ops.zeros_like(index)], axis=-1)
+        T = self.scheduler.num_train_timesteps
+        u = kgen_random.uniform(pairs, (), stream=2)
+        timesteps = ops.minimum(ops.cast(u * T, "int32"), T - 1)
+        return timesteps, kgen_random.normal(pairs, self.image_shape, stream=0)
+
     def call(self, inputs, training=False):
         images, labels = self._unpack(inputs)
         x0 = ops.cast(images, "float32") * 2.0 - 1.0
-        batch = ops.shape(x0)[0]
-        timesteps = keras.random.randint(
-            (batch,), 0, self.scheduler.num_train_timesteps, dtype="int32",
-            seed=self.seed_generator,
-        )
-        noise = keras.random.normal(ops.shape(x0), seed=self.seed_generator)
+        if training:
+            timesteps, noise = self.training_draws(x0)
+            denoiser = self.denoiser
+        else:
+            timesteps, noise = self.validation_draws(x0)
+            denoiser = self.sampling_denoiser
         noisy = self.q_sample(x0, noise, timesteps)
         denoiser_inputs = [noisy, timesteps]
         if self.num_classes is not None:
@@ -177,28 +184,15 @@ class DiffusionModel(GenerativeModel):
                 )
             labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
             if training and self.label_dropout > 0:
-                drop = keras.random.uniform((batch,), seed=self.seed_generator)
+                drop = keras.random.uniform((ops.shape(x0)[0],), seed=self.seed_generator)
                 labels = ops.where(drop < self.label_dropout,
                                    ops.full_like(labels, self.num_classes), labels)
             denoiser_inputs.append(labels)
-        prediction = self.denoiser(denoiser_inputs, training=training)
-        if training:
-            self.update_ema()
+        prediction = denoiser(denoiser_inputs, training=training)
         return {
             "prediction": prediction,
             "target": self.scheduler.training_target(x0, noise, timesteps),
         }
-
-    def update_ema(self):
-        """Move the EMA weights towards the trained ones (one update)."""
-        if self.ema_denoiser is None:
-            return
-        n = self.ema_updates
-        decay = ops.minimum(self.ema_momentum, (1.0 + n) / (10.0 + n))
-        for ema, weight in zip(self.ema_denoiser.weights, self.denoiser.weights):
-            value = ops.stop_gradient(ops.cast(weight, ema.dtype))
-            ema.assign(decay * ema + (1.0 - decay) * value)
-        self.ema_updates.assign(n + 1.0)
 
     def p_losses(self, outputs):
         diff = outputs["prediction"] - ops.cast(outputs["target"], outputs["prediction"].dtype)
@@ -226,10 +220,19 @@ class DiffusionModel(GenerativeModel):
         cls = kgen_schedulers.get(self.sampler if scheduler is None else scheduler)
         return cls.from_config(self.scheduler.get_config())
 
-    def denoise(self, x, timestep, labels=None, guidance_scale=None):
-        """The sampling denoiser's output at `(x, timestep)`, guided when
-        `labels` is given: `uncond + guidance_scale * (cond - uncond)`
-        (`guidance_scale` a scalar or one value per row)."""
+    def default_labels(self, seeds):
+        """No labels given: the "no label" class, unguided (see `sample`)."""
+        return None
+
+    def denoise(self, x, timestep, labels=None, guidance_scale=1.0):
+        """The sampling denoiser's output at `(x, timestep)`.
+
+        An unconditional model, or a conditional one with `labels=None`
+        (the "no label" class), takes one pass; with `labels` the output is
+        guided, `uncond + guidance_scale * (cond - uncond)` (a label equal
+        to `num_classes` gives `uncond` whatever the scale), with
+        `guidance_scale` a scalar or one value per row.
+        """
         batch = ops.shape(x)[0]
         denoiser = self.sampling_denoiser
         if self.num_classes is None:
@@ -251,102 +254,99 @@ class DiffusionModel(GenerativeModel):
             w = ops.reshape(w, (-1,) + (1,) * (len(x.shape) - 1))
         return uncond + w * (cond - uncond)
 
-    def sample_loop(self, x, num_steps, scheduler, labels=None,
-                    guidance_scale=1.0, noise_fn=None):
-        """Run `num_steps` reverse steps from noise `x` (the whole loop is one
-        `keras.ops.fori_loop`); returns images in [0, 1].
+    def sample(self, seeds, labels=None, guidance_scale=1.0, num_steps=50,
+               scheduler=None):
+        """The sampling loop in `keras.ops`: `generate()` compiles it, the
+        export traces it. Returns images in [0, 1].
+
+        Row `r` reads only its own seed pair: `x_T` is
+        `kgen.random.normal(seeds, image_shape, stream=0)` and step `i`'s
+        noise (stochastic schedulers) is drawn inside the loop from stream
+        `i + 1`; the whole loop is one `keras.ops.fori_loop`.
 
         Args:
-            x: `x_T`, standard normal `[batch, h, w, c]`.
-            num_steps: int (or int tensor) number of steps.
-            scheduler: a `kgen.schedulers` instance.
-            labels: int `[batch]` for guided sampling of a conditional model.
-            guidance_scale: scalar or `[batch]`.
-            noise_fn: `noise_fn(i)` -> the standard normal noise of step `i`
-                (stochastic schedulers); `None` for deterministic ones.
+            seeds: int32 `(batch, 2)` seed pairs (`kgen.random.seed_pairs`).
+            labels: int `(batch,)` for guided sampling of a conditional
+                model (`num_classes` = "no label"), or `None`.
+            guidance_scale: scalar or float `(batch,)`.
+            num_steps: int (or int32 scalar tensor), 1 to
+                `num_train_timesteps`.
+            scheduler: a scheduler instance or name (default `sampler`).
         """
-        x0_last, t_last = scheduler.initial_state(x)
+        scheduler = self.get_scheduler(scheduler)
+        x = kgen_random.normal(seeds, self.image_shape, stream=0)
+        if self.num_classes is None:
+            labels = None
 
         def body(i, carry):
             x, x0_last, t_last = carry
             t = scheduler.timestep(i, num_steps)
             t_prev = scheduler.timestep(i + 1, num_steps)
             output = self.denoise(x, t, labels, guidance_scale)
-            noise = noise_fn(i) if (noise_fn is not None and scheduler.stochastic) else None
+            noise = None
+            if scheduler.stochastic:
+                noise = kgen_random.normal(seeds, self.image_shape, stream=i + 1)
             x, (x0_last, t_last) = scheduler.step(
                 output, t, t_prev, x, (x0_last, t_last), noise=noise
             )
             return x, x0_last, t_last
 
-        x, _, _ = ops.fori_loop(0, num_steps, body, (x, x0_last, t_last))
+        x, _, _ = ops.fori_loop(0, num_steps, body, (x, *scheduler.initial_state(x)))
         return ops.clip((x + 1.0) / 2.0, 0.0, 1.0)
 
-    def make_sample_function(self, scheduler):
-        """The compiled sampling loop for `scheduler`, built once and cached:
-        `fn(x_T, noises, labels, guidance_scale, num_steps)`."""
-        key = (type(scheduler).__name__,
-               json.dumps(scheduler.get_config(), sort_keys=True))
-        if key in self._sample_functions:
-            return self._sample_functions[key]
-        from kgen.inference import compile_inference
-
-        def sample(x, noises, labels, guidance_scale, num_steps):
-            def noise_fn(i):
-                return ops.take(noises, i, axis=0)
-
-            return self.sample_loop(
-                x, num_steps, scheduler,
-                labels=labels if self.num_classes is not None else None,
-                guidance_scale=guidance_scale, noise_fn=noise_fn,
-            )
-
-        fn = compile_inference(sample, self.sampling_denoiser.weights)
-        self._sample_functions[key] = fn
-        return fn
-
-    def generate(self, n, seed=None, num_steps=50, scheduler=None, label=None,
+    def generate(self, n, *, seed=None, labels=None, num_steps=50, scheduler=None,
                  guidance_scale=1.0):
         """Draw `n` images; returns numpy `(n, h, w, c)` in [0, 1].
 
+        Row `i` comes from seed `seed + i` alone (`GenerativeModel`), and
+        equals the exported `generate` signature's row for that seed, label,
+        `num_steps` and `guidance_scale`.
+
         Args:
             n: number of images.
-            seed: int; the same seed (and arguments) gives the same images.
+            seed: int (64-bit); `None` draws one.
+            labels: for a conditional model, an int or `n` ints (guided
+                sampling), or `None` for unconditional samples (the "no
+                label" class; `guidance_scale` is then not used).
             num_steps: sampling steps, 1 to `num_train_timesteps`.
             scheduler: a scheduler name or instance (default `sampler`).
-            label: for a conditional model, an int or `n` ints (guided
-                sampling), or `None` for unconditional samples.
             guidance_scale: classifier-free guidance weight (1: plain
                 conditional; larger: more class-typical).
         """
-        n = int(n)
-        if n < 1:
-            raise ValueError(f"n={n}: must be at least 1")
         scheduler = self.get_scheduler(scheduler)
+        if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
+            raise ValueError(f"num_steps={num_steps!r}: must be an int")
         scheduler.check_num_steps(num_steps)
-        num_steps = int(num_steps)
-        if seed is None:
-            seed = int(ops.convert_to_numpy(keras.random.randint(
-                (), 0, 2**31 - 1, seed=self.seed_generator)))
-        if self.num_classes is None:
-            if label is not None:
-                raise ValueError("label given, but the model is unconditional")
-            labels = np.zeros((n,), "int32")  # unused
-        elif label is None:
-            # The "no label" class with guidance 1: unconditional samples.
-            labels, guidance_scale = np.full((n,), self.num_classes, "int32"), 1.0
-        else:
-            labels = np.broadcast_to(np.asarray(label, "int32"), (n,)).copy()
-            if labels.min() < 0 or labels.max() >= self.num_classes:
-                raise ValueError(f"label={label}: must be in [0, {self.num_classes})")
-        generator = keras.random.SeedGenerator(int(seed))
-        x = keras.random.normal((n, *self.image_shape), seed=generator)
-        noise_steps = num_steps if scheduler.stochastic else 1
-        noises = keras.random.normal((noise_steps, n, *self.image_shape), seed=generator)
-        fn = self.make_sample_function(scheduler)
-        out = fn(x, noises, labels,
-                 np.full((n,), guidance_scale, "float32"),
-                 np.asarray(num_steps, "int32"))
-        return ops.convert_to_numpy(out)
+        if isinstance(guidance_scale, bool) \
+                or not isinstance(guidance_scale, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale={guidance_scale!r}: must be a finite number")
+        guidance_scale = float(guidance_scale)
+        return super().generate(n, seed=seed, labels=labels, num_steps=int(num_steps),
+                                scheduler=scheduler, guidance_scale=guidance_scale)
+
+    def generate_rows(self, pairs, labels, num_steps, scheduler, guidance_scale):
+        """Run `sample()` compiled (once per scheduler, and per labelled or
+        unlabelled rows: the unlabelled loop takes one denoiser pass a step)
+        on seed pairs."""
+        key = ("sample", labels is not None, type(scheduler).__name__,
+               json.dumps(scheduler.get_config(), sort_keys=True))
+        n = pairs.shape[0]
+        steps = np.asarray(num_steps, "int32")
+
+        def compiled(fn):
+            # Through the class: `compile()` sets a `compiled` attribute (a
+            # bool) on every Keras model, which hides the method.
+            return GenerativeModel.compiled(self, key, fn, self.sampling_denoiser.weights)
+
+        if labels is None:
+            fn = compiled(lambda seeds, num_steps: self.sample(
+                seeds, None, 1.0, num_steps, scheduler))
+            return ops.convert_to_numpy(fn(pairs, steps))
+        fn = compiled(lambda seeds, labels, guidance_scale, num_steps: self.sample(
+            seeds, labels, guidance_scale, num_steps, scheduler))
+        return ops.convert_to_numpy(
+            fn(pairs, labels, np.full((n,), guidance_scale, "float32"), steps))
 
     # --- config ------------------------------------------------------------
 
@@ -358,13 +358,15 @@ class DiffusionModel(GenerativeModel):
             "num_classes": self.num_classes,
             "label_dropout": self.label_dropout,
             "loss": self.loss_name,
-            "ema_momentum": self.ema_momentum,
+            "ema_decay": self.ema_decay,
             "sampler": self.sampler,
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        if "ema_momentum" in config:  # the name of `ema_decay` in earlier files
+            config["ema_decay"] = config.pop("ema_momentum")
         for key in ("denoiser", "scheduler"):
             if isinstance(config.get(key), dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])

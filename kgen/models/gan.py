@@ -5,6 +5,7 @@ from keras import ops
 
 from kgen import random as kgen_random
 from kgen.api import kgen_export
+from kgen.models import ema
 from kgen.models.base import GenerativeModel
 from kgen.models.base import batch_images
 from kgen.trainers import GANTrainer
@@ -32,8 +33,10 @@ class GAN(GANTrainer, GenerativeModel):
             at random interpolates of real and fake (0: off).
         r1_weight: R1 penalty weight on `|grad D(real)|^2` (0: off).
         d_steps: discriminator updates per generator update.
-        ema_decay: if set, keep an exponential moving average of the
-            generator (`ema_generator`), used by `generate()` and export.
+        ema_decay: if set (in [0, 1)), keep an exponential moving average
+            of the generator (`ema_generator`, `kgen.models.ema`: warmed-up
+            decay, updated once per train step), used by `generate()` and
+            export.
         seed: seed of the latent and interpolation noise in training.
 
     Example:
@@ -72,8 +75,7 @@ class GAN(GANTrainer, GenerativeModel):
                 f"penalty weights must be >= 0, got gradient_penalty_weight="
                 f"{gradient_penalty_weight}, r1_weight={r1_weight}"
             )
-        if ema_decay is not None and not 0 < ema_decay < 1:
-            raise ValueError(f"ema_decay={ema_decay}: must be in (0, 1) or None")
+        ema_decay = ema.check_decay(ema_decay)
         if num_classes is not None and (
                 isinstance(num_classes, bool) or int(num_classes) < 2):
             raise ValueError(
@@ -91,11 +93,7 @@ class GAN(GANTrainer, GenerativeModel):
         # === Layers ===
         self.generator = generator
         self.discriminator = discriminator
-        self.ema_generator = None
-        if ema_decay is not None:
-            self.ema_generator = keras.models.clone_model(generator)
-            self.ema_generator.set_weights(generator.get_weights())
-            self.ema_generator.trainable = False
+        self.ema_generator = ema.average_copy(generator, ema_decay)
         # === Config ===
         self.num_classes = None if num_classes is None else int(num_classes)
         self.loss_name = loss
@@ -103,6 +101,7 @@ class GAN(GANTrainer, GenerativeModel):
         self.r1_weight = float(r1_weight)
         self.d_steps = int(d_steps)
         self.ema_decay = ema_decay
+        self.ema_updates = ema.update_counter(self) if ema_decay is not None else None
         self.latent_dim = int(generator.inputs[0].shape[-1])
         self.image_shape = tuple(discriminator.inputs[0].shape[1:])
         # === Metrics ===
@@ -281,11 +280,8 @@ class GAN(GANTrainer, GenerativeModel):
         return -ops.mean(logits)
 
     def update_ema(self):
-        if self.ema_generator is None:
-            return
-        decay = self.ema_decay
-        for ema, weight in zip(self.ema_generator.weights, self.generator.weights):
-            ema.assign(decay * ema + (1.0 - decay) * ops.cast(weight, ema.dtype))
+        """One EMA step of `ema_generator` (called by the train step)."""
+        ema.update(self.ema_generator, self.generator, self.ema_decay, self.ema_updates)
 
     def update_metrics(self, d_aux, g_loss):
         self.d_loss_tracker.update_state(ops.stop_gradient(d_aux["d_loss"]))

@@ -81,12 +81,12 @@ def _attention_block(x, groups, num_heads, name):
     return layers.Add(name=f"{name}_out")([x, h])
 
 
-def unet(image_shape, widths=(32, 64), blocks_per_level=1, num_classes=None,
+def unet(image_shape, filters=(32, 64), blocks_per_level=1, num_classes=None,
          attention=True, embedding_dim=None, groups=8, num_heads=1,
          name="unet"):
     """A U-Net predicting noise (or v, or x0) from `[images, timesteps(, labels)]`.
 
-    One resolution level per entry of `widths` (halving the size between
+    One resolution level per entry of `filters` (halving the size between
     levels), `blocks_per_level` residual blocks (GroupNorm, swish, conv, plus
     the time embedding) per level on the way down and up, and a middle of
     residual block, self-attention, residual block at the lowest resolution
@@ -94,15 +94,15 @@ def unet(image_shape, widths=(32, 64), blocks_per_level=1, num_classes=None,
 
     Args:
         image_shape: `(height, width, channels)`; height and width divisible
-            by `2 ** (len(widths) - 1)`.
-        widths: channels per level.
+            by `2 ** (len(filters) - 1)`.
+        filters: channels per level.
         blocks_per_level: residual blocks per level.
         num_classes: number of classes for a class-conditional U-Net, else
             `None`. Label `num_classes` is the "no label" class that
             classifier-free guidance trains with label dropout.
         attention: self-attention at the lowest resolution.
         embedding_dim: size of the time (and label) embedding; default
-            `4 * widths[0]`.
+            `4 * filters[0]`.
         groups: GroupNorm groups (reduced to divide the channels).
         num_heads: attention heads.
 
@@ -114,24 +114,24 @@ def unet(image_shape, widths=(32, 64), blocks_per_level=1, num_classes=None,
     Example:
 
     ```python
-    denoiser = unet((16, 16, 1), widths=(32, 64), num_classes=10)
+    denoiser = unet((16, 16, 1), filters=(32, 64), num_classes=10)
     eps = denoiser([noisy_images, timesteps, labels])
     ```
     """
-    levels = len(widths)
+    levels = len(filters)
     factor = 2 ** (levels - 1)
     height, width_px, channels = image_shape
     if height % factor or width_px % factor:
         raise ValueError(
             f"image_shape {tuple(image_shape)}: height and width must be divisible "
-            f"by {factor} (2 ** (len(widths) - 1), widths={tuple(widths)})"
+            f"by {factor} (2 ** (len(filters) - 1), filters={tuple(filters)})"
         )
-    embedding_dim = embedding_dim or 4 * widths[0]
+    embedding_dim = embedding_dim or 4 * filters[0]
 
     images = keras.Input(tuple(image_shape), name="images")
     timesteps = keras.Input((), dtype="int32", name="timesteps")
     inputs = [images, timesteps]
-    emb = SinusoidalEmbedding(widths[0], name="time_features")(timesteps)
+    emb = SinusoidalEmbedding(filters[0], name="time_features")(timesteps)
     emb = layers.Dense(embedding_dim, activation="swish", name="time_mlp1")(emb)
     emb = layers.Dense(embedding_dim, name="time_mlp2")(emb)
     if num_classes is not None:
@@ -141,9 +141,9 @@ def unet(image_shape, widths=(32, 64), blocks_per_level=1, num_classes=None,
                                      name="label_embedding")(labels)
         emb = layers.Add(name="conditioning")([emb, label_emb])
 
-    x = layers.Conv2D(widths[0], 3, padding="same", name="stem")(images)
+    x = layers.Conv2D(filters[0], 3, padding="same", name="stem")(images)
     skips = []
-    for level, w in enumerate(widths):
+    for level, w in enumerate(filters):
         for b in range(blocks_per_level):
             x = _res_block(x, emb, w, groups, f"down{level}_{b}")
             if attention and level == levels - 1:
@@ -153,13 +153,13 @@ def unet(image_shape, widths=(32, 64), blocks_per_level=1, num_classes=None,
             x = layers.Conv2D(w, 3, strides=2, padding="same",
                               name=f"down{level}_pool")(x)
 
-    x = _res_block(x, emb, widths[-1], groups, "mid1")
+    x = _res_block(x, emb, filters[-1], groups, "mid1")
     if attention:
         x = _attention_block(x, groups, num_heads, "mid_attn")
-    x = _res_block(x, emb, widths[-1], groups, "mid2")
+    x = _res_block(x, emb, filters[-1], groups, "mid2")
 
     for level in reversed(range(levels)):
-        w = widths[level]
+        w = filters[level]
         for b in range(blocks_per_level):
             x = layers.Concatenate()([x, skips.pop()])
             x = _res_block(x, emb, w, groups, f"up{level}_{b}")
@@ -167,10 +167,10 @@ def unet(image_shape, widths=(32, 64), blocks_per_level=1, num_classes=None,
                 x = _attention_block(x, groups, num_heads, f"up{level}_{b}_attn")
         if level > 0:
             x = layers.UpSampling2D(2, name=f"up{level}_upsample")(x)
-            x = layers.Conv2D(widths[level - 1], 3, padding="same",
+            x = layers.Conv2D(filters[level - 1], 3, padding="same",
                               name=f"up{level}_conv")(x)
 
-    x = layers.GroupNormalization(_groups(widths[0], groups), name="out_norm")(x)
+    x = layers.GroupNormalization(_groups(filters[0], groups), name="out_norm")(x)
     x = layers.Activation("swish")(x)
     outputs = layers.Conv2D(channels, 3, padding="same", kernel_initializer="zeros",
                             name="out")(x)

@@ -3,6 +3,8 @@
 Keras' own trainers serve every family whose loss is one `compute_loss()`.
 A GAN needs two optimizers and alternating updates, so it gets a train step
 per backend here; its losses stay in `keras.ops` in `kgen/models/gan.py`.
+`EMATrainer` runs Keras' own step and then the model's `update_ema()` (the
+diffusion model's EMA of its denoiser, `kgen.models.ema`).
 
 `GANTrainer` is the mixin of the backend Keras runs on:
 
@@ -20,12 +22,15 @@ import keras
 _BACKEND = keras.backend.backend()
 
 if _BACKEND == "tensorflow":
+    from kgen.trainers.stateful import EMATrainer
     from kgen.trainers.tensorflow import GANTrainer
 elif _BACKEND == "jax":
+    from kgen.trainers.jax import EMATrainer
     from kgen.trainers.jax import GANTrainer
 elif _BACKEND == "torch":
+    from kgen.trainers.stateful import EMATrainer
     from kgen.trainers.torch import GANTrainer
 else:  # pragma: no cover - Keras itself rejects other backends first
     raise ImportError(f"kgen supports tensorflow, jax and torch, not {_BACKEND}")
 
-__all__ = ["GANTrainer"]
+__all__ = ["EMATrainer", "GANTrainer"]

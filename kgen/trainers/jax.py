@@ -20,6 +20,27 @@ import jax
 import keras
 
 
+def bound(model, fn, trainable, non_trainable):
+    """Run `fn()` with `model`'s variables bound to the given values (a public
+    `keras.StatelessScope`); returns `(fn's result, new non-trainable values)`."""
+    mapping = list(zip(model.trainable_variables, trainable))
+    mapping += list(zip(model.non_trainable_variables, non_trainable))
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+        out = fn()
+    return out, [scope.get_current_value(v) for v in model.non_trainable_variables]
+
+
+class EMATrainer:
+    """Keras' own stateless `train_step(state, data)`, then `update_ema()`
+    (`kgen.models.ema`) on the new values, inside the same jitted step."""
+
+    def train_step(self, state, data):
+        logs, state = super().train_step(state, data)
+        trainable, non_trainable, *rest = state
+        _, non_trainable = bound(self, self.update_ema, trainable, non_trainable)
+        return logs, (trainable, non_trainable, *rest)
+
+
 class GANTrainer:
     """Mixin giving `kgen.models.GAN` its JAX train step."""
 
@@ -30,13 +51,7 @@ class GANTrainer:
     # --- binding values to variables -----------------------------------
 
     def _bound(self, fn, trainable, non_trainable):
-        """Run `fn()` with the model's variables bound to the given values;
-        returns `(fn's result, new non-trainable values)`."""
-        mapping = list(zip(self.trainable_variables, trainable))
-        mapping += list(zip(self.non_trainable_variables, non_trainable))
-        with keras.StatelessScope(state_mapping=mapping) as scope:
-            out = fn()
-        return out, [scope.get_current_value(v) for v in self.non_trainable_variables]
+        return bound(self, fn, trainable, non_trainable)
 
     def _split(self, values, index):
         return [values[i] for i in index]

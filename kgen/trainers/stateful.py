@@ -1,6 +1,17 @@
-"""The GAN step shared by the backends whose variables update in place
-(TensorFlow and PyTorch); each supplies `discriminator_phase` and
-`generator_phase`."""
+"""Train steps shared by the backends whose variables update in place
+(TensorFlow and PyTorch): the GAN's (each backend supplies
+`discriminator_phase` and `generator_phase`) and the EMA update after
+Keras' own step."""
+
+
+class EMATrainer:
+    """Keras' own train step, then `update_ema()` (the models' EMA of their
+    sampling weights, `kgen.models.ema`), inside the same compiled step."""
+
+    def train_step(self, data):
+        logs = super().train_step(data)
+        self.update_ema()
+        return logs
 
 
 class StatefulGANTrainer:

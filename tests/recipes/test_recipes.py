@@ -30,8 +30,8 @@ DATA = {
     "char_lm_pydoc": lambda: {"validation_batches": "2", "sample_max_new_tokens": "16"},
     # A narrow U-Net and two solver steps per sample grid: the recipe's code
     # path, at a size a smoke run affords on every backend.
-    "ddpm_mnist": lambda: {**MNIST(), "sample_steps": "2", "widths": "8,16"},
-    "ddpm_digits": lambda: {"sample_steps": "2", "widths": "8,16"},
+    "ddpm_mnist": lambda: {**MNIST(), "sample_steps": "2", "filters": "8,16"},
+    "ddpm_digits": lambda: {"sample_steps": "2", "filters": "8,16"},
 }
 
 

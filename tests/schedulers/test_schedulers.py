@@ -171,3 +171,148 @@ def test_get_and_errors():
     with pytest.raises(ValueError, match="eta"):
         DDIMScheduler(eta=2.0)
     assert DDIMScheduler(eta=0.5).stochastic and not DDIMScheduler().stochastic
+
+
+# --- single steps against the closed form -----------------------------------
+# Each reference below is written in float64 NumPy from the papers' formulas
+# and `alphas_cumprod`, independently of the schedulers' code.
+
+
+def _x0_eps(prediction_type, output, x, a):
+    """The (x0, eps) a model output implies at alpha_bar `a` (no clipping)."""
+    alpha, sigma = np.sqrt(a), np.sqrt(1 - a)
+    if prediction_type == "epsilon":
+        return (x - sigma * output) / alpha, output
+    if prediction_type == "v_prediction":  # v = alpha * eps - sigma * x0
+        return alpha * x - sigma * output, sigma * x + alpha * output
+    return output, (x - alpha * output) / sigma
+
+
+def _step_case(s, index=3, num_steps=10, seed=0):
+    """A mid-chain step: (t, t_prev, abar_t, abar_prev, x_t, output, noise)."""
+    rng = np.random.default_rng(seed)
+    t = int(np_(s.timestep(index, num_steps)))
+    t_prev = int(np_(s.timestep(index + 1, num_steps)))
+    a = float(np.cumprod(1 - make_betas_of(s))[t])
+    a_prev = float(np.cumprod(1 - make_betas_of(s))[t_prev]) if t_prev >= 0 else 1.0
+    x, output, noise = (rng.standard_normal((2, 4, 4, 1)) for _ in range(3))
+    return t, t_prev, a, a_prev, x, 0.5 * output, noise
+
+
+def make_betas_of(s):
+    from kgen.schedulers.base import make_betas
+
+    return make_betas(s.num_train_timesteps, s.beta_schedule, s.beta_start, s.beta_end)
+
+
+def _run_step(s, output, t, t_prev, x, state=None, noise=None):
+    x32 = ops.convert_to_tensor(x.astype("float32"))
+    state = state if state is not None else s.initial_state(x32)
+    prev, state = s.step(ops.convert_to_tensor(output.astype("float32")), t, t_prev, x32,
+                         state, noise=None if noise is None
+                         else ops.convert_to_tensor(noise.astype("float32")))
+    return np_(prev).astype("float64"), state
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTIONS)
+def test_ddim_eta0_step_is_the_closed_form(prediction_type):
+    """x' = sqrt(abar') x0 + sqrt(1 - abar') eps for the x0, eps the output implies."""
+    s = DDIMScheduler(1000, prediction_type=prediction_type, clip_sample=False)
+    for index in (0, 3, 9):  # first, middle and last (t' = -1: x' = x0)
+        t, t_prev, a, a_prev, x, output, _ = _step_case(s, index)
+        x0, eps = _x0_eps(prediction_type, output, x, a)
+        expected = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev) * eps
+        got, state = _run_step(s, output, t, t_prev, x)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=2e-4)
+        np.testing.assert_allclose(np_(state[0]), x0, rtol=1e-4, atol=2e-4)
+        assert int(np_(state[1])) == t
+
+
+def test_ddim_clipped_x0_and_its_consistent_eps():
+    """With `clip_sample`, x0 is clipped and eps recomputed from it."""
+    s = DDIMScheduler(1000, prediction_type="sample", clip_sample=True)
+    t, t_prev, a, a_prev, x, output, _ = _step_case(s)
+    output = output * 6.0  # well outside [-1, 1]
+    x0 = np.clip(output, -1, 1)
+    eps = (x - np.sqrt(a) * x0) / np.sqrt(1 - a)
+    got, _ = _run_step(s, output, t, t_prev, x)
+    np.testing.assert_allclose(got, np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev) * eps,
+                               rtol=1e-4, atol=2e-4)
+
+
+def test_ddim_eta1_step_adds_the_posterior_sigma():
+    s = DDIMScheduler(1000, eta=1.0, clip_sample=False)
+    t, t_prev, a, a_prev, x, output, noise = _step_case(s)
+    x0, eps = _x0_eps("epsilon", output, x, a)
+    sigma = np.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
+    expected = (np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev - sigma**2) * eps
+                + sigma * noise)
+    got, _ = _run_step(s, output, t, t_prev, x, noise=noise)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTIONS)
+def test_ddpm_step_is_the_posterior_mean_plus_sigma_noise(prediction_type):
+    """x' = mu~(x_t, x0) + sigma~ z, the posterior q(x_t' | x_t, x0) of Ho et
+    al. (eq. 7) between the spaced timesteps t and t'."""
+    s = DDPMScheduler(1000, prediction_type=prediction_type, clip_sample=False)
+    for index in (0, 3):
+        t, t_prev, a, a_prev, x, output, noise = _step_case(s, index)
+        x0, _ = _x0_eps(prediction_type, output, x, a)
+        alpha_t = a / a_prev
+        beta_t = 1 - alpha_t
+        mean = (np.sqrt(a_prev) * beta_t / (1 - a) * x0
+                + np.sqrt(alpha_t) * (1 - a_prev) / (1 - a) * x)
+        sigma = np.sqrt((1 - a_prev) / (1 - a) * beta_t)
+        got, _ = _run_step(s, output, t, t_prev, x, noise=noise)
+        np.testing.assert_allclose(got, mean + sigma * noise, rtol=1e-4, atol=2e-4)
+        got, _ = _run_step(s, output, t, t_prev, x)  # noise=None: the mean
+        np.testing.assert_allclose(got, mean, rtol=1e-4, atol=2e-4)
+    # the last step (t' = -1) adds no noise and lands on x0
+    t, t_prev, a, a_prev, x, output, noise = _step_case(s, 9)
+    assert t_prev == -1
+    x0, _ = _x0_eps(prediction_type, output, x, a)
+    got, _ = _run_step(s, output, t, t_prev, x, noise=noise)
+    np.testing.assert_allclose(got, x0, rtol=1e-4, atol=2e-4)
+
+
+def _lam(a):
+    return 0.5 * np.log(a) - 0.5 * np.log(1 - a)  # log(alpha / sigma)
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTIONS)
+def test_dpm_solver_first_step_is_first_order_ddim(prediction_type):
+    """DPM-Solver++ with no previous x0: x' = (sigma'/sigma) x - alpha'(e^-h - 1) x0,
+    which is the DDIM (eta=0) update."""
+    s = DPMSolverScheduler(1000, prediction_type=prediction_type, clip_sample=False)
+    t, t_prev, a, a_prev, x, output, _ = _step_case(s, 0)
+    x0, _ = _x0_eps(prediction_type, output, x, a)
+    h = _lam(a_prev) - _lam(a)
+    expected = (np.sqrt((1 - a_prev) / (1 - a)) * x
+                - np.sqrt(a_prev) * (np.exp(-h) - 1) * x0)
+    got, _ = _run_step(s, output, t, t_prev, x)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=2e-4)
+    ddim = DDIMScheduler.from_config(s.get_config())
+    np.testing.assert_allclose(got, _run_step(ddim, output, t, t_prev, x)[0],
+                               rtol=1e-4, atol=2e-4)
+
+
+def test_dpm_solver_second_step_is_the_2m_update():
+    """With the previous x0: D = x0 + (x0 - x0_last) / (2 r), r = h_last / h,
+    x' = (sigma'/sigma) x - alpha'(e^-h - 1) D (Lu et al. 2022, Alg. 2)."""
+    s = DPMSolverScheduler(1000, clip_sample=False)
+    t_last = int(np_(s.timestep(2, 10)))
+    t, t_prev, a, a_prev, x, output, _ = _step_case(s, 3)
+    a_last = float(np.cumprod(1 - make_betas_of(s))[t_last])
+    x0, _ = _x0_eps("epsilon", output, x, a)
+    x0_last = np.random.default_rng(9).uniform(-1, 1, x.shape)
+    h = _lam(a_prev) - _lam(a)
+    r = (_lam(a) - _lam(a_last)) / h
+    d = x0 + (x0 - x0_last) / (2 * r)
+    expected = np.sqrt((1 - a_prev) / (1 - a)) * x - np.sqrt(a_prev) * (np.exp(-h) - 1) * d
+    state = (ops.convert_to_tensor(x0_last.astype("float32")),
+             ops.convert_to_tensor(t_last, "int32"))
+    got, _ = _run_step(s, output, t, t_prev, x, state=state)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=2e-4)
+    first, _ = _run_step(s, output, t, t_prev, x)
+    assert np.abs(got - first).max() > 1e-3  # the second-order term matters
