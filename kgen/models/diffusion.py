@@ -335,9 +335,7 @@ class DiffusionModel(EMATrainer, GenerativeModel):
         steps = np.asarray(num_steps, "int32")
 
         def compiled(fn):
-            # Through the class: `compile()` sets a `compiled` attribute (a
-            # bool) on every Keras model, which hides the method.
-            return GenerativeModel.compiled(self, key, fn, self.sampling_denoiser.weights)
+            return self.compiled_function(key, fn, self.sampling_denoiser.weights)
 
         if labels is None:
             fn = compiled(lambda seeds, num_steps: self.sample(
