@@ -13,6 +13,7 @@ from kgen import schedulers as kgen_schedulers
 from kgen.api import kgen_export
 from kgen.models import ema
 from kgen.models.base import GenerativeModel
+from kgen.models.base import batch_images
 from kgen.trainers import EMATrainer
 
 LOSSES = ("mse", "mae")
@@ -136,11 +137,13 @@ class DiffusionModel(EMATrainer, GenerativeModel):
     # --- training (q_sample, p_losses) -------------------------------------
 
     def _unpack(self, inputs):
-        if isinstance(inputs, dict):
-            return inputs["images"], inputs.get("labels")
-        if isinstance(inputs, (tuple, list)):
-            return inputs[0], (inputs[1] if len(inputs) > 1 else None)
-        return inputs, None
+        """A `{"images", "labels"}` batch (images alone for an
+        unconditional model) -> images, labels or None."""
+        labels = inputs.get("labels") if isinstance(inputs, dict) else None
+        if self.num_classes is not None and labels is None:
+            raise ValueError(
+                "a conditional DiffusionModel needs {'images', 'labels'} batches")
+        return batch_images(inputs), labels
 
     def q_sample(self, x0, noise, timesteps):
         """Noise clean samples (in [-1, 1]) to `timesteps`."""
