@@ -181,7 +181,7 @@ def test_rerun_with_other_settings_is_refused_unless_overwrite(tmp_path, clean):
 
 def test_diverging_run_fails_named_and_exports_nothing(tmp_path):
     run, base = tmp_path / "run", tmp_path / "export"
-    settings = (*SETTINGS, "--set", "learning_rate=inf")
+    settings = (*SETTINGS, "--set", "learning_rate=1e30")
     failed = run_kgen(*train_args(run, base, settings=settings), cwd=tmp_path, check=False)
     assert failed.returncode != 0
     assert "NonFiniteError" in failed.stderr or "kgen: error:" in failed.stderr
