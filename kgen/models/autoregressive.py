@@ -56,6 +56,8 @@ class CausalLM(GenerativeModel):
     ```
     """
 
+    nested_config_keys = ("network", "tokenizer")
+
     output_kind = "text"
 
     def __init__(self, network, tokenizer, default_prompt="\n", seed=None, **kwargs):
@@ -256,17 +258,8 @@ class CausalLM(GenerativeModel):
     def get_config(self):
         return {
             **super().get_config(),
-            "network": keras.saving.serialize_keras_object(self.network),
-            "tokenizer": keras.saving.serialize_keras_object(self.tokenizer),
             "default_prompt": self.default_prompt,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("network", "tokenizer"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
 
 
 class _Rows:

@@ -43,6 +43,10 @@ class GenerativeModel(keras.Model):
     """
 
     output_kind = "images"
+    # The constructor arguments that are Keras objects (networks, schedulers,
+    # tokenizers), held under the same attribute names: `get_config()`
+    # serializes them and `from_config()` rebuilds them.
+    nested_config_keys = ()
     # The logged value that ranks epochs for the best checkpoint; None keeps
     # the last epoch (and trains without a validation pass).
     checkpoint_monitor = "val_loss"
@@ -141,7 +145,20 @@ class GenerativeModel(keras.Model):
         return cache[key]
 
     def get_config(self):
-        return {**super().get_config(), "seed": self.seed}
+        return {
+            **super().get_config(),
+            "seed": self.seed,
+            **{key: keras.saving.serialize_keras_object(getattr(self, key))
+               for key in self.nested_config_keys},
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in cls.nested_config_keys:
+            if isinstance(config.get(key), dict):
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
 
 
 def batch_images(batch):

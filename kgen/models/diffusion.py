@@ -81,6 +81,8 @@ class DiffusionModel(EMATrainer, GenerativeModel):
     ```
     """
 
+    nested_config_keys = ("denoiser", "scheduler")
+
     def __init__(self, denoiser, scheduler="ddpm", num_classes=None,
                  label_dropout=0.1, loss="mse", ema_decay=0.999,
                  sampler="ddim", seed=None, **kwargs):
@@ -354,8 +356,6 @@ class DiffusionModel(EMATrainer, GenerativeModel):
     def get_config(self):
         return {
             **super().get_config(),
-            "denoiser": keras.saving.serialize_keras_object(self.denoiser),
-            "scheduler": keras.saving.serialize_keras_object(self.scheduler),
             "num_classes": self.num_classes,
             "label_dropout": self.label_dropout,
             "loss": self.loss_name,
@@ -368,7 +368,4 @@ class DiffusionModel(EMATrainer, GenerativeModel):
         config = dict(config)
         if "ema_momentum" in config:  # the name of `ema_decay` in earlier files
             config["ema_decay"] = config.pop("ema_momentum")
-        for key in ("denoiser", "scheduler"):
-            if isinstance(config.get(key), dict):
-                config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
+        return super().from_config(config)

@@ -51,6 +51,8 @@ class GAN(GANTrainer, GenerativeModel):
     ```
     """
 
+    nested_config_keys = ("generator", "discriminator")
+
     checkpoint_monitor = None  # GAN losses do not rank epochs: keep the last
 
     def __init__(
@@ -330,8 +332,6 @@ class GAN(GANTrainer, GenerativeModel):
     def get_config(self):
         return {
             **super().get_config(),
-            "generator": keras.saving.serialize_keras_object(self.generator),
-            "discriminator": keras.saving.serialize_keras_object(self.discriminator),
             "num_classes": self.num_classes,
             "loss": self.loss_name,
             "gradient_penalty_weight": self.gradient_penalty_weight,
@@ -339,10 +339,3 @@ class GAN(GANTrainer, GenerativeModel):
             "d_steps": self.d_steps,
             "ema_decay": self.ema_decay,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("generator", "discriminator"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)

@@ -44,6 +44,8 @@ class VAE(GenerativeModel):
     ```
     """
 
+    nested_config_keys = ("encoder", "decoder")
+
     def __init__(
         self,
         encoder,
@@ -147,16 +149,7 @@ class VAE(GenerativeModel):
     def get_config(self):
         return {
             **super().get_config(),
-            "encoder": keras.saving.serialize_keras_object(self.encoder),
-            "decoder": keras.saving.serialize_keras_object(self.decoder),
             "likelihood": self.likelihood,
             "beta": self.beta,
             "gaussian_scale": self.gaussian_scale,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("encoder", "decoder"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
