@@ -179,26 +179,7 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
     config = kgen_config.apply_overrides(module.CONFIG, sets or {})
     run_dir = pathlib.Path(run_dir or pathlib.Path("runs") / module.RECIPE_NAME)
     settings = _settings(module, config, strategy)
-
-    previous = _read_json(run_dir / "config.json")
-    if previous is not None and previous != settings:
-        if not overwrite:
-            raise ConfigError(
-                f"{run_dir} holds a run with other settings "
-                f"({'; '.join(_differences(previous, settings))}); pass "
-                f"--run-dir {_free_run_dir(run_dir)} for a new run, or "
-                f"--overwrite to replace it"
-            )
-    leftovers = [name for name in _RUN_FILES if (run_dir / name).exists()]
-    if previous is None and leftovers and not overwrite:
-        raise ConfigError(
-            f"{run_dir} holds {', '.join(leftovers)} but no config.json; pass "
-            f"--run-dir {_free_run_dir(run_dir)} for a new run, or --overwrite "
-            f"to replace them"
-        )
-    if overwrite and (previous is not None or leftovers):
-        _clear_run(run_dir)
-        previous = None
+    previous = _check_earlier_run(run_dir, settings, overwrite)
     if previous is not None:
         for directory in (run_dir, run_dir / "samples"):
             kgen_io.clean_stale_temporaries(directory)
@@ -213,61 +194,14 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
         model, data = module.build(config)
     if previous is None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        state = {"status": "training"}
         kgen_io.write_text(run_dir / "config.json", json.dumps(settings, indent=2))
-        _write_state(run_dir, state)
+        _write_state(run_dir, {"status": "training"})
 
-    monitor = getattr(model, "checkpoint_monitor", "val_loss")
-    validation = data.validation if monitor else None
-    if monitor == "val_loss" and validation is None:
-        monitor = "loss"
-    checkpoint_path = run_dir / ("best.keras" if monitor else "last.keras")
-    checkpoint = kgen_callbacks.Checkpoint(checkpoint_path, monitor=monitor)
-    backup = kgen_callbacks.TrainingBackup(run_dir / "backup", checkpoint=checkpoint)
-    restored = backup.select()
-    initial_epoch = int(restored["epoch"]) if restored else 0
-    if restored:
-        checkpoint.best = restored.get("best")
-        if verbose:
-            print(f"resuming {run_dir} after epoch {initial_epoch} "
-                  f"(backup {backup.weights_path(initial_epoch)})")
-    history_log = kgen_callbacks.HistoryLog(
-        run_dir / "history.csv", rows=(restored or {}).get("history") or ())
-    backup.history = history_log
-    train_stream, steps = _resume_stream(
-        data.train, config.get("steps_per_epoch"), initial_epoch)
-    callbacks = [
-        # Order matters (see kgen/callbacks/checkpoints.py): nothing of a
-        # non-finite epoch is written; the checkpoint comes before the
-        # backup, and the backup before the history row.
-        kgen_callbacks.FiniteCheck(),
-        checkpoint,
-        backup,
-        history_log,
-        keras.callbacks.TensorBoard(run_dir / "logs"),
-        kgen_callbacks.SampleLogger(
-            run_dir / "logs", n=config.get("sample_count", 16),
-            seed=config.get("sample_seed", 0), out_dir=run_dir / "samples",
-            generate_kwargs=getattr(module, "sample_kwargs", lambda c: {})(config),
-        ),
-    ]
-    start = time.time()
-    model.fit(
-        train_stream,
-        validation_data=validation,
-        epochs=config["epochs"],
-        initial_epoch=initial_epoch,
-        steps_per_epoch=steps,
-        callbacks=callbacks,
-        shuffle=False,  # the pipelines shuffle themselves
-        verbose=verbose,
-    )
-    wall = time.time() - start
-    if not checkpoint_path.exists():  # every epoch had been run before the resume
-        checkpoint.save()
-    state = {"status": "trained", "checkpoint": checkpoint_path.name,
-             "best": checkpoint.best, "epochs": config["epochs"],
-             "logs": history_log.last_logs, "exported": None}
+    run = _Run(run_dir, model, data, module, config, verbose)
+    wall = run.fit()
+    state = {"status": "trained", "checkpoint": run.checkpoint_path.name,
+             "best": run.checkpoint.best, "epochs": config["epochs"],
+             "logs": run.history_log.last_logs, "exported": None}
     _write_state(run_dir, state)
     # Only once the run is recorded as trained: a kill before this line
     # resumes from the last backup instead of training again from scratch.
@@ -275,6 +209,90 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
     result = _finished(run_dir, state, export_to, verbose=0)
     result.update(wall_s=wall, up_to_date=False)
     return result
+
+
+def _check_earlier_run(run_dir, settings, overwrite):
+    """The earlier run's settings in `run_dir` (None when there is none, or
+    when `overwrite` removed it); a ConfigError for a run with other
+    settings, or for leftovers of an unknown one, unless `overwrite`."""
+    previous = _read_json(run_dir / "config.json")
+    if previous is not None and previous != settings and not overwrite:
+        raise ConfigError(
+            f"{run_dir} holds a run with other settings "
+            f"({'; '.join(_differences(previous, settings))}); pass "
+            f"--run-dir {_free_run_dir(run_dir)} for a new run, or "
+            f"--overwrite to replace it"
+        )
+    leftovers = [name for name in _RUN_FILES if (run_dir / name).exists()]
+    if previous is None and leftovers and not overwrite:
+        raise ConfigError(
+            f"{run_dir} holds {', '.join(leftovers)} but no config.json; pass "
+            f"--run-dir {_free_run_dir(run_dir)} for a new run, or --overwrite "
+            f"to replace them"
+        )
+    if overwrite and (previous is not None or leftovers):
+        _clear_run(run_dir)
+        return None
+    return previous
+
+
+class _Run:
+    """One `fit()` of a run: its checkpoint, backup, history and sample
+    callbacks, resumed from the newest good backup."""
+
+    def __init__(self, run_dir, model, data, module, config, verbose):
+        self.model, self.config, self.verbose = model, config, verbose
+        monitor = getattr(model, "checkpoint_monitor", "val_loss")
+        self.validation = data.validation if monitor else None
+        if monitor == "val_loss" and self.validation is None:
+            monitor = "loss"
+        self.checkpoint_path = run_dir / ("best.keras" if monitor else "last.keras")
+        self.checkpoint = kgen_callbacks.Checkpoint(self.checkpoint_path, monitor=monitor)
+        backup = kgen_callbacks.TrainingBackup(run_dir / "backup", checkpoint=self.checkpoint)
+        restored = backup.select()
+        self.initial_epoch = int(restored["epoch"]) if restored else 0
+        if restored:
+            self.checkpoint.best = restored.get("best")
+            if verbose:
+                print(f"resuming {run_dir} after epoch {self.initial_epoch} "
+                      f"(backup {backup.weights_path(self.initial_epoch)})")
+        self.history_log = kgen_callbacks.HistoryLog(
+            run_dir / "history.csv", rows=(restored or {}).get("history") or ())
+        backup.history = self.history_log
+        self.train, self.steps = _resume_stream(
+            data.train, config.get("steps_per_epoch"), self.initial_epoch)
+        self.callbacks = [
+            # Order matters (see kgen/callbacks/checkpoints.py): nothing of a
+            # non-finite epoch is written; the checkpoint comes before the
+            # backup, and the backup before the history row.
+            kgen_callbacks.FiniteCheck(),
+            self.checkpoint,
+            backup,
+            self.history_log,
+            keras.callbacks.TensorBoard(run_dir / "logs"),
+            kgen_callbacks.SampleLogger(
+                run_dir / "logs", n=config.get("sample_count", 16),
+                seed=config.get("sample_seed", 0), out_dir=run_dir / "samples",
+                generate_kwargs=getattr(module, "sample_kwargs", lambda c: {})(config),
+            ),
+        ]
+
+    def fit(self):
+        """Train the remaining epochs; returns the wall time in seconds."""
+        start = time.time()
+        self.model.fit(
+            self.train,
+            validation_data=self.validation,
+            epochs=self.config["epochs"],
+            initial_epoch=self.initial_epoch,
+            steps_per_epoch=self.steps,
+            callbacks=self.callbacks,
+            shuffle=False,  # the pipelines shuffle themselves
+            verbose=self.verbose,
+        )
+        if not self.checkpoint_path.exists():  # every epoch ran before the resume
+            self.checkpoint.save()
+        return time.time() - start
 
 
 def _write_state(run_dir, state):
