@@ -60,6 +60,8 @@ def build_char_lm(config, text):
     model = models.CausalLM(network, ds.tokenizer,
                             default_prompt=config["sample_prompts"][0],
                             seed=config["seed"])
+    for i, prompt in enumerate(config["sample_prompts"]):  # refused now, not after an epoch
+        model.encode_prompt(prompt, f"sample_prompts[{i}]")
     total = config["epochs"] * config["steps_per_epoch"]
     warmup = min(config["warmup_steps"], total - 1)
     schedule = keras.optimizers.schedules.CosineDecay(

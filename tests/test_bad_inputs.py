@@ -450,3 +450,13 @@ def test_gzip_helper_writes_a_real_bomb(tmp_path):
     with gzip.open(path) as f:
         assert f.read(4) == b"head"
         assert f.read(1 << 20) == bytes(1 << 20)
+
+
+@pytest.mark.parametrize("setting, named", [
+    ("context=0", "context=0"),
+    ("sample_prompts=The,\u2603x", "sample_prompts[1]"),  # a snowman pydoc lacks
+])
+def test_language_model_settings_refused_before_training(capfd, cwd, setting, named):
+    assert_refused(capfd, [cwd], ["train", "char_lm_pydoc", "--set", setting, "--no-export"],
+                   named)
+    assert not (cwd / "runs").exists()

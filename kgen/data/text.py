@@ -120,6 +120,9 @@ def text_datasets(text, tokenizer="char", context=64, batch_size=12,
     model.fit(data.train, validation_data=data.validation, steps_per_epoch=200)
     ```
     """
+    for name, value in (("context", context), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DataError(f"{name}={value!r}: must be an int >= 1")
     if isinstance(tokenizer, str):
         tokenizer = make_tokenizer(tokenizer, text)
     train_text, val_text = split_text(text, validation_fraction)
