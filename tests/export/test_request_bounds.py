@@ -47,7 +47,7 @@ def tiny(family):
 
 
 SCRIPT = textwrap.dedent("""
-    import resource, time
+    import time
     version_dir, family = sys.argv[1], sys.argv[2]
     meta = json.load(open(version_dir + "/assets.extra/kgen.json"))
     generate = tf.saved_model.load(version_dir).signatures["generate"]
@@ -94,7 +94,10 @@ SCRIPT = textwrap.dedent("""
     if family == "lm":
         over["tokens"] = refused(1, max_new_tokens=meta["max_new_tokens_limit"] + 1)
         over["row_tokens"] = refused(100, max_new_tokens=4096)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM: this process image's own peak (ru_maxrss would include the
+    # parent's, inherited through fork and exec).
+    hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    peak_mb = int(hwm.split()[1]) / 1024
     print(json.dumps({"allowed": allowed, "over": over, "peak_mb": peak_mb,
                       "largest": largest, "max_rows": max_rows}))
 """)
