@@ -91,6 +91,13 @@ def test_generate_refuses_bad_arguments_by_name():
         cgan.generate(1, seed=0, labels=[10])
     with pytest.raises(ValueError, match="expected one int or 2 ints"):
         cgan.generate(2, seed=0, labels=[1, 2, 3])
+    # Wrong dtypes name the argument and the value.
+    with pytest.raises(ValueError, match="labels=\\[1.5\\]: must be ints"):
+        cgan.generate(1, seed=0, labels=[1.5])
+    with pytest.raises(ValueError, match="seed=1.5: must be an int"):
+        vae.generate(1, seed=1.5)
+    with pytest.raises(ValueError, match="n='3': must be an int >= 1"):
+        vae.generate("3", seed=0)
     with pytest.raises(ValueError, match="num_classes=0"):
         GAN(dcgan_generator(4, SHAPE, (8,)), dcgan_discriminator(SHAPE, (8,)), num_classes=0)
 
