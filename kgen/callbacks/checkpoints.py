@@ -44,6 +44,13 @@ def first_non_finite(variables):
     return None
 
 
+def _check_logs(logs, where):
+    """A NonFiniteError naming the first logged value that is not finite."""
+    for key, value in (logs or {}).items():
+        if not _is_finite(value):
+            raise NonFiniteError(f"training diverged: {key} is {float(value)} {where}")
+
+
 def _is_finite(value):
     try:
         return math.isfinite(float(value))
@@ -80,20 +87,10 @@ class FiniteCheck(keras.callbacks.Callback):
         variable.assign(keras.ops.full(variable.shape, float("nan"), variable.dtype))
 
     def on_train_batch_end(self, batch, logs=None):
-        for key, value in (logs or {}).items():
-            if not _is_finite(value):
-                raise NonFiniteError(
-                    f"training diverged: {key} is {float(value)} at epoch "
-                    f"{self._epoch + 1}, batch {batch + 1}"
-                )
+        _check_logs(logs, f"at epoch {self._epoch + 1}, batch {batch + 1}")
 
     def on_epoch_end(self, epoch, logs=None):
-        for key, value in (logs or {}).items():
-            if not _is_finite(value):
-                raise NonFiniteError(
-                    f"training diverged: {key} is {float(value)} at the end of "
-                    f"epoch {epoch + 1}"
-                )
+        _check_logs(logs, f"at the end of epoch {epoch + 1}")
         bad = first_non_finite(self.model.weights)
         if bad:
             raise NonFiniteError(
