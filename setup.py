@@ -51,7 +51,10 @@ setup(
         # The CPU build that this project is tested with; a bare `torch`
         # pulls a multi-GB CUDA build.
         "torch": ["torch==2.13.0"],
-        "serving": ["tensorflow-serving-api>=2.21", "grpcio"],
+        # `kgen serve` (KServe's model server: TF Serving's REST API as its V1
+        # protocol, V2 REST and gRPC, Prometheus metrics) and the official TF
+        # Serving protos for warm-up records, models.config and gRPC clients.
+        "serving": ["kserve>=0.21", "tensorflow-serving-api>=2.21", "grpcio"],
         "test": ["pytest>=8"],
     },
     entry_points={"console_scripts": ["kgen=kgen.cli:main"]},
