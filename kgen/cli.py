@@ -7,6 +7,8 @@ kgen train RECIPE [--set key=value]... [--backend B] [--strategy S]
                   [--export saved_models/NAME | --no-export]
 kgen export MODEL.keras --to saved_models/NAME
 kgen sample saved_models/NAME [--version N] [--n 16] [--seed 0] [--out FILE]
+kgen sample --url http://HOST:8501/v1/models/NAME [--version N] [--n 16] ...
+kgen deploy saved_models/ --out deploy/ [--overwrite] [--enable-batching] ...
 ```
 
 One error style: a user mistake (an argument, a setting, a path, a data or
@@ -151,6 +153,44 @@ def _parser():
     sample.add_argument("--out", type=pathlib.Path,
                         help="output file, e.g. grid.png, or rows.npy for the float32 "
                              "array (default: samples.png in the current directory)")
+    deploy = sub.add_parser(
+        "deploy", help="write TF Serving's models.config, a Compose file and KServe YAML",
+        description="From a tree of exported models (saved_models/NAME/<version>/), "
+                    "write OUT/models.config (TF Serving's model_config_list), "
+                    "OUT/docker-compose.yml (tensorflow/serving on the tree, mounted "
+                    "read-only) and OUT/kserve/NAME.yaml (one KServe InferenceService "
+                    "per model, with a storageUri placeholder to replace).",
+        parents=[common],
+    )
+    deploy.add_argument("tree", type=pathlib.Path, metavar="saved_models/",
+                        help="the folder holding one folder per exported model")
+    deploy.add_argument("--out", required=True, type=pathlib.Path, metavar="DIR",
+                        help="the folder to write (must be new or empty)")
+    deploy.add_argument("--overwrite", action="store_true",
+                        help="replace --out when it exists and is not empty")
+    deploy.add_argument("--image", default=None,
+                        help="TF Serving's Docker image (default tensorflow/serving:latest)")
+    deploy.add_argument("--rest-port", type=int, default=8501,
+                        help="host port of the REST API (default 8501)")
+    deploy.add_argument("--grpc-port", type=int, default=8500,
+                        help="host port of the gRPC API (default 8500)")
+    deploy.add_argument("--poll-seconds", type=int, default=30,
+                        help="how often TF Serving looks for new versions (default 30)")
+    deploy.add_argument("--enable-batching", action="store_true",
+                        help="merge concurrent requests into batches in TF Serving "
+                             "(at most the smallest max_rows of the models)")
+    deploy.add_argument("--storage-uri", default=None, metavar="URI",
+                        help="where the tree is uploaded for KServe; each model's "
+                             "storageUri is URI/NAME (default: a placeholder to replace)")
+    deploy.add_argument("--min-replicas", type=int, default=1,
+                        help="KServe replicas kept running (default 1; 0 scales to zero)")
+    deploy.add_argument("--max-replicas", type=int, default=3,
+                        help="KServe's most replicas (default 3)")
+    deploy.add_argument("--scale-metric", default="concurrency",
+                        help="KServe autoscaling metric: concurrency, rps, cpu or "
+                             "memory (default concurrency)")
+    deploy.add_argument("--scale-target", type=int, default=4,
+                        help="the metric's target per replica (default 4)")
     return parser
 
 
@@ -240,8 +280,29 @@ def _cmd_sample(args):
     print(out)
 
 
+def _cmd_deploy(args):
+    from kgen.serving import deploy
+
+    options = {"overwrite": args.overwrite, "rest_port": args.rest_port,
+               "grpc_port": args.grpc_port, "poll_seconds": args.poll_seconds,
+               "batching": args.enable_batching, "min_replicas": args.min_replicas,
+               "max_replicas": args.max_replicas, "scale_metric": args.scale_metric,
+               "scale_target": args.scale_target}
+    if args.image:
+        options["image"] = args.image
+    if args.storage_uri:
+        options["storage_uri"] = args.storage_uri
+    result = deploy.write_deployment(args.tree, args.out, **options)
+    names = ", ".join(m["name"] for m in result["models"])
+    print(f"models:  {names}")
+    for name in result["files"]:
+        print(f"wrote:   {result['out'] / name}")
+    for note in result["notes"]:
+        print(f"note:    {note}")
+
+
 _COMMANDS = {"recipes": _cmd_recipes, "train": _cmd_train, "export": _cmd_export,
-             "sample": _cmd_sample}
+             "sample": _cmd_sample, "deploy": _cmd_deploy}
 
 
 def _fail(message, status=2):
@@ -252,7 +313,6 @@ def _fail(message, status=2):
 def _user_errors():
     """The exceptions that mean a user mistake: each message names the value."""
     from kgen.config import ConfigError
-    from kgen.data.errors import DataError
     from kgen.io import DamagedFileError
     from kgen.export.sample import SampleError
     from kgen.media import OutputError
@@ -260,8 +320,16 @@ def _user_errors():
     # A diverged run is named by kgen.callbacks, which loads Keras: only
     # look for it when it can have been raised.
     diverged = (sys.modules["kgen.callbacks"].NonFiniteError,) if "kgen.callbacks" in sys.modules else ()
-    return (CommandError, ConfigError, DataError, SampleError, OutputError,
-            DamagedFileError, *diverged,
+    # Serving's own errors, where their modules were loaded.
+    # Errors of modules that load Keras (kgen.data) or serving's own, where
+    # their modules were loaded (so a `kgen deploy` mistake loads no Keras).
+    loaded = tuple(getattr(sys.modules[module], name)
+                   for module, name in (("kgen.data.errors", "DataError"),
+                                        ("kgen.serving.deploy", "DeployError"),
+                                        ("kgen.serving.client", "ServingError"))
+                   if module in sys.modules)
+    return (CommandError, ConfigError, SampleError, OutputError,
+            DamagedFileError, *diverged, *loaded,
             FileNotFoundError, FileExistsError, IsADirectoryError,
             NotADirectoryError, PermissionError)
 
