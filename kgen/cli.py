@@ -141,7 +141,14 @@ def _parser():
         parents=[common],
     )
     sample.add_argument("model_dir", type=pathlib.Path, metavar="saved_models/NAME",
+                        nargs="?",
                         help="a model's base path, or one version's directory")
+    sample.add_argument("--url", metavar="http://HOST:PORT/v1/models/NAME",
+                        help="draw the samples from a server instead (kgen serve, TF "
+                             "Serving or KServe; grpc://HOST:PORT/v1/models/NAME for "
+                             "gRPC): the same rows as from the export. The server does "
+                             "not publish kgen.json: a conditional model needs --label, "
+                             "an LM --set prompt=..., a diffusion model --set num_steps=N")
     sample.add_argument("--version", type=int, help="version to use (default: newest)")
     sample.add_argument("--n", type=_positive_int, default=16,
                         help="number of samples (default 16)")
@@ -150,6 +157,11 @@ def _parser():
     sample.add_argument("--label", type=int,
                         help="class label for conditional models (default: row i's "
                              "seed mod the number of classes, so rows cycle through them)")
+    sample.add_argument("--set", dest="sets", action="append", default=[],
+                        metavar="NAME=VALUE",
+                        help="one value of a generate input for every row, over the "
+                             "export's default (e.g. --set num_steps=20 --set "
+                             "prompt=ROMEO:); repeat for more")
     sample.add_argument("--out", type=pathlib.Path,
                         help="output file, e.g. grid.png, or rows.npy for the float32 "
                              "array (default: samples.png in the current directory)")
@@ -271,13 +283,25 @@ def _cmd_export(args):
 
 
 def _cmd_sample(args):
+    from kgen.export.sample import sample_from_server
     from kgen.export.sample import sample_saved_model
 
-    out = sample_saved_model(
-        args.model_dir, version=args.version, n=args.n, seed=args.seed,
-        label=args.label, out=args.out,
-    )
-    print(out)
+    if (args.model_dir is None) == (args.url is None):
+        raise CommandError("give an exported model (saved_models/NAME) or --url, "
+                           "not both" if args.url else
+                           "give an exported model (saved_models/NAME) or --url URL")
+    settings = {}
+    for item in args.sets:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise CommandError(f"--set {item}: expected NAME=VALUE")
+        settings[name.strip()] = value
+    options = dict(version=args.version, n=args.n, seed=args.seed, label=args.label,
+                   out=args.out, settings=settings)
+    if args.url:
+        print(sample_from_server(args.url, **options))
+    else:
+        print(sample_saved_model(args.model_dir, **options))
 
 
 def _cmd_deploy(args):
@@ -326,7 +350,7 @@ def _user_errors():
     loaded = tuple(getattr(sys.modules[module], name)
                    for module, name in (("kgen.data.errors", "DataError"),
                                         ("kgen.serving.deploy", "DeployError"),
-                                        ("kgen.serving.client", "ServingError"))
+                                        ("kgen.serving.client", "ServerError"))
                    if module in sys.modules)
     return (CommandError, ConfigError, SampleError, OutputError,
             DamagedFileError, *diverged, *loaded,
