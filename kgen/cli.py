@@ -7,6 +7,7 @@ kgen train RECIPE [--set key=value]... [--backend B] [--strategy S]
                   [--export saved_models/NAME | --no-export]
 kgen export MODEL.keras --to saved_models/NAME
 kgen sample saved_models/NAME [--version N] [--n 16] [--seed 0] [--out FILE]
+kgen serve saved_models/ [--host 127.0.0.1] [--port 8501] [--grpc-port 8500]
 ```
 
 One error style: a user mistake (an argument, a setting, a path, a data or
@@ -26,7 +27,7 @@ import sys
 
 BACKENDS = ("tensorflow", "jax", "torch")
 # Commands that import TensorFlow (to train, export or run a SavedModel).
-_TENSORFLOW_COMMANDS = ("train", "export", "sample")
+_TENSORFLOW_COMMANDS = ("train", "export", "sample", "serve")
 
 
 class CommandError(ValueError):
@@ -151,7 +152,69 @@ def _parser():
     sample.add_argument("--out", type=pathlib.Path,
                         help="output file, e.g. grid.png, or rows.npy for the float32 "
                              "array (default: samples.png in the current directory)")
+
+    serve = sub.add_parser(
+        "serve", help="serve a saved_models/ tree: TF Serving REST and gRPC, KServe V2",
+        description="Serve every model of a saved_models/ tree (NAME/<version>/) with "
+                    "KServe's model server, loading each SavedModel with TensorFlow "
+                    "alone: TF Serving's REST API (POST /v1/models/NAME:predict, "
+                    "status, metadata), KServe's V2 REST and gRPC, TF Serving's gRPC "
+                    "PredictionService, health and Prometheus /metrics. A version "
+                    "published while it runs is served without a restart. This runs "
+                    "the graphs the SavedModels hold: serve only exports you trust.",
+        parents=[common],
+    )
+    serve.add_argument("root", type=pathlib.Path, metavar="saved_models/",
+                       help="the tree holding NAME/<version>/saved_model.pb")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1; 0.0.0.0 for every "
+                            "interface)")
+    serve.add_argument("--port", type=_positive_int, default=8501,
+                       help="REST port: TF Serving /v1, V2 /v2, health, /metrics (default 8501)")
+    serve.add_argument("--grpc-port", type=_positive_int, default=8500,
+                       help="gRPC port: V2 and TF Serving's PredictionService (default 8500)")
+    serve.add_argument("--max-body-bytes", type=_positive_int, default=32 * 1024 * 1024,
+                       metavar="N", help="largest request body; larger ones are answered "
+                                         "413 (default 33554432, 32 MiB)")
+    batching = serve.add_mutually_exclusive_group()
+    batching.add_argument("--no-batching", action="store_true",
+                          help="run every request alone")
+    batching.add_argument("--batch-size", type=_positive_int, default=64, metavar="N",
+                          help="most rows one merged call of concurrent requests holds "
+                               "(default 64, and at most the export's max_rows)")
+    serve.add_argument("--batch-wait-ms", type=_non_negative_float, default=2.0, metavar="T",
+                       help="how long an idle model waits for more requests to merge "
+                            "(default 2)")
+    serve.add_argument("--poll-seconds", type=_positive_float, default=2.0, metavar="S",
+                       help="how often the tree is read for new models and versions "
+                            "(default 2)")
+    serve.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                       help="threads running TensorFlow calls (default: CPUs + 2)")
     return parser
+
+
+def _positive_float(text):
+    value = _float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _non_negative_float(text):
+    value = _float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def _select_backend(name):
@@ -240,8 +303,17 @@ def _cmd_sample(args):
     print(out)
 
 
+def _cmd_serve(args):
+    from kgen.serving.server import serve
+
+    serve(args.root, host=args.host, port=args.port, grpc_port=args.grpc_port,
+          max_body_bytes=args.max_body_bytes, batching=not args.no_batching,
+          batch_size=args.batch_size, batch_wait_ms=args.batch_wait_ms,
+          poll_seconds=args.poll_seconds, threads=args.threads, debug=args.debug)
+
+
 _COMMANDS = {"recipes": _cmd_recipes, "train": _cmd_train, "export": _cmd_export,
-             "sample": _cmd_sample}
+             "sample": _cmd_sample, "serve": _cmd_serve}
 
 
 def _fail(message, status=2):
@@ -260,8 +332,11 @@ def _user_errors():
     # A diverged run is named by kgen.callbacks, which loads Keras: only
     # look for it when it can have been raised.
     diverged = (sys.modules["kgen.callbacks"].NonFiniteError,) if "kgen.callbacks" in sys.modules else ()
+    # The same for a tree `kgen serve` cannot serve (kgen.serving loads KServe).
+    serving = (sys.modules["kgen.serving.server"].ServeError,) \
+        if "kgen.serving.server" in sys.modules else ()
     return (CommandError, ConfigError, DataError, SampleError, OutputError,
-            DamagedFileError, *diverged,
+            DamagedFileError, *diverged, *serving,
             FileNotFoundError, FileExistsError, IsADirectoryError,
             NotADirectoryError, PermissionError)
 
