@@ -8,6 +8,7 @@ kgen train RECIPE [--set key=value]... [--backend B] [--strategy S]
 kgen export MODEL.keras --to saved_models/NAME
 kgen sample saved_models/NAME [--version N] [--n 16] [--seed 0] [--out FILE]
 kgen sample --url http://HOST:8501/v1/models/NAME [--version N] [--n 16] ...
+kgen serve saved_models/ [--host 127.0.0.1] [--port 8501] [--grpc-port 8500]
 kgen deploy saved_models/ --out deploy/ [--overwrite] [--enable-batching] ...
 ```
 
@@ -28,7 +29,7 @@ import sys
 
 BACKENDS = ("tensorflow", "jax", "torch")
 # Commands that import TensorFlow (to train, export or run a SavedModel).
-_TENSORFLOW_COMMANDS = ("train", "export", "sample")
+_TENSORFLOW_COMMANDS = ("train", "export", "sample", "serve")
 
 
 class CommandError(ValueError):
@@ -203,7 +204,69 @@ def _parser():
                              "memory (default concurrency)")
     deploy.add_argument("--scale-target", type=int, default=4,
                         help="the metric's target per replica (default 4)")
+
+    serve = sub.add_parser(
+        "serve", help="serve a saved_models/ tree: TF Serving REST and gRPC, KServe V2",
+        description="Serve every model of a saved_models/ tree (NAME/<version>/) with "
+                    "KServe's model server, loading each SavedModel with TensorFlow "
+                    "alone: TF Serving's REST API (POST /v1/models/NAME:predict, "
+                    "status, metadata), KServe's V2 REST and gRPC, TF Serving's gRPC "
+                    "PredictionService, health and Prometheus /metrics. A version "
+                    "published while it runs is served without a restart. This runs "
+                    "the graphs the SavedModels hold: serve only exports you trust.",
+        parents=[common],
+    )
+    serve.add_argument("root", type=pathlib.Path, metavar="saved_models/",
+                       help="the tree holding NAME/<version>/saved_model.pb")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1; 0.0.0.0 for every "
+                            "interface)")
+    serve.add_argument("--port", type=_positive_int, default=8501,
+                       help="REST port: TF Serving /v1, V2 /v2, health, /metrics (default 8501)")
+    serve.add_argument("--grpc-port", type=_positive_int, default=8500,
+                       help="gRPC port: V2 and TF Serving's PredictionService (default 8500)")
+    serve.add_argument("--max-body-bytes", type=_positive_int, default=32 * 1024 * 1024,
+                       metavar="N", help="largest request body; larger ones are answered "
+                                         "413 (default 33554432, 32 MiB)")
+    batching = serve.add_mutually_exclusive_group()
+    batching.add_argument("--no-batching", action="store_true",
+                          help="run every request alone")
+    batching.add_argument("--batch-size", type=_positive_int, default=64, metavar="N",
+                          help="most rows one merged call of concurrent requests holds "
+                               "(default 64, and at most the export's max_rows)")
+    serve.add_argument("--batch-wait-ms", type=_non_negative_float, default=2.0, metavar="T",
+                       help="how long an idle model waits for more requests to merge "
+                            "(default 2)")
+    serve.add_argument("--poll-seconds", type=_positive_float, default=2.0, metavar="S",
+                       help="how often the tree is read for new models and versions "
+                            "(default 2)")
+    serve.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                       help="threads running TensorFlow calls (default: CPUs + 2)")
     return parser
+
+
+def _positive_float(text):
+    value = _float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _non_negative_float(text):
+    value = _float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def _select_backend(name):
@@ -325,8 +388,17 @@ def _cmd_deploy(args):
         print(f"note:    {note}")
 
 
+def _cmd_serve(args):
+    from kgen.serving.server import serve
+
+    serve(args.root, host=args.host, port=args.port, grpc_port=args.grpc_port,
+          max_body_bytes=args.max_body_bytes, batching=not args.no_batching,
+          batch_size=args.batch_size, batch_wait_ms=args.batch_wait_ms,
+          poll_seconds=args.poll_seconds, threads=args.threads, debug=args.debug)
+
+
 _COMMANDS = {"recipes": _cmd_recipes, "train": _cmd_train, "export": _cmd_export,
-             "sample": _cmd_sample, "deploy": _cmd_deploy}
+             "sample": _cmd_sample, "deploy": _cmd_deploy, "serve": _cmd_serve}
 
 
 def _fail(message, status=2):
@@ -344,11 +416,12 @@ def _user_errors():
     # A diverged run is named by kgen.callbacks, which loads Keras: only
     # look for it when it can have been raised.
     diverged = (sys.modules["kgen.callbacks"].NonFiniteError,) if "kgen.callbacks" in sys.modules else ()
-    # Serving's own errors, where their modules were loaded.
-    # Errors of modules that load Keras (kgen.data) or serving's own, where
-    # their modules were loaded (so a `kgen deploy` mistake loads no Keras).
+    # Errors of modules that load Keras (kgen.data) or KServe (kgen.serving.server),
+    # and kgen deploy's and the client's, where their modules were loaded (so a
+    # `kgen deploy` mistake loads neither).
     loaded = tuple(getattr(sys.modules[module], name)
                    for module, name in (("kgen.data.errors", "DataError"),
+                                        ("kgen.serving.server", "ServeError"),
                                         ("kgen.serving.deploy", "DeployError"),
                                         ("kgen.serving.client", "ServerError"))
                    if module in sys.modules)
