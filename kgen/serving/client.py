@@ -329,7 +329,15 @@ class Client:
         if instances is not None:
             inputs = self._columns(model, instances, signature, version)
         request = predict_pb2.PredictRequest(model_spec=_model_spec(model, version, signature))
+        # A TensorProto carries its dtype (JSON does not): Python values take
+        # the signature's; numpy arrays are sent as they are.
+        wanted = {}
+        if any(not isinstance(value, np.ndarray) for value in inputs.values()):
+            wanted = self.signature(model, signature, version)["inputs"]
         for name, value in inputs.items():
+            dtype = _NUMPY.get(wanted.get(name, {}).get("dtype"))
+            if dtype is not None and not isinstance(value, np.ndarray):
+                value = np.asarray(value, dtype=dtype)
             try:
                 proto = tf.make_tensor_proto(_to_array(value))
             except (TypeError, ValueError) as e:
