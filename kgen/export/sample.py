@@ -349,7 +349,7 @@ _MODEL_PATH = re.compile(r"(?P<prefix>.*?)/v1/models/(?P<name>[^/:]+)"
 # that allows fewer says so in its refusal (`max_rows=N`), and the rows are
 # then sent in parts of that size.
 REMOTE_ROWS = 256
-_MAX_ROWS_REFUSAL = re.compile(r"more rows than this export allows \(max_rows=(\d+)\)")
+_MAX_ROWS_REFUSAL = re.compile(r"\bmax_rows=(\d+)")
 
 
 def parse_model_url(url, version=None):
