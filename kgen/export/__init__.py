@@ -131,10 +131,10 @@ def export_model(model, to, max_rows=DEFAULT_MAX_ROWS, verbose=False):
         _check_finite(model, source)
     builder = _signature_builder(model)
     endpoints, metadata = builder(model, max_rows=max_rows)
-    # TF Serving replays these while it loads the version; each is run
-    # here first, since one it refuses would fail that load.
+    # TF Serving replays these while it loads the version (one it refuses
+    # would fail that load), so each is checked against its signature.
     warmup = warmup_requests(endpoints, {"max_rows": max_rows, **metadata})
-    check_requests(endpoints, warmup)
+    check_requests(endpoints, warmup, max_rows)
 
     def write(directory):
         archive = keras.export.ExportArchive()

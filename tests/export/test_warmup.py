@@ -104,3 +104,23 @@ def test_an_input_without_a_warmup_value_is_named():
              "waveform": tf.TensorSpec([None, None], tf.float32, name="waveform")}
     with pytest.raises(WarmupError, match="signature 'decode'.*input 'waveform'"):
         warmup_inputs("decode", specs, {"max_rows": 4})
+
+
+def test_a_request_that_does_not_fit_its_signature_is_refused():
+    import numpy as np
+    import tensorflow as tf
+
+    from kgen.export.warmup import check_requests
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name="num_steps")])
+    def fn(num_steps):
+        return {"x": num_steps}
+
+    good = {"generate": {"num_steps": np.ones(2, "int32")}}
+    check_requests({"generate": fn}, good, max_rows=2)
+    with pytest.raises(WarmupError, match="'generate': warm-up input 'num_steps' is int64"):
+        check_requests({"generate": fn}, {"generate": {"num_steps": np.ones(2, "int64")}}, 2)
+    with pytest.raises(WarmupError, match="has 2 rows, not 1..1"):
+        check_requests({"generate": fn}, good, max_rows=1)
+    with pytest.raises(WarmupError, match="has shape \\(2, 1\\)"):
+        check_requests({"generate": fn}, {"generate": {"num_steps": np.ones((2, 1), "int32")}}, 2)
