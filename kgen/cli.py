@@ -27,7 +27,7 @@ import sys
 
 BACKENDS = ("tensorflow", "jax", "torch")
 # Commands that import TensorFlow (to train, export or run a SavedModel).
-_TENSORFLOW_COMMANDS = ("train", "export", "sample", "serve")
+_TENSORFLOW_COMMANDS = ("train", "export", "sample")
 
 
 class CommandError(ValueError):
@@ -304,12 +304,26 @@ def _cmd_sample(args):
 
 
 def _cmd_serve(args):
+    from kgen.serving.tree import ServeError
+    from kgen.serving.tree import check_tree
+
+    try:
+        check_tree(args.root)  # before TensorFlow and KServe load: fails fast
+    except ServeError as e:
+        _fail(_message(e))
+    if not args.debug:
+        _quiet_tensorflow()
     from kgen.serving.server import serve
 
     serve(args.root, host=args.host, port=args.port, grpc_port=args.grpc_port,
           max_body_bytes=args.max_body_bytes, batching=not args.no_batching,
           batch_size=args.batch_size, batch_wait_ms=args.batch_wait_ms,
           poll_seconds=args.poll_seconds, threads=args.threads, debug=args.debug)
+    # Stopped cleanly (SIGINT or SIGTERM): nothing is left to write, and the
+    # C++ teardown of TensorFlow and gRPC would keep the process seconds longer.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 _COMMANDS = {"recipes": _cmd_recipes, "train": _cmd_train, "export": _cmd_export,
@@ -332,11 +346,9 @@ def _user_errors():
     # A diverged run is named by kgen.callbacks, which loads Keras: only
     # look for it when it can have been raised.
     diverged = (sys.modules["kgen.callbacks"].NonFiniteError,) if "kgen.callbacks" in sys.modules else ()
-    # The same for a tree `kgen serve` cannot serve (kgen.serving loads KServe).
-    serving = (sys.modules["kgen.serving.server"].ServeError,) \
-        if "kgen.serving.server" in sys.modules else ()
+    from kgen.serving.tree import ServeError
     return (CommandError, ConfigError, DataError, SampleError, OutputError,
-            DamagedFileError, *diverged, *serving,
+            DamagedFileError, ServeError, *diverged,
             FileNotFoundError, FileExistsError, IsADirectoryError,
             NotADirectoryError, PermissionError)
 

@@ -21,7 +21,6 @@ import asyncio
 import collections
 import logging
 import pathlib
-import re
 import threading
 import time
 import uuid
@@ -35,6 +34,9 @@ from kgen.serving.errors import from_tensorflow
 from kgen.serving.errors import invalid
 from kgen.serving.errors import not_found
 from kgen.serving.tensors import dt_name
+from kgen.serving.tree import PLAIN_VERSION
+from kgen.serving.tree import model_dirs
+from kgen.serving.tree import plain_versions
 
 from kgen.serving import _kserve  # noqa: F401  (before any other kserve import)
 
@@ -49,8 +51,6 @@ log = logging.getLogger("kgen.serving")
 DEFAULT_SIGNATURE = "serving_default"
 METADATA_FILE = "assets.extra/kgen.json"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
-# A version folder as TF Serving reads it: a plain whole number.
-PLAIN_VERSION = re.compile(r"(0|[1-9][0-9]*)\Z")
 # Inputs an export needs to hold one value across a whole call, by family
 # (`kgen.json`'s "family"); an export may also list them itself under
 # "uniform_inputs". Requests differing in them are never merged.
@@ -79,19 +79,6 @@ class Settings:
         self.batch_size = batch_size
         self.batch_wait_s = batch_wait_s
         self.executor = executor
-
-
-def plain_versions(base):
-    """The version directories under `base` holding a SavedModel, ascending."""
-    found = []
-    try:
-        entries = list(pathlib.Path(base).iterdir())
-    except OSError:
-        return found
-    for p in entries:
-        if PLAIN_VERSION.match(p.name) and (p / "saved_model.pb").is_file():
-            found.append(int(p.name))
-    return sorted(found)
 
 
 class Version:
@@ -500,16 +487,8 @@ class Repository(ModelRepository):
         self.root = pathlib.Path(root)
         self.settings = settings
 
-    def model_dirs(self):
-        try:
-            entries = sorted(self.root.iterdir())
-        except OSError:
-            return []
-        return [p for p in entries if p.is_dir() and not p.name.startswith(".")
-                and plain_versions(p)]
-
     def load_models(self):
-        for path in self.model_dirs():
+        for path in model_dirs(self.root):
             self.load(path.name)
 
     def load(self, name):
@@ -532,7 +511,7 @@ class Repository(ModelRepository):
     def poll(self):
         """One pass over the tree: new models registered, new versions
         loaded and swapped in."""
-        for path in self.model_dirs():
+        for path in model_dirs(self.root):
             try:
                 self.load(path.name)
             except Exception:  # keep polling the other models

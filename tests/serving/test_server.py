@@ -13,7 +13,6 @@ teardown and must exit by itself.
 import concurrent.futures
 import json
 import os
-import pathlib
 import re
 import signal
 import socket
