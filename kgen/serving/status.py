@@ -59,7 +59,7 @@ def status_proto(model, version=None):
     for number in numbers:
         entry = response.model_version_status.add()
         entry.version = number
-        failed = model._failed.get(number)
+        failed = model.failure(number)
         entry.status.SetInParent()
         if failed:
             entry.state = get_model_status_pb2.ModelVersionStatus.END
