@@ -29,7 +29,7 @@ import sys
 
 BACKENDS = ("tensorflow", "jax", "torch")
 # Commands that import TensorFlow (to train, export or run a SavedModel).
-_TENSORFLOW_COMMANDS = ("train", "export", "sample", "serve")
+_TENSORFLOW_COMMANDS = ("train", "export", "sample")
 
 
 class CommandError(ValueError):
@@ -389,12 +389,26 @@ def _cmd_deploy(args):
 
 
 def _cmd_serve(args):
+    from kgen.serving.tree import ServeError
+    from kgen.serving.tree import check_tree
+
+    try:
+        check_tree(args.root)  # before TensorFlow and KServe load: fails fast
+    except ServeError as e:
+        _fail(_message(e))
+    if not args.debug:
+        _quiet_tensorflow()
     from kgen.serving.server import serve
 
     serve(args.root, host=args.host, port=args.port, grpc_port=args.grpc_port,
           max_body_bytes=args.max_body_bytes, batching=not args.no_batching,
           batch_size=args.batch_size, batch_wait_ms=args.batch_wait_ms,
           poll_seconds=args.poll_seconds, threads=args.threads, debug=args.debug)
+    # Stopped cleanly (SIGINT or SIGTERM): nothing is left to write, and the
+    # C++ teardown of TensorFlow and gRPC would keep the process seconds longer.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 _COMMANDS = {"recipes": _cmd_recipes, "train": _cmd_train, "export": _cmd_export,
@@ -416,17 +430,17 @@ def _user_errors():
     # A diverged run is named by kgen.callbacks, which loads Keras: only
     # look for it when it can have been raised.
     diverged = (sys.modules["kgen.callbacks"].NonFiniteError,) if "kgen.callbacks" in sys.modules else ()
-    # Errors of modules that load Keras (kgen.data) or KServe (kgen.serving.server),
-    # and kgen deploy's and the client's, where their modules were loaded (so a
-    # `kgen deploy` mistake loads neither).
+    # ServeError's module is light; DataError's loads Keras, so it is looked
+    # for only where it was loaded (a `kgen deploy` mistake loads no Keras),
+    # as are kgen deploy's and the client's errors.
+    from kgen.serving.tree import ServeError
     loaded = tuple(getattr(sys.modules[module], name)
                    for module, name in (("kgen.data.errors", "DataError"),
-                                        ("kgen.serving.server", "ServeError"),
                                         ("kgen.serving.deploy", "DeployError"),
                                         ("kgen.serving.client", "ServerError"))
                    if module in sys.modules)
     return (CommandError, ConfigError, SampleError, OutputError,
-            DamagedFileError, *diverged, *loaded,
+            DamagedFileError, ServeError, *diverged, *loaded,
             FileNotFoundError, FileExistsError, IsADirectoryError,
             NotADirectoryError, PermissionError)
 

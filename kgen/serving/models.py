@@ -21,7 +21,6 @@ import asyncio
 import collections
 import logging
 import pathlib
-import re
 import threading
 import time
 import uuid
@@ -35,6 +34,9 @@ from kgen.serving.errors import from_tensorflow
 from kgen.serving.errors import invalid
 from kgen.serving.errors import not_found
 from kgen.serving.tensors import dt_name
+from kgen.serving.tree import PLAIN_VERSION
+from kgen.serving.tree import model_dirs
+from kgen.serving.tree import plain_versions
 
 from kgen.serving import _kserve  # noqa: F401  (before any other kserve import)
 
@@ -49,8 +51,6 @@ log = logging.getLogger("kgen.serving")
 DEFAULT_SIGNATURE = "serving_default"
 METADATA_FILE = "assets.extra/kgen.json"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
-# A version folder as TF Serving reads it: a plain whole number.
-PLAIN_VERSION = re.compile(r"(0|[1-9][0-9]*)\Z")
 # Inputs an export needs to hold one value across a whole call, by family
 # (`kgen.json`'s "family"); an export may also list them itself under
 # "uniform_inputs". Requests differing in them are never merged.
@@ -79,19 +79,6 @@ class Settings:
         self.batch_size = batch_size
         self.batch_wait_s = batch_wait_s
         self.executor = executor
-
-
-def plain_versions(base):
-    """The version directories under `base` holding a SavedModel, ascending."""
-    found = []
-    try:
-        entries = list(pathlib.Path(base).iterdir())
-    except OSError:
-        return found
-    for p in entries:
-        if PLAIN_VERSION.match(p.name) and (p / "saved_model.pb").is_file():
-            found.append(int(p.name))
-    return sorted(found)
 
 
 class Version:
@@ -303,10 +290,12 @@ class ServedModel(kserve.Model):
         """Serves the newest loadable version on disk; True when it changed."""
         on_disk = plain_versions(self.base)
         latest = self.latest
-        for number in [v for v in reversed(on_disk) if v not in self._failed]:
+        for number in reversed(on_disk):
             if latest is not None and (number == latest.number or (
                     number < latest.number and latest.number in on_disk)):
                 return False
+            if self._still_failed(number):
+                continue
             version = self._load(number)
             if version is None:
                 continue
@@ -322,17 +311,41 @@ class ServedModel(kserve.Model):
             return True
         return False
 
+    def failure(self, number):
+        """Why `number` could not be loaded, or None."""
+        failed = self._failed.get(number)
+        return failed[0] if failed else None
+
+    def _stamp(self, number):
+        try:
+            found = (self.base / str(number) / "saved_model.pb").stat()
+        except OSError:
+            return None
+        return (found.st_mtime_ns, found.st_size)
+
+    def _still_failed(self, number):
+        """A version that failed to load is tried again once its
+        saved_model.pb changes (a copy that was not finished)."""
+        failed = self._failed.get(number)
+        if failed is None:
+            return False
+        if failed[1] == self._stamp(number):
+            return True
+        del self._failed[number]
+        return False
+
     def _load(self, number):
         path = self.base / str(number)
         start = time.monotonic()
+        stamp = self._stamp(number)
         try:
             version = Version(self.name, number, path)
             warmed = version.warm_up()
         except Exception as e:  # a damaged version must not stop the server
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            self._failed[number] = f"{type(e).__name__}: {reason}"
+            self._failed[number] = (f"{type(e).__name__}: {reason}", stamp)
             log.error("model %s: version %d cannot be loaded (%s); still serving %s",
-                      self.name, number, self._failed[number],
+                      self.name, number, self._failed[number][0],
                       self.latest.number if self.latest else "nothing")
             return None
         log.info("model %s: loaded version %d in %.1fs%s", self.name, number,
@@ -365,14 +378,14 @@ class ServedModel(kserve.Model):
                 self._old.move_to_end(number)
                 return cached
         on_disk = plain_versions(self.base)
-        if number not in on_disk or number in self._failed:
+        if number not in on_disk or self._still_failed(number):
             found = ", ".join(str(v) for v in on_disk if v not in self._failed) or "none"
             raise not_found(f"Servable not found for request: Specific({self.name}, {number}) "
                             f"(versions: {found})")
         version = self._load(number)
         if version is None:
             raise not_found(f"Servable not found for request: Specific({self.name}, {number}) "
-                            f"(it cannot be loaded: {self._failed[number]})")
+                            f"(it cannot be loaded: {self._failed[number][0]})")
         with self._lock:
             self._remember(version)
         return version
@@ -500,16 +513,8 @@ class Repository(ModelRepository):
         self.root = pathlib.Path(root)
         self.settings = settings
 
-    def model_dirs(self):
-        try:
-            entries = sorted(self.root.iterdir())
-        except OSError:
-            return []
-        return [p for p in entries if p.is_dir() and not p.name.startswith(".")
-                and plain_versions(p)]
-
     def load_models(self):
-        for path in self.model_dirs():
+        for path in model_dirs(self.root):
             self.load(path.name)
 
     def load(self, name):
@@ -532,7 +537,7 @@ class Repository(ModelRepository):
     def poll(self):
         """One pass over the tree: new models registered, new versions
         loaded and swapped in."""
-        for path in self.model_dirs():
+        for path in model_dirs(self.root):
             try:
                 self.load(path.name)
             except Exception:  # keep polling the other models

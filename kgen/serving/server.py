@@ -43,7 +43,6 @@ import asyncio
 import concurrent.futures
 import logging
 import os
-import pathlib
 import re
 import socket
 import sys
@@ -57,7 +56,6 @@ from kgen.serving.errors import ServingError
 from kgen.serving.errors import invalid
 from kgen.serving.models import Repository
 from kgen.serving.models import Settings
-from kgen.serving.models import plain_versions
 from kgen.serving.tensors import TensorError
 from kgen.serving.tensors import columnar_inputs
 from kgen.serving.tensors import error_body
@@ -66,6 +64,8 @@ from kgen.serving.tensors import request_format
 from kgen.serving.tensors import response_body
 from kgen.serving.tensors import rows_to_columns
 from kgen.serving.tensors import to_array
+from kgen.serving.tree import ServeError
+from kgen.serving.tree import check_tree
 
 import kserve
 import orjson
@@ -88,10 +88,6 @@ DRAIN_FACTOR = 4
 _V1_PATH = re.compile(
     r"(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
     r"(?::(?P<verb>[^/:]*)|/(?P<sub>metadata))?\Z")
-
-
-class ServeError(ValueError):
-    """A `kgen serve` argument or tree cannot be served; names the value."""
 
 
 # === TF Serving REST (KServe V1) ===
@@ -369,26 +365,6 @@ def _check_port(host, port, flag):
         except OSError as e:
             raise ServeError(f"{flag} {port}: cannot listen on {host}:{port} "
                              f"({e.strerror or e})") from None
-
-
-def check_tree(root):
-    """The tree's model folders, or a `ServeError` naming what is wrong."""
-    root = pathlib.Path(root)
-    if not root.is_dir():
-        raise ServeError(f"{root}: no such directory (expected a tree like saved_models/ "
-                         "holding NAME/<version>/saved_model.pb)")
-    if plain_versions(root):
-        raise ServeError(f"{root} is one model's base path (it holds versions); pass the "
-                         f"tree above it, {root.parent}/")
-    if (root / "saved_model.pb").is_file():
-        raise ServeError(f"{root} is one version of a model; pass the tree two levels up, "
-                         f"{root.parent.parent}/")
-    models = [p.name for p in sorted(root.iterdir())
-              if p.is_dir() and not p.name.startswith(".") and plain_versions(p)]
-    if not models:
-        raise ServeError(f"{root}: no exported models (expected {root}/NAME/<version>/"
-                         "saved_model.pb, as `kgen export --to` writes)")
-    return models
 
 
 def _configure_logging(debug):

@@ -20,7 +20,7 @@ GET /v1/models/vae/metadata
 from google.protobuf import json_format
 
 from kgen.serving.errors import not_found
-from kgen.serving.models import plain_versions
+from kgen.serving.tree import plain_versions
 
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
@@ -59,7 +59,7 @@ def status_proto(model, version=None):
     for number in numbers:
         entry = response.model_version_status.add()
         entry.version = number
-        failed = model._failed.get(number)
+        failed = model.failure(number)
         entry.status.SetInParent()
         if failed:
             entry.state = get_model_status_pb2.ModelVersionStatus.END
