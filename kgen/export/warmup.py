@@ -104,7 +104,8 @@ def warmup_requests(endpoints, metadata):
         if name == "generate":
             requests["serving_default"] = requests[name]
     if len(requests) > MAX_RECORDS:
-        raise WarmupError(f"{len(requests)} warm-up records: TF Serving reads at most {MAX_RECORDS}")
+        raise WarmupError(
+            f"{len(requests)} warm-up records: TF Serving reads at most {MAX_RECORDS}")
     return requests
 
 

@@ -426,7 +426,9 @@ def _to_json(value):
                 except UnicodeDecodeError:
                     return {"b64": base64.b64encode(item).decode("ascii")}
             return item if isinstance(item, str) else _to_json(item)
-        return np.vectorize(text, otypes=[object])(array).tolist() if array.ndim else text(array.item())
+        if not array.ndim:
+            return text(array.item())
+        return np.vectorize(text, otypes=[object])(array).tolist()
     return array.tolist()
 
 
