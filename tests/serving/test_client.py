@@ -231,6 +231,11 @@ def test_sample_url_says_what_the_server_cannot_tell(server, tmp_path):
         ([f"{url}/vae", "--label", "1"], "--label 1: this model is unconditional"),
         ([f"{url}/vae", "--set", "steps=3"], "--set steps=...: the generate signature has "
                                              "no input 'steps'"),
+        ([f"{url}/lm", "--set", "prompt=a", "--set", "max_new_tokens=x"],
+         "--set max_new_tokens=x: expected a value of the input's dtype int32"),
+        ([f"{url}/vae", "--set", "seed=4"], "--set seed=...: use --seed instead"),
+        ([f"{url}/lm", "--set", "prompt="], "model 'lm': the generate signature refused "
+                                             "the request (400: prompt must not be empty"),
         ([f"{url}/nope"], "model 'nope': answered 404"),
         ([f"{url}/vae", "--version", "2"], "model 'vae': answered 404"),
         ([f"{url}/vae/versions/1", "--version", "2"], "--version 2: the URL names version 1"),
