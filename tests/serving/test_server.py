@@ -514,6 +514,50 @@ def test_a_tree_that_cannot_be_served_is_one_line(server, tree):
     assert "base path" in lines[0] and str(tree) in lines[0]
 
 
+def test_a_bad_request_merged_with_good_ones_fails_alone(server, direct):
+    clients = 4
+    barrier = threading.Barrier(clients)
+
+    def one(i):
+        inputs = {"seed": [60 + i], "label": [99 if i == 2 else i]}
+        barrier.wait()
+        return inputs, post(server, "/v1/models/gan:predict", {"inputs": inputs})
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        answers = list(pool.map(one, range(clients)))
+    for inputs, answer in answers:
+        if inputs["label"] == [99]:
+            assert answer.status_code == 400 and "label" in answer.json()["error"]
+        else:
+            assert answer.status_code == 200, answer.text
+            assert_same(answer.json()["outputs"], direct("gan", inputs)["images"])
+
+
+# === TF Serving's JSON encoding of strings, bytes and non-finite floats ===
+
+
+def test_json_encoding_of_strings_bytes_and_non_finite_floats():
+    import tensorflow as tf
+
+    from kgen.serving import tensors
+
+    outputs = {"text": np.array([b"caf\xc3\xa9", b"\xff"], dtype=object),
+               "image_bytes": np.array([b"\x00\x01", b"ab"], dtype=object)}
+    body = json.loads(tensors.response_body(outputs, "columnar"))["outputs"]
+    assert body["text"] == ["caf\u00e9", {"b64": "/w=="}]  # not UTF-8: kept, as b64
+    assert body["image_bytes"] == [{"b64": "AAE="}, {"b64": "YWI="}]
+    rows = json.loads(tensors.response_body(
+        {"x": np.array([0.1, np.nan, -np.inf], "float32")}, "row"))
+    assert rows["predictions"][0] == 0.1 and np.isnan(rows["predictions"][1])
+    assert rows["predictions"][2] == -np.inf
+    array = tensors.to_array([{"b64": "YWI="}, "c"], tf.string, "prompt")
+    assert array.tolist() == [b"ab", b"c"]
+    with pytest.raises(tensors.TensorError, match="prompt"):
+        tensors.to_array([{"b64": "%%%"}], tf.string, "prompt")
+    with pytest.raises(tensors.TensorError, match="guidance_scale"):
+        tensors.to_array([2 ** 24 + 1], tf.float32, "guidance_scale")  # not exact in float32
+
+
 # === Versions (last: it changes the newest VAE) ===
 
 
