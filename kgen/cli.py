@@ -308,7 +308,7 @@ def _cmd_serve(args):
     from kgen.serving.tree import check_tree
 
     if args.no_batching and args.batch_wait_ms is not None:
-        raise CommandError("--batch-wait-ms: not with --no-batching (nothing waits)")
+        _fail("--batch-wait-ms: not with --no-batching (nothing waits)")
     try:
         check_tree(args.root)  # before TensorFlow and KServe load: fails fast
     except ServeError as e:
