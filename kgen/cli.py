@@ -231,10 +231,10 @@ def _parser():
     batching = serve.add_mutually_exclusive_group()
     batching.add_argument("--no-batching", action="store_true",
                           help="run every request alone")
-    batching.add_argument("--batch-size", type=_positive_int, default=64, metavar="N",
+    batching.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
                           help="most rows one merged call of concurrent requests holds "
                                "(default 64, and at most the export's max_rows)")
-    serve.add_argument("--batch-wait-ms", type=_non_negative_float, default=2.0, metavar="T",
+    serve.add_argument("--batch-wait-ms", type=_non_negative_float, default=None, metavar="T",
                        help="how long an idle model waits for more requests to merge "
                             "(default 2)")
     serve.add_argument("--poll-seconds", type=_positive_float, default=2.0, metavar="S",
@@ -392,6 +392,8 @@ def _cmd_serve(args):
     from kgen.serving.tree import ServeError
     from kgen.serving.tree import check_tree
 
+    if args.no_batching and args.batch_wait_ms is not None:
+        _fail("--batch-wait-ms: not with --no-batching (nothing waits)")
     try:
         check_tree(args.root)  # before TensorFlow and KServe load: fails fast
     except ServeError as e:
@@ -402,7 +404,8 @@ def _cmd_serve(args):
 
     serve(args.root, host=args.host, port=args.port, grpc_port=args.grpc_port,
           max_body_bytes=args.max_body_bytes, batching=not args.no_batching,
-          batch_size=args.batch_size, batch_wait_ms=args.batch_wait_ms,
+          batch_size=args.batch_size or 64,
+          batch_wait_ms=2.0 if args.batch_wait_ms is None else args.batch_wait_ms,
           poll_seconds=args.poll_seconds, threads=args.threads, debug=args.debug)
     # Stopped cleanly (SIGINT or SIGTERM): nothing is left to write, and the
     # C++ teardown of TensorFlow and gRPC would keep the process seconds longer.

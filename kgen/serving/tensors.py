@@ -191,7 +191,9 @@ def to_array(value, dtype, name):
         if kind not in "iuf":
             raise _type_error(value, dtype, name)
         if kind in "iu" and array.size:
-            exact = 2 ** np.finfo(target).nmant + 1
+            # TF Serving's rule: integers up to 2**digits - 1 (every one of
+            # them exact in the float type), no larger.
+            exact = 2 ** (np.finfo(target).nmant + 1) - 1
             if np.abs(array.astype(np.float64)).max() > exact:
                 raise TensorError(
                     f"{name}: cannot convert an integer above {exact} to "
