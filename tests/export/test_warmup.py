@@ -33,13 +33,23 @@ def exports(tmp_path_factory):
             for family in FAMILIES}
 
 
+def signature_names(version_dir):
+    """The serving signatures a SavedModel's graph declares."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel.FromString((version_dir / "saved_model.pb").read_bytes())
+    return {name for graph in proto.meta_graphs for name in graph.signature_def
+            if not name.startswith("__")}
+
+
 def test_one_record_per_signature_parsed_with_the_official_protos(exports):
     import tensorflow as tf
 
     for family, version_dir in exports.items():
         logs = read_warmup_file(version_dir / WARMUP_FILE)
         assert 1 <= len(logs) <= MAX_RECORDS
-        signatures = set(tf.saved_model.load(str(version_dir)).signatures)
+        signatures = signature_names(version_dir)
+        assert "generate" in signatures and "serving_default" in signatures
         named = [log.predict_log.request.model_spec.signature_name for log in logs]
         assert sorted(named) == sorted(signatures), family
         for log in logs:

@@ -27,9 +27,8 @@ pytestmark = pytest.mark.skipif(
 def tree(tmp_path_factory):
     """saved_models/ with a VAE (two versions, max_rows 8) and an LM."""
     root = tmp_path_factory.mktemp("deploy") / "saved_models"
-    vae = tiny("vae")
-    export_model(vae, root / "vae_digits", max_rows=8)
-    export_model(vae, root / "vae_digits", max_rows=8)
+    first = export_model(tiny("vae"), root / "vae_digits", max_rows=8)
+    shutil.copytree(first, root / "vae_digits" / "2")  # a second version
     export_model(tiny("lm"), root / "lm", max_rows=16)
     (root / "README.md").write_text("exports live here\n")
     (root / "notes").mkdir()  # a folder without versions is not a model
