@@ -34,6 +34,7 @@ import re
 import shutil
 
 from kgen import io as kgen_io
+from kgen.export.warmup import WARMUP_FILE
 
 # A version folder as TF Serving reads it: a plain whole number.
 _PLAIN_VERSION = re.compile(r"(0|[1-9][0-9]*)\Z")
@@ -88,7 +89,8 @@ def find_models(tree):
                 f"{newest}: not a SavedModel (no saved_model.pb); TF Serving would "
                 "fail to load this newest version of the model")
         models.append({"name": base.name, "base": base, "versions": found,
-                       "metadata": _metadata(newest)})
+                       "metadata": _metadata(newest),
+                       "warmup": (newest / WARMUP_FILE).is_file()})
     if not models:
         raise DeployError(
             f"{tree}: no exported model (expected NAME/<version>/saved_model.pb "
@@ -296,6 +298,10 @@ def write_deployment(tree, out, overwrite=False, image=DEFAULT_IMAGE, rest_port=
     _check_out(tree, out, overwrite)
 
     notes = []
+    cold = [m["name"] for m in models if not m["warmup"]]
+    if cold:
+        notes.append(f"no warm-up requests in the newest version of {', '.join(cold)} "
+                     "(exported by an older kgen): export again to add them")
     files = {"models.config": models_config_text(models)}
     if batching:
         rows = [m["metadata"].get("max_rows") for m in models]

@@ -200,6 +200,12 @@ def test_refusals_of_models_name_the_folder(tree, tmp_path):
     _refused([copy, "--out", out], "models 'my-lm' and 'my_lm' both become "
                                    "InferenceService 'my-lm'")
     assert not out.exists()
+    shutil.rmtree(copy / "my-lm")
+    (copy / "my_lm" / "1" / "assets.extra" / "tf_serving_warmup_requests").unlink()
+    status, stdout, stderr = deploy_cli(copy, "--out", out)
+    assert status == 0, stderr
+    assert ("note:    no warm-up requests in the newest version of my_lm (exported by "
+            "an older kgen)") in stdout
 
 
 def test_a_file_as_out_is_refused(tree, tmp_path):
