@@ -180,9 +180,16 @@ def _labels_from_names(entries):
             )
         prefixes.append(prefix)
     if all(p.isdigit() for p in prefixes):
-        values = np.array([int(p) for p in prefixes])
-        check_labels(values, f"{entries[0][0].parent}: labels from file names")
-        class_names = [str(i) for i in range(int(values.max()) + 1)]
+        values = [int(p) for p in prefixes]
+        missing = sorted(set(range(max(values) + 1)) - set(values))
+        if missing:
+            row = next(i for i, v in enumerate(values) if v > missing[0])
+            raise DataError(
+                f"{entries[row][0]}: label {values[row]} from its file name "
+                f"leaves class {missing[0]} with no file; numeric labels must "
+                f"number the classes 0..K-1 (found {sorted(set(values))})"
+            )
+        class_names = [str(i) for i in range(max(values) + 1)]
     else:
         class_names = sorted(set(prefixes))
         number = {name: i for i, name in enumerate(class_names)}
