@@ -409,6 +409,14 @@ def fsdd_test_mask(files):
 def _check_split(split):
     if split in ("fsdd", "auto"):
         return split
+    if isinstance(split, str):  # `--set split=0.1` arrives as text
+        try:
+            split = float(split)
+        except ValueError:
+            raise DataError(
+                f"split={split!r}: must be 'fsdd', 'auto' or a validation "
+                f"fraction in [0, 1)"
+            ) from None
     if isinstance(split, bool) or not isinstance(split, (int, float)) \
             or not 0 <= split < 1:
         raise DataError(
