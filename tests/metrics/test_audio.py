@@ -93,6 +93,8 @@ def test_bad_scoring_inputs_are_named(trained, kwargs, pattern):
 
 def test_a_missing_classifier_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nope\.keras: no such classifier file"):
+        load_classifier(tmp_path / "nope.keras")
+    with pytest.raises(FileNotFoundError, match=r"nope\.keras: no such classifier file"):
         score_audio(tmp_path / "nope.keras", np.zeros((1, LENGTH)), [0])
 
 
