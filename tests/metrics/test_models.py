@@ -151,12 +151,15 @@ def test_text_bits_per_token():
                                result["bits_per_token"], rtol=1e-5)
     # Reference: every token after the first, predicted from its window.
     ids = tokenizer.encode(text)
-    nats = []
-    for start in range(0, len(ids) - 1, 8):
-        window = ids[start:start + 9]
-        logits = np.float64(ops.convert_to_numpy(lm(window[None, :-1])))[0]
-        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        nats += [-log_probs[i, window[i + 1]] for i in range(len(window) - 1)]
+    starts = list(range(0, len(ids) - 1, 8))
+    windows = np.zeros((len(starts), 9), "int32")  # causal: zero padding after is harmless
+    for row, start in enumerate(starts):
+        windows[row, :len(ids[start:start + 9])] = ids[start:start + 9]
+    logits = np.float64(ops.convert_to_numpy(lm(windows[:, :-1])))
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    nats = [-log_probs[row, i, windows[row, i + 1]]
+            for row, start in enumerate(starts) for i in range(min(8, len(ids) - 1 - start))]
+    assert len(nats) == len(text) - 1
     np.testing.assert_allclose(result["bits_per_token"], np.mean(nats) / math.log(2),
                                rtol=1e-4)
     # All-zero output weights: uniform logits, log2(vocabulary) bits.
