@@ -55,6 +55,18 @@ def concrete(value):
         return None
 
 
+def compiled(metric, key, fn):
+    """`fn` (a pure function of tensors) compiled once per metric and key by
+    `kgen.inference.compile_inference`: eagerly, JAX would otherwise trace
+    and compile a `fori_loop` at every call; inside a compiled step it nests."""
+    cache = metric.__dict__.setdefault("_compiled", {})
+    if key not in cache:
+        from kgen.inference import compile_inference
+
+        cache[key] = compile_inference(fn, [])
+    return cache[key]
+
+
 class FeatureSets(keras.metrics.Metric):
     """Base of the two-set metrics: feature extraction and input checks.
 
@@ -386,6 +398,11 @@ class KernelInceptionDistance(BufferedFeatureSets):
         """The MMD^2 of every subset, `(subsets,)`."""
         real, n_r, bad_r = self.held("real", 2)
         generated, n_g, bad_g = self.held("generated", 2)
+        values = compiled(self, "subset_values", self.compute_subset_values)(
+            real, n_r, generated, n_g)
+        return ops.where(ops.logical_or(bad_r, bad_g), float("nan"), values)
+
+    def compute_subset_values(self, real, n_r, generated, n_g):
         k = min(self.subset_size, self.max_samples)
         m = ops.minimum(ops.minimum(n_r, n_g), k)
         weights = ops.cast(ops.arange(k, dtype="int32") < m, self.dtype)
@@ -397,8 +414,7 @@ class KernelInceptionDistance(BufferedFeatureSets):
             mmd = unbiased_mmd2(x, y, weights, m, self.num_features)
             return ops.scatter_update(values, ops.reshape(s, (1, 1)), ops.reshape(mmd, (1,)))
 
-        values = ops.fori_loop(0, self.subsets, body, ops.zeros((self.subsets,), self.dtype))
-        return ops.where(ops.logical_or(bad_r, bad_g), float("nan"), values)
+        return ops.fori_loop(0, self.subsets, body, ops.zeros((self.subsets,), self.dtype))
 
     def result_with_std(self):
         """`{name: mean, name + "_std": std}` over the subsets."""
@@ -495,12 +511,17 @@ class PrecisionRecall(BufferedFeatureSets):
         real, n_r, bad_r = self.held("real", self.k + 1)
         generated, n_g, bad_g = self.held("generated", self.k + 1)
         bad = ops.logical_or(bad_r, bad_g)
-        precision = self.coverage(generated, n_g, real, self.radii(real, n_r), n_r)
-        recall = self.coverage(real, n_r, generated, self.radii(generated, n_g), n_g)
+        precision, recall = compiled(self, "precision_recall", self.compute)(
+            real, n_r, generated, n_g)
         return {
             "precision": ops.where(bad, float("nan"), precision),
             "recall": ops.where(bad, float("nan"), recall),
         }
+
+    def compute(self, real, n_r, generated, n_g):
+        precision = self.coverage(generated, n_g, real, self.radii(real, n_r), n_r)
+        recall = self.coverage(real, n_r, generated, self.radii(generated, n_g), n_g)
+        return precision, recall
 
     def get_config(self):
         return {**super().get_config(), "k": self.k}

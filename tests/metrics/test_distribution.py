@@ -130,12 +130,12 @@ def test_fid_and_kid_grow_with_noise_through_an_extractor(extractor):
     real, other = images[:200], images[200:]
     rng = np.random.default_rng(0)
     fids, kids = [], []
+    fid = FrechetDistance(extractor)
+    kid = KernelInceptionDistance(extractor, max_samples=200, subsets=20, subset_size=100)
     for sigma in (0.0, 0.2, 0.5, 1.0):
         noisy = other + sigma * rng.normal(size=other.shape).astype("float32")
-        fid = FrechetDistance(extractor)
-        kid = KernelInceptionDistance(extractor, max_samples=200, subsets=20,
-                                      subset_size=100)
         for metric in (fid, kid):
+            metric.reset_state()
             metric.update_state(real, noisy[:120])
             metric.update_state(generated=noisy[120:])
         fids.append(value(fid.result()))
@@ -148,7 +148,7 @@ def test_fid_and_kid_grow_with_noise_through_an_extractor(extractor):
     assert abs(kids[0]["kid"]) < 4 * kids[0]["kid_std"] + 1e-3
     assert all(k["kid"] > 0 for k in kids[2:])
     # The same set against itself: FID ~ 0.
-    fid = FrechetDistance(extractor)
+    fid.reset_state()
     fid.update_state(real, real)
     assert abs(value(fid.result())) < 1e-4
 
