@@ -29,7 +29,9 @@ NumPy so that `result()` also runs inside compiled steps (JAX computes
 metric results inside its jitted step). Bad input found
 while running eagerly (standalone use, `kgen evaluate`) fails with a
 `ValueError` naming the value; inside a compiled step, where no value can be
-read, an overflowing buffer or a set too small makes `result()` NaN.
+read, an overflowing buffer or a set too small makes `result()` NaN, and the
+named error comes when Keras reads the final results eagerly (the end of
+`evaluate()`, of an epoch).
 """
 
 import numpy as np

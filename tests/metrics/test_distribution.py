@@ -228,6 +228,12 @@ def test_metrics_in_compile_and_evaluate():
     # evaluate() resets the state: a second run gives the same numbers.
     again = model.evaluate(x, real, batch_size=50, return_dict=True, verbose=0)
     np.testing.assert_allclose(again["fid"], logs["fid"], rtol=1e-4)
+    # A buffer too small for the data: the compiled steps cannot raise, but
+    # Keras reads the final results eagerly and the named error comes out.
+    model.compile(loss="mse", metrics=[KernelInceptionDistance(
+        num_features=D, max_samples=150, subsets=2, subset_size=20)])
+    with pytest.raises(SampleBufferFull, match="max_samples=150"):
+        model.evaluate(x, real, batch_size=64, verbose=0)
 
 
 # --- named errors ------------------------------------------------------------------
