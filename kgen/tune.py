@@ -473,6 +473,8 @@ def results_table(study, objective):
     for t in study.get_trials(deepcopy=False):
         params = " ".join(f"{k}={_format(v)}" for k, v in sorted(t.params.items()))
         seconds = t.duration.total_seconds() if t.duration else None
+        if t.user_attrs.get("retried"):
+            seconds = None  # it ended when a later run found it, not when it stopped
         rows.append((str(t.number), _state_name(t), params,
                      "" if t.value is None else _format(t.value),
                      str(t.user_attrs.get("epochs", "")),
