@@ -545,7 +545,9 @@ def tune(args, argv):
               f"run directories under {search['dir']}/", flush=True)
     try:
         if args.workers > 1:
-            _run_workers(args, argv)
+            # This process is worker 0; the others are started beside it.
+            _run_workers(args, argv, lambda: worker(study, search, args.trials,
+                                                    args.timeout, index=0))
         else:
             worker(study, search, args.trials, args.timeout, args.worker_index)
     except KeyboardInterrupt:
@@ -557,18 +559,29 @@ def tune(args, argv):
         _report(study, search)
 
 
-def _run_workers(args, argv):
+def _run_workers(args, argv, run_here):
+    """Start workers 1..N-1 as `kgen tune` processes, run `run_here()` as
+    worker 0, and wait for the others."""
     command = [sys.executable, "-m", "kgen", *argv]
     processes = [subprocess.Popen([*command, "--workers", "1", "--worker-index", str(i)])
-                 for i in range(args.workers)]
+                 for i in range(1, args.workers)]
     try:
+        run_here()
         codes = [p.wait() for p in processes]
-    except KeyboardInterrupt:
+    except BaseException as e:
+        # Ctrl-C reached the workers too: let them record their trial. Any
+        # other failure stops them; their running trials are retried when
+        # the search runs again.
         for p in processes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
+            if not isinstance(e, KeyboardInterrupt):
+                p.terminate()
+            try:
                 p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
         raise
-    bad = [f"worker {i} exited {c}" for i, c in enumerate(codes) if c]
+    bad = [f"worker {i} exited {c}" for i, c in enumerate(codes, start=1) if c]
     if bad:
         raise TuneError(f"{'; '.join(bad)} (its message is above)")
 

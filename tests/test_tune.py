@@ -185,16 +185,29 @@ def test_refused_arguments_on_the_command_line(tmp_path):
     assert line.startswith("kgen: error: --space widht=int:1:4: 'widht' is not a setting "
                            "of recipe vae_digits; its settings are: ")
     assert "latent_dim" in line
-    assert _error(tmp_path, "--space", "beta=float:2:1") == (
-        "kgen: error: --space beta=float:2:1: LOW 2 must be below HIGH 1")
-    assert _error(tmp_path, "--space", "beta=float:1:2", "--set", "beta=1") == (
-        "kgen: error: --space beta=float:1:2: beta is also fixed by --set beta=1; "
-        "give one or the other")
 
 
-def test_missing_objective_names_the_logged_values(tmp_path):
-    line = _error(tmp_path, "--space", "beta=float:0.5:2", "--objective", "val_kid",
-                  "--set", "epochs=1", "--set", "steps_per_epoch=1")
+def test_a_searched_key_cannot_also_be_set():
+    from kgen import config
+    from kgen import tune
+
+    recipe = config.load_recipe("vae_digits")
+    with pytest.raises(tune.TuneError, match=r"^--space beta=float:1:2: beta is also "
+                                             r"fixed by --set beta=1; give one or the other$"):
+        tune.parse_space(["beta=float:1:2"], recipe.CONFIG, "vae_digits", {"beta": "1"})
+
+
+def test_missing_objective_names_the_logged_values(tmp_path, capsys, monkeypatch):
+    """In this process (the trial trains here): the error ends the search."""
+    from kgen import cli
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["tune", "vae_digits", "--space", "beta=float:0.5:2", "--objective",
+                  "val_kid", "--trials", "2", "--dir", "t", "--set", "epochs=1",
+                  "--set", "steps_per_epoch=1"])
+    assert exit_.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line == ("kgen: error: --objective val_kid: not logged by this recipe; the "
                     "logged values are: kl_loss, loss, reconstruction_loss, val_kl_loss, "
                     "val_loss, val_reconstruction_loss")
