@@ -55,6 +55,9 @@ setup(
         # protocol, V2 REST and gRPC, Prometheus metrics) and the official TF
         # Serving protos for warm-up records, models.config and gRPC clients.
         "serving": ["kserve>=0.21", "tensorflow-serving-api>=2.21", "grpcio"],
+        # `kgen tune`: Optuna's search, pruners and study databases (SQLite
+        # through SQLAlchemy; any database Optuna supports for shared studies).
+        "tune": ["optuna>=5,<6", "sqlalchemy>=2"],
         "test": ["pytest>=8"],
     },
     entry_points={"console_scripts": ["kgen=kgen.cli:main"]},

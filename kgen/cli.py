@@ -211,7 +211,9 @@ def _tune_parser(sub, common):
     tune.add_argument("recipe", help="a recipe name (see `kgen recipes`) or a path "
                                      "to a recipe file (its code runs)")
     tune.add_argument("--space", action="append", default=[], metavar="KEY=SPEC",
-                      help="a setting to search and its range (see SPEC above); repeat")
+                      help="a setting to search and its range; repeat. SPEC: "
+                           "float:LOW:HIGH[:log], int:LOW:HIGH[:STEP] or choice:A,B,C "
+                           "(see above)")
     tune.add_argument("--objective", required=True, metavar="NAME",
                       help="the logged value to optimize: val_loss, loss, val_kid, ...")
     tune.add_argument("--direction", choices=("minimize", "maximize"), default="minimize",

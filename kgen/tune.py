@@ -523,7 +523,10 @@ def _search(args):
 
 def tune(args, argv):
     """`kgen tune`: run the search (or start its workers), print results."""
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise TuneError("kgen tune needs Optuna: pip install 'kgen[tune]'") from None
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # kgen prints its own lines
     search = _search(args)

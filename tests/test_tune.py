@@ -214,3 +214,48 @@ def test_missing_objective_names_the_logged_values(tmp_path, capsys, monkeypatch
     trials = _study(tmp_path / "t").get_trials()
     assert [t.state.name for t in trials] == ["FAIL"]
     assert trials[0].user_attrs["error"].startswith("--objective val_kid")
+
+
+def test_help_documents_the_spec_grammar(capsys):
+    from kgen import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["tune", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for grammar in ("float:LOW:HIGH[:log]", "int:LOW:HIGH[:STEP]", "choice:A,B,C",
+                    "--storage URL", "--workers N", "--pruner {median,hyperband,none}"):
+        assert grammar in out, grammar
+
+
+def test_a_directory_holds_one_search(tmp_path):
+    """A rerun with another objective or direction is refused, naming both."""
+    from kgen import tune
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    attrs = {"kgen_recipe": "vae_digits", "kgen_objective": "val_loss",
+             "kgen_space": {"beta": "float:0.5:2"}, "kgen_sets": {}}
+    tune.open_study(storage, "s", "minimize", None, attrs)
+    tune.open_study(storage, "s", "minimize", None, attrs)  # the same search: resumes
+    with pytest.raises(tune.TuneError, match=r"^study 's' holds another search "
+                                             r"\(objective: val_loss -> loss; direction: "
+                                             r"minimize -> maximize\)"):
+        tune.open_study(storage, "s", "maximize", None, {**attrs, "kgen_objective": "loss"})
+
+
+def test_specs_parse_to_optuna_ranges():
+    from kgen import config
+    from kgen import tune
+
+    recipe = config.load_recipe("vae_digits")
+    space = tune.parse_space(
+        ["learning_rate=float:1e-4:1e-2:log", "beta=float:0.5:2", "latent_dim=int:4:16:4",
+         "likelihood=choice:bernoulli,gaussian", "filters=choice:16,32|32,64"],
+        recipe.CONFIG, "vae_digits", {"epochs": "1"})
+    lr, beta, latent, likelihood, filters = space.values()
+    assert (lr.kind, lr.low, lr.high, lr.log) == ("float", 1e-4, 1e-2, True)
+    assert (beta.kind, beta.log) == ("float", False)
+    assert (latent.kind, latent.low, latent.high, latent.step) == ("int", 4, 16, 4)
+    assert likelihood.choices == ("bernoulli", "gaussian")
+    assert filters.choices == ("16,32", "32,64")  # a list setting: choices split on |
+    assert config.apply_overrides(recipe.CONFIG, {"filters": "32,64"})["filters"] == (32, 64)
