@@ -213,7 +213,11 @@ def _storage(url):
     kwargs = {}
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-    return optuna.storages.RDBStorage(url, **kwargs)
+    try:
+        return optuna.storages.RDBStorage(url, **kwargs)
+    except Exception as e:  # SQLAlchemy: no such driver, host or database
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TuneError(f"--storage {url}: cannot open it ({message})") from None
 
 
 def make_pruner(name, n_startup_trials=None):

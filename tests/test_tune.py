@@ -260,3 +260,10 @@ def test_specs_parse_to_optuna_ranges():
     assert likelihood.choices == ("bernoulli", "gaussian")
     assert filters.choices == ("16,32", "32,64")  # a list setting: choices split on |
     assert config.apply_overrides(recipe.CONFIG, {"filters": "32,64"})["filters"] == (32, 64)
+
+
+def test_a_storage_that_cannot_open_is_named():
+    from kgen import tune
+
+    with pytest.raises(tune.TuneError, match=r"^--storage nosuchdb://x/y: cannot open it"):
+        tune._storage("nosuchdb://x/y")
