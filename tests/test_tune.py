@@ -267,3 +267,23 @@ def test_a_storage_that_cannot_open_is_named():
 
     with pytest.raises(tune.TuneError, match=r"^--storage nosuchdb://x/y: cannot open it"):
         tune._storage("nosuchdb://x/y")
+
+
+def test_a_diverged_trial_fails_and_the_search_goes_on(tmp_path, capsys, monkeypatch):
+    """In this process: every trial's first epoch gets a NaN weight
+    (KGEN_FAULT=nonfinite:1), so each trial fails with a named error, and
+    the search still runs --trials of them and writes no best settings."""
+    from kgen import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KGEN_FAULT", "nonfinite:1")
+    cli.main(["tune", "vae_digits", "--space", "beta=float:0.5:2", "--objective",
+              "val_loss", "--trials", "2", "--dir", "t", "--set", "epochs=1",
+              "--set", "steps_per_epoch=1"])
+    out = capsys.readouterr().out
+    trials = _study(tmp_path / "t").get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
+    assert all(t.user_attrs["error"].startswith("training diverged") for t in trials)
+    assert "trial #1 FAIL: training diverged" in out
+    assert "no trial completed: no best settings" in out
+    assert not (tmp_path / "t" / "best.txt").exists()
