@@ -262,14 +262,21 @@ def open_study(storage, name, direction, pruner, attrs):
     return study
 
 
-def _counted(trial):
-    """Whether a trial counts towards --trials: finished or running, but not
+def _retried(trials):
+    """The numbers of the trials that were enqueued again (`retry_of`)."""
+    return {t.user_attrs["retry_of"] for t in trials
+            if t.user_attrs.get("retry_of") is not None}
+
+
+def count_trials(trials):
+    """The trials that count towards --trials: finished or running, but not
     one that was killed and enqueued again."""
     from optuna.trial import TrialState
 
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
-        return True
-    return trial.state == TrialState.FAIL and not trial.user_attrs.get("retried")
+    retried = _retried(trials)
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+               or (t.state == TrialState.FAIL and t.number not in retried)
+               for t in trials)
 
 
 def _pid_alive(pid):
@@ -295,7 +302,6 @@ def retry_stale_trials(study):
             continue
         if _pid_alive(pid):
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, "retried", True)
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         study.enqueue_trial(trial.params, user_attrs={
             "run_dir": attrs.get("run_dir") or _run_dir_name(trial.number),
@@ -387,26 +393,25 @@ def run_trial(study, trial, search, fault_index, verbose):
     for epoch, value in _values(_history(run_dir), search["objective"]):
         trial.report(value, epoch)
     callback = _objective_callback(trial, search["objective"], fault_index)
-    storage = study._storage
     try:
         training.train(search["recipe"], sets=sets, run_dir=run_dir, export_to=None,
                        verbose=verbose, callbacks=[callback])
     except KeyboardInterrupt:
-        storage.set_trial_user_attr(trial._trial_id, "retried", True)
         study.tell(trial, state=TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={
             "run_dir": trial.user_attrs["run_dir"], "retry_of": trial.number})
         raise
     except training.NonFiniteError as e:
-        storage.set_trial_user_attr(trial._trial_id, "error", str(e))
+        trial.set_user_attr("error", str(e))
         study.tell(trial, state=TrialState.FAIL)
         return TrialState.FAIL
     except BaseException as e:
-        storage.set_trial_user_attr(trial._trial_id, "error", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        trial.set_user_attr("error", str(e).strip().splitlines()[0] if str(e).strip()
+                            else type(e).__name__)
         study.tell(trial, state=TrialState.FAIL)
         raise
     values = _values(_history(run_dir), search["objective"])
-    storage.set_trial_user_attr(trial._trial_id, "epochs", len(values))
+    trial.set_user_attr("epochs", len(values))
     if callback.pruned_at is not None:
         kgen_io.write_text(run_dir / "state.json", json.dumps({
             "status": "pruned", "epoch": callback.pruned_at + 1,
@@ -460,10 +465,10 @@ def _format(value):
     return kgen_config.format_value(value)
 
 
-def _state_name(trial):
+def _state_name(trial, retried):
     name = trial.state.name
-    if trial.user_attrs.get("retried"):
-        return f"{name} (killed, retried)"
+    if trial.number in retried:
+        return f"{name} (stopped, retried)"
     if trial.user_attrs.get("retry_of") is not None:
         return f"{name} (retry of #{trial.user_attrs['retry_of']})"
     return name
@@ -473,13 +478,14 @@ def results_table(study, objective):
     """The trials as a text table: trial, state, params, objective, epochs,
     seconds."""
     header = ("trial", "state", "params", objective, "epochs", "seconds")
-    rows = []
-    for t in study.get_trials(deepcopy=False):
+    rows, trials = [], study.get_trials(deepcopy=False)
+    retried = _retried(trials)
+    for t in trials:
         params = " ".join(f"{k}={_format(v)}" for k, v in sorted(t.params.items()))
         seconds = t.duration.total_seconds() if t.duration else None
-        if t.user_attrs.get("retried"):
+        if t.number in retried:
             seconds = None  # it ended when a later run found it, not when it stopped
-        rows.append((str(t.number), _state_name(t), params,
+        rows.append((str(t.number), _state_name(t, retried), params,
                      "" if t.value is None else _format(t.value),
                      str(t.user_attrs.get("epochs", "")),
                      "" if seconds is None else f"{seconds:.1f}"))
@@ -612,7 +618,7 @@ def worker(study, search, n_trials, timeout=None, index=None):
                 print(f"{prefix}trial #{number} was left running by a process that is "
                       f"gone: enqueued again to resume from its run directory", flush=True)
             trials = study.get_trials(deepcopy=False)
-            if sum(map(_counted, trials)) >= n_trials:
+            if count_trials(trials) >= n_trials:
                 break
             trial = study.ask()
             run_dir = trial.user_attrs.get("run_dir") or _run_dir_name(trial.number)
@@ -620,14 +626,14 @@ def worker(study, search, n_trials, timeout=None, index=None):
                 trial.set_user_attr(key, value)
             for param in search["space"].values():
                 param.suggest(trial)
-            position = sum(map(_counted, trials)) + 1
+            position = count_trials(trials) + 1
         params = " ".join(f"{k}={_format(v)}" for k, v in sorted(trial.params.items()))
         print(f"{prefix}trial {position} of {n_trials} (#{trial.number}, "
               f"{search['dir'] / run_dir}): {params}", flush=True)
         ran += 1
         state = run_trial(study, trial, search, fault_index=ran,
                           verbose=2 if index is None else 0)
-        frozen = study._storage.get_trial(trial._trial_id)
+        frozen = study.get_trials(deepcopy=False)[trial.number]
         write_hparams(search, frozen)
         value = "" if frozen.value is None else f" {search['objective']}={frozen.value:.4g}"
         if state == TrialState.PRUNED and frozen.intermediate_values:
