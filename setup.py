@@ -40,6 +40,9 @@ setup(
         # keras-hub pulls in tensorflow-text, which requires the full
         # `tensorflow` wheel, so that is the one kgen asks for too.
         "tensorflow>=2.21,<3",
+        # TF Serving's own protos: every export writes its warm-up requests
+        # as PredictionLog records, and `kgen deploy` writes models.config.
+        "tensorflow-serving-api>=2.21",
         "keras-hub>=0.32",
         "tensorboard>=2.21",
         "numpy",
@@ -52,9 +55,9 @@ setup(
         # pulls a multi-GB CUDA build.
         "torch": ["torch==2.13.0"],
         # `kgen serve` (KServe's model server: TF Serving's REST API as its V1
-        # protocol, V2 REST and gRPC, Prometheus metrics) and the official TF
-        # Serving protos for warm-up records, models.config and gRPC clients.
-        "serving": ["kserve>=0.21", "tensorflow-serving-api>=2.21", "grpcio"],
+        # protocol, V2 REST and gRPC, Prometheus metrics), gRPC for
+        # `kgen.serving.Client`, and PyYAML for `kgen deploy`'s manifests.
+        "serving": ["kserve>=0.21", "grpcio", "pyyaml"],
         # `kgen tune`: Optuna's search, pruners and study databases (SQLite
         # through SQLAlchemy; any database Optuna supports for shared studies).
         "tune": ["optuna>=5,<6", "sqlalchemy>=2"],

@@ -7,6 +7,9 @@ kgen train RECIPE [--set key=value]... [--backend B] [--strategy S]
                   [--export saved_models/NAME | --no-export]
 kgen export MODEL.keras --to saved_models/NAME
 kgen sample saved_models/NAME [--version N] [--n 16] [--seed 0] [--out FILE]
+kgen sample --url http://HOST:8501/v1/models/NAME [--version N] [--n 16] ...
+kgen serve saved_models/ [--host 127.0.0.1] [--port 8501] [--grpc-port 8500]
+kgen deploy saved_models/ --out deploy/ [--overwrite] [--enable-batching] ...
 kgen tune RECIPE --space KEY=SPEC... --objective NAME --trials N [--workers N] ...
 ```
 
@@ -140,7 +143,14 @@ def _parser():
         parents=[common],
     )
     sample.add_argument("model_dir", type=pathlib.Path, metavar="saved_models/NAME",
+                        nargs="?",
                         help="a model's base path, or one version's directory")
+    sample.add_argument("--url", metavar="http://HOST:PORT/v1/models/NAME",
+                        help="draw the samples from a server instead (kgen serve, TF "
+                             "Serving or KServe; grpc://HOST:PORT/v1/models/NAME for "
+                             "gRPC): the same rows as from the export. The server does "
+                             "not publish kgen.json: a conditional model needs --label, "
+                             "an LM --set prompt=..., a diffusion model --set num_steps=N")
     sample.add_argument("--version", type=int, help="version to use (default: newest)")
     sample.add_argument("--n", type=_positive_int, default=16,
                         help="number of samples (default 16)")
@@ -149,11 +159,118 @@ def _parser():
     sample.add_argument("--label", type=int,
                         help="class label for conditional models (default: row i's "
                              "seed mod the number of classes, so rows cycle through them)")
+    sample.add_argument("--set", dest="sets", action="append", default=[],
+                        metavar="NAME=VALUE",
+                        help="one value of a generate input for every row, over the "
+                             "export's default (e.g. --set num_steps=20 --set "
+                             "prompt=ROMEO:); repeat for more")
     sample.add_argument("--out", type=pathlib.Path,
                         help="output file, e.g. grid.png, or rows.npy for the float32 "
                              "array (default: samples.png in the current directory)")
+    deploy = sub.add_parser(
+        "deploy", help="write TF Serving's models.config, a Compose file and KServe YAML",
+        description="From a tree of exported models (saved_models/NAME/<version>/), "
+                    "write OUT/models.config (TF Serving's model_config_list), "
+                    "OUT/docker-compose.yml (tensorflow/serving on the tree, mounted "
+                    "read-only) and OUT/kserve/NAME.yaml (one KServe InferenceService "
+                    "per model, with a storageUri placeholder to replace).",
+        parents=[common],
+    )
+    deploy.add_argument("tree", type=pathlib.Path, metavar="saved_models/",
+                        help="the folder holding one folder per exported model")
+    deploy.add_argument("--out", required=True, type=pathlib.Path, metavar="DIR",
+                        help="the folder to write (must be new or empty)")
+    deploy.add_argument("--overwrite", action="store_true",
+                        help="replace --out when it exists and is not empty")
+    deploy.add_argument("--image", default=None,
+                        help="TF Serving's Docker image (default tensorflow/serving:latest)")
+    deploy.add_argument("--rest-port", type=int, default=8501,
+                        help="host port of the REST API (default 8501)")
+    deploy.add_argument("--grpc-port", type=int, default=8500,
+                        help="host port of the gRPC API (default 8500)")
+    deploy.add_argument("--poll-seconds", type=int, default=30,
+                        help="how often TF Serving looks for new versions (default 30)")
+    deploy.add_argument("--enable-batching", action="store_true",
+                        help="merge concurrent requests into batches in TF Serving "
+                             "(at most the smallest max_rows of the models)")
+    deploy.add_argument("--storage-uri", default=None, metavar="URI",
+                        help="where the tree is uploaded for KServe; each model's "
+                             "storageUri is URI/NAME (default: a placeholder to replace)")
+    deploy.add_argument("--min-replicas", type=int, default=1,
+                        help="KServe replicas kept running (default 1; 0 scales to zero)")
+    deploy.add_argument("--max-replicas", type=int, default=3,
+                        help="KServe's most replicas (default 3)")
+    deploy.add_argument("--scale-metric", default="concurrency",
+                        help="KServe autoscaling metric: concurrency, rps, cpu or "
+                             "memory (default concurrency)")
+    deploy.add_argument("--scale-target", type=int, default=4,
+                        help="the metric's target per replica (default 4)")
+
+    serve = sub.add_parser(
+        "serve", help="serve a saved_models/ tree: TF Serving REST and gRPC, KServe V2",
+        description="Serve every model of a saved_models/ tree (NAME/<version>/) with "
+                    "KServe's model server, loading each SavedModel with TensorFlow "
+                    "alone: TF Serving's REST API (POST /v1/models/NAME:predict, "
+                    "status, metadata), KServe's V2 REST and gRPC, TF Serving's gRPC "
+                    "PredictionService, health and Prometheus /metrics. A version "
+                    "published while it runs is served without a restart. This runs "
+                    "the graphs the SavedModels hold: serve only exports you trust.",
+        parents=[common],
+    )
+    serve.add_argument("root", type=pathlib.Path, metavar="saved_models/",
+                       help="the tree holding NAME/<version>/saved_model.pb")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1; 0.0.0.0 for every "
+                            "interface)")
+    serve.add_argument("--port", type=_positive_int, default=8501,
+                       help="REST port: TF Serving /v1, V2 /v2, health, /metrics (default 8501)")
+    serve.add_argument("--grpc-port", type=_positive_int, default=8500,
+                       help="gRPC port: V2 and TF Serving's PredictionService (default 8500)")
+    serve.add_argument("--max-body-bytes", type=_positive_int, default=32 * 1024 * 1024,
+                       metavar="N", help="largest request body; larger ones are answered "
+                                         "413 (default 33554432, 32 MiB)")
+    batching = serve.add_mutually_exclusive_group()
+    batching.add_argument("--no-batching", action="store_true",
+                          help="run every request alone")
+    batching.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                          help="most rows one merged call of concurrent requests holds "
+                               "(default 64, and at most the export's max_rows)")
+    serve.add_argument("--batch-wait-ms", type=_non_negative_float, default=None, metavar="T",
+                       help="how long an idle model waits for more requests to merge "
+                            "(default 2)")
+    serve.add_argument("--poll-seconds", type=_positive_float, default=2.0, metavar="S",
+                       help="how often the tree is read for new models and versions "
+                            "(default 2)")
+    serve.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                       help="threads running TensorFlow calls (default: CPUs + 2)")
     _tune_parser(sub, common)
     return parser
+
+
+def _positive_float(text):
+    value = _float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _non_negative_float(text):
+    value = _float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 
 
 def _non_negative_int(text):
@@ -272,7 +389,7 @@ def _cmd_recipes(args):
 def _cmd_train(args):
     from kgen import training
 
-    export_to = None if args.no_export else (args.export or pathlib.Path("saved_models") / _recipe_stem(args.recipe))
+    export_to = None if args.no_export else (args.export or _default_export(args.recipe))
     result = training.train(
         args.recipe, sets=_parse_sets(args.sets), run_dir=args.run_dir,
         export_to=export_to, strategy=args.strategy, overwrite=args.overwrite,
@@ -286,7 +403,8 @@ def _cmd_train(args):
                      if isinstance(v, float))
     print(f"\ntrained in {result['wall_s']:.1f}s: {logs}")
     print(f"model:       {result['best']}")
-    print(f"samples:     {result['run_dir'] / 'samples'}")
+    if (result["run_dir"] / "samples").is_dir():
+        print(f"samples:     {result['run_dir'] / 'samples'}")
     print(f"TensorBoard: tensorboard --logdir {result['run_dir'] / 'logs'}")
     if result["exported"]:
         print(f"exported:    {result['exported']}")
@@ -294,6 +412,16 @@ def _cmd_train(args):
 
 def _recipe_stem(recipe):
     return pathlib.Path(recipe).stem
+
+
+def _default_export(recipe):
+    """`saved_models/<recipe>`, or None for a recipe whose model is not
+    served (`EXPORT = False`: a classifier, kept as its `.keras` file)."""
+    from kgen import config
+
+    if not getattr(config.load_recipe(recipe), "EXPORT", True):
+        return None
+    return pathlib.Path("saved_models") / _recipe_stem(recipe)
 
 
 def _parse_sets(items):
@@ -323,13 +451,72 @@ def _cmd_export(args):
 
 
 def _cmd_sample(args):
+    from kgen.export.sample import sample_from_server
     from kgen.export.sample import sample_saved_model
 
-    out = sample_saved_model(
-        args.model_dir, version=args.version, n=args.n, seed=args.seed,
-        label=args.label, out=args.out,
-    )
-    print(out)
+    if (args.model_dir is None) == (args.url is None):
+        raise CommandError("give an exported model (saved_models/NAME) or --url, "
+                           "not both" if args.url else
+                           "give an exported model (saved_models/NAME) or --url URL")
+    settings = {}
+    for item in args.sets:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise CommandError(f"--set {item}: expected NAME=VALUE")
+        settings[name.strip()] = value
+    options = dict(version=args.version, n=args.n, seed=args.seed, label=args.label,
+                   out=args.out, settings=settings)
+    if args.url:
+        print(sample_from_server(args.url, **options))
+    else:
+        print(sample_saved_model(args.model_dir, **options))
+
+
+def _cmd_deploy(args):
+    from kgen.serving import deploy
+
+    options = {"overwrite": args.overwrite, "rest_port": args.rest_port,
+               "grpc_port": args.grpc_port, "poll_seconds": args.poll_seconds,
+               "batching": args.enable_batching, "min_replicas": args.min_replicas,
+               "max_replicas": args.max_replicas, "scale_metric": args.scale_metric,
+               "scale_target": args.scale_target}
+    if args.image:
+        options["image"] = args.image
+    if args.storage_uri:
+        options["storage_uri"] = args.storage_uri
+    result = deploy.write_deployment(args.tree, args.out, **options)
+    names = ", ".join(m["name"] for m in result["models"])
+    print(f"models:  {names}")
+    for name in result["files"]:
+        print(f"wrote:   {result['out'] / name}")
+    for note in result["notes"]:
+        print(f"note:    {note}")
+
+
+def _cmd_serve(args):
+    from kgen.serving.tree import ServeError
+    from kgen.serving.tree import check_tree
+
+    if args.no_batching and args.batch_wait_ms is not None:
+        _fail("--batch-wait-ms: not with --no-batching (nothing waits)")
+    try:
+        check_tree(args.root)  # before TensorFlow and KServe load: fails fast
+    except ServeError as e:
+        _fail(_message(e))
+    if not args.debug:
+        _quiet_tensorflow()
+    from kgen.serving.server import serve
+
+    serve(args.root, host=args.host, port=args.port, grpc_port=args.grpc_port,
+          max_body_bytes=args.max_body_bytes, batching=not args.no_batching,
+          batch_size=args.batch_size or 64,
+          batch_wait_ms=2.0 if args.batch_wait_ms is None else args.batch_wait_ms,
+          poll_seconds=args.poll_seconds, threads=args.threads, debug=args.debug)
+    # Stopped cleanly (SIGINT or SIGTERM): nothing is left to write, and the
+    # C++ teardown of TensorFlow and gRPC would keep the process seconds longer.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _cmd_tune(args):
@@ -339,7 +526,8 @@ def _cmd_tune(args):
 
 
 _COMMANDS = {"recipes": _cmd_recipes, "train": _cmd_train, "export": _cmd_export,
-             "sample": _cmd_sample, "tune": _cmd_tune}
+             "sample": _cmd_sample, "deploy": _cmd_deploy, "serve": _cmd_serve,
+             "tune": _cmd_tune}
 
 
 def _fail(message, status=2):
@@ -350,7 +538,6 @@ def _fail(message, status=2):
 def _user_errors():
     """The exceptions that mean a user mistake: each message names the value."""
     from kgen.config import ConfigError
-    from kgen.data.errors import DataError
     from kgen.io import DamagedFileError
     from kgen.export.sample import SampleError
     from kgen.media import OutputError
@@ -358,8 +545,17 @@ def _user_errors():
     # A diverged run is named by kgen.callbacks, which loads Keras: only
     # look for it when it can have been raised.
     diverged = (sys.modules["kgen.callbacks"].NonFiniteError,) if "kgen.callbacks" in sys.modules else ()
-    return (CommandError, ConfigError, DataError, SampleError, OutputError,
-            DamagedFileError, *diverged,
+    # ServeError's module is light; DataError's loads Keras, so it is looked
+    # for only where it was loaded (a `kgen deploy` mistake loads no Keras),
+    # as are kgen deploy's and the client's errors.
+    from kgen.serving.tree import ServeError
+    loaded = tuple(getattr(sys.modules[module], name)
+                   for module, name in (("kgen.data.errors", "DataError"),
+                                        ("kgen.serving.deploy", "DeployError"),
+                                        ("kgen.serving.client", "ServerError"))
+                   if module in sys.modules)
+    return (CommandError, ConfigError, SampleError, OutputError,
+            DamagedFileError, ServeError, *diverged, *loaded,
             FileNotFoundError, FileExistsError, IsADirectoryError,
             NotADirectoryError, PermissionError)
 

@@ -1,7 +1,9 @@
 """SavedModel export for TensorFlow Serving.
 
 `export_model(model, to)` writes `to/<next version>/` with each family's
-serving signatures, `generate` also published as `serving_default`. Export
+serving signatures, `generate` also published as `serving_default`, and
+TF Serving's warm-up requests (`assets.extra/tf_serving_warmup_requests`,
+one per signature; see `kgen.export.warmup`). Export
 runs on the TensorFlow backend: from a JAX or PyTorch process the model is
 saved as `.keras` and exported by a TensorFlow-backend subprocess.
 """
@@ -112,6 +114,10 @@ def export_model(model, to, max_rows=DEFAULT_MAX_ROWS, verbose=False):
     """
     import keras
 
+    from kgen.export.warmup import check_requests
+    from kgen.export.warmup import warmup_requests
+    from kgen.export.warmup import write_warmup_file
+
     max_rows = _check_max_rows(max_rows)
     if isinstance(model, (str, os.PathLike)):
         _check_archive(model)
@@ -125,6 +131,10 @@ def export_model(model, to, max_rows=DEFAULT_MAX_ROWS, verbose=False):
         _check_finite(model, source)
     builder = _signature_builder(model)
     endpoints, metadata = builder(model, max_rows=max_rows)
+    # TF Serving replays these while it loads the version (one it refuses
+    # would fail that load), so each is checked against its signature.
+    warmup = warmup_requests(endpoints, {"max_rows": max_rows, **metadata})
+    check_requests(endpoints, warmup, max_rows)
 
     def write(directory):
         archive = keras.export.ExportArchive()
@@ -142,6 +152,7 @@ def export_model(model, to, max_rows=DEFAULT_MAX_ROWS, verbose=False):
             "max_rows": max_rows,
             **metadata,
         }, indent=2))
+        write_warmup_file(directory, warmup, model_name=pathlib.Path(to).name)
 
     return publish(to, write)
 

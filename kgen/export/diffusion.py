@@ -62,6 +62,11 @@ def default_num_steps(scheduler):
     return T if scheduler.stochastic else min(50, T)
 
 
+def default_guidance_scale(conditional):
+    """Guidance `kgen sample` uses: 2 for a conditional model, else 1 (off)."""
+    return 2.0 if conditional else 1.0
+
+
 def request_bounds(scheduler, max_rows, max_row_steps=None):
     """`{"max_rows", "num_train_timesteps", "max_row_steps"}` of the export."""
     T = scheduler.num_train_timesteps
@@ -148,7 +153,7 @@ def metadata(model, scheduler, bounds):
         "max_row_steps": bounds["max_row_steps"],
         "uses_ema_weights": model.ema_denoiser is not None,
         "defaults": {"num_steps": default_num_steps(scheduler),
-                     "guidance_scale": 2.0 if conditional else 1.0},
+                     "guidance_scale": default_guidance_scale(conditional)},
         "signatures": {
             "generate": (f"{inputs} -> images float32 [batch, h, w, c] in [0, 1]; "
                          f"rows x num_steps <= {bounds['max_row_steps']}"),

@@ -110,32 +110,82 @@ def _check_seed(seed, n):
     return seed
 
 
-def generate_inputs(signature, metadata, n, seed, label=None):
+def generate_inputs(signature, metadata, n, seed, label=None, settings=None):
     """Fill the `generate` signature's inputs for `n` rows."""
+    dtypes = {name: spec.dtype.as_numpy_dtype
+              for name, spec in signature.structured_input_signature[1].items()}
+    return fill_inputs(dtypes, metadata, n, seed, label, settings)
+
+
+def fill_inputs(dtypes, metadata, n, seed, label=None, settings=None, missing=None):
+    """`{input: array of n rows}` for a signature whose inputs have `dtypes`.
+
+    Args:
+        dtypes: `{input name: numpy dtype}`.
+        metadata: the export's `kgen.json` (`defaults`, `num_classes`).
+        n, seed, label: as `sample_saved_model`.
+        settings: `{input name: text}` from `--set NAME=VALUE`: one value
+            for every row, over the export's default.
+        missing: `missing(name)` gives the message for an input with no
+            value (default: kgen sample cannot fill it).
+    """
+    settings = dict(settings or {})
+    for name in settings:
+        if name in ("seed", "label"):
+            raise SampleError(f"--set {name}=...: use --{name} instead")
+        if name not in dtypes:
+            raise SampleError(
+                f"--set {name}=...: the generate signature has no input {name!r} "
+                f"(its inputs: {', '.join(sorted(dtypes))})")
     inputs = {}
-    specs = signature.structured_input_signature[1]
     defaults = metadata.get("defaults", {})
-    if label is not None and "label" not in specs:
+    if label is not None and "label" not in dtypes:
         raise SampleError(
             f"--label {label}: this model is unconditional (its generate "
             "signature takes no label)"
         )
-    for name, spec in specs.items():
+    for name, dtype in dtypes.items():
         if name == "label":
             continue
         if name == "seed":
             inputs[name] = np.arange(n, dtype="int64") + np.int64(seed)
+        elif name in settings:
+            inputs[name] = np.full(n, _setting(name, settings[name], dtype), dtype=dtype)
         elif name in defaults:
-            inputs[name] = np.full(n, defaults[name], dtype=spec.dtype.as_numpy_dtype)
+            inputs[name] = np.full(n, defaults[name], dtype=dtype)
         else:
             raise SampleError(
+                missing(name) if missing else
                 f"the generate signature needs input {name!r}, which kgen sample "
-                "cannot fill"
+                f"cannot fill (pass --set {name}=VALUE)"
             )
-    if "label" in specs:
-        dtype = specs["label"].dtype.as_numpy_dtype
-        inputs["label"] = _labels(metadata, n, seed, label).astype(dtype)
+    if "label" in dtypes:
+        inputs["label"] = _labels(metadata, n, seed, label).astype(dtypes["label"])
     return inputs
+
+
+def _setting(name, text, dtype):
+    """`--set NAME=TEXT` as one value of the input's dtype."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "SUO":
+        return str(text).encode("utf-8")
+    try:
+        if dtype.kind in "iu":
+            value = int(text)
+        elif dtype.kind == "f":
+            value = float(text)
+        elif dtype.kind == "b":
+            value = {"true": True, "false": False}[str(text).lower()]
+        else:
+            raise ValueError
+        info = np.iinfo(dtype) if dtype.kind in "iu" else None
+        if info is not None and not info.min <= value <= info.max:
+            raise OverflowError
+    except (ValueError, KeyError, OverflowError):
+        raise SampleError(
+            f"--set {name}={text}: expected a value of the input's dtype {dtype.name}"
+        ) from None
+    return value
 
 
 def _labels(metadata, n, seed, label):
@@ -199,7 +249,8 @@ def _graph_reason(message):
     return lines[0] if lines else "INVALID_ARGUMENT"
 
 
-def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=None):
+def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=None,
+                       settings=None):
     """Draw `n` samples from an exported model and write them to `out`.
 
     Args:
@@ -212,12 +263,13 @@ def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=No
             rows cycle through the classes).
         out: the file (images: PNG or another image suffix, or `.npy` for
             the float32 array; or a text file) to write.
+        settings: `{input name: text}`, one value of a `generate` input
+            for every row over the export's default (`--set NAME=VALUE`).
 
     Returns:
         the path written.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise SampleError(f"--n {n}: must be an integer >= 1")
+    _check_count(n)
     _check_seed(seed, n)
     version_dir = resolve_version_dir(model_dir, version)
     metadata = read_metadata(version_dir)
@@ -225,26 +277,46 @@ def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=No
     out = _output_path(out, kind)
     loaded = _load(version_dir)  # holds the variables the signature reads
     signature = loaded.signatures["generate"]
-    inputs = generate_inputs(signature, metadata, n, seed, label)
+    inputs = generate_inputs(signature, metadata, n, seed, label, settings)
     outputs = _run(signature, inputs, metadata.get("max_rows"), version_dir)
+    # Rows cycling through the classes: one column per class.
+    columns = metadata.get("num_classes") if label is None else None
+    return write_samples(out, outputs, kind, seed, columns, version_dir)
+
+
+def _check_count(n):
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise SampleError(f"--n {n}: must be an integer >= 1")
+
+
+def write_samples(out, outputs, kind, seed, columns, where):
+    """Write the `generate` outputs: an image grid (or `.npy`) or text.
+
+    Args:
+        out: the checked output path.
+        outputs: `{output name: array}` of the `generate` signature.
+        kind: `"images"` or `"text"`.
+        seed: the first row's seed (named when a row is not finite).
+        columns: the image grid's columns (None: square).
+        where: the export or server named in errors.
+    """
     values = outputs.get("images" if kind == "images" else "text")
     if values is None:
         raise SampleError(
-            f"{version_dir}: the generate signature has no {kind!r} output "
+            f"{where}: the generate signature has no {kind!r} output "
             f"(it returns {', '.join(outputs)})"
         )
+    n = len(values)
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         rows = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
         raise SampleError(
-            f"{version_dir}: the model produced non-finite values (NaN or inf) in "
+            f"{where}: the model produced non-finite values (NaN or inf) in "
             f"{len(rows)} of {n} rows (first: seed {seed + int(rows[0])}); its "
             "weights are probably not finite. Nothing written"
         )
     if out.suffix.lower() == ".npy":
         return media.save_array(out, values)
     if kind == "images":
-        # Rows cycling through the classes: one column per class.
-        columns = metadata.get("num_classes") if label is None else None
         return media.save_image_grid(out, values, columns=columns or None)
     texts = [t.decode("utf-8", "replace") for t in values]
     return media.save_text(out, "\n\n---\n\n".join(texts))
@@ -266,3 +338,162 @@ def _load(version_dir):
             f"{', '.join(loaded.signatures) or 'none'})"
         )
     return loaded
+
+
+# === From a server (`kgen sample --url`) ===
+
+# A model's URL: [prefix]/v1/models/NAME[/versions/N], as TF Serving routes it.
+_MODEL_PATH = re.compile(r"(?P<prefix>.*?)/v1/models/(?P<name>[^/:]+)"
+                         r"(?:/versions/(?P<version>[^/:]+))?/?\Z")
+# Rows of one request when the export's max_rows is not known; a server
+# that allows fewer says so in its refusal (`max_rows=N`), and the rows are
+# then sent in parts of that size.
+REMOTE_ROWS = 256
+_MAX_ROWS_REFUSAL = re.compile(r"\bmax_rows=(\d+)")
+
+
+def parse_model_url(url, version=None):
+    """`http(s)://HOST:PORT[/prefix]/v1/models/NAME[/versions/N]` (or
+    `grpc://...`) -> `(server URL, model name, version)`."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(str(url))
+    if parts.scheme not in ("http", "https", "grpc") or not parts.netloc:
+        raise SampleError(
+            f"--url {url}: expected http://HOST:PORT/v1/models/NAME (REST) or "
+            "grpc://HOST:PORT/v1/models/NAME (gRPC)")
+    found = _MODEL_PATH.match(parts.path)
+    if not found or parts.query or parts.fragment:
+        raise SampleError(
+            f"--url {url}: the path must be /v1/models/NAME (optionally "
+            "/versions/N), as TF Serving routes a model")
+    in_url = found.group("version")
+    if in_url is not None:
+        if not _PLAIN_VERSION.match(in_url) or in_url == "0":
+            raise SampleError(f"--url {url}: version {in_url!r} is not a whole number >= 1")
+        if version is not None and int(in_url) != version:
+            raise SampleError(f"--version {version}: the URL names version {in_url}")
+        version = int(in_url)
+    if version is not None and version < 1:
+        raise SampleError(f"--version {version}: must be a whole number >= 1")
+    prefix = "" if parts.scheme == "grpc" else found.group("prefix")
+    server = f"{parts.scheme}://{parts.netloc}{prefix}"
+    return server, urllib.parse.unquote(found.group("name")), version
+
+
+# TF Serving's dtype names -> numpy, for the inputs `kgen sample` fills.
+_DTYPES = {"DT_INT64": "int64", "DT_INT32": "int32", "DT_FLOAT": "float32",
+           "DT_DOUBLE": "float64", "DT_STRING": "object", "DT_BOOL": "bool"}
+
+
+def served_metadata(signature):
+    """What `kgen sample` knows of a served model from its `generate`
+    signature alone (TF Serving does not serve kgen.json): the output kind
+    from the output names, and the defaults that are the same in every
+    export of the family (the LM's sampler settings, diffusion guidance).
+    The rest (an LM's prompt, a diffusion step count, a class label) the
+    user passes."""
+    inputs, outputs = signature["inputs"], signature["outputs"]
+    if "images" in outputs:
+        kind = "images"
+    elif "text" in outputs:
+        kind = "text"
+    else:
+        raise SampleError(
+            f"the generate signature returns {', '.join(sorted(outputs))}; kgen sample "
+            "writes 'images' or 'text'")
+    defaults = {}
+    if "prompt" in inputs:
+        from kgen.export.autoregressive import DEFAULTS
+
+        defaults.update(DEFAULTS)
+    if "guidance_scale" in inputs:
+        from kgen.export.diffusion import default_guidance_scale
+
+        defaults["guidance_scale"] = default_guidance_scale("label" in inputs)
+    return {"output_kind": kind, "defaults": defaults}
+
+
+def sample_from_server(url, version=None, n=16, seed=0, label=None, out=None,
+                       settings=None, timeout=None):
+    """`sample_saved_model` through a server's `generate` signature.
+
+    The server may be `kgen serve`, TF Serving or KServe: the rows are the
+    ones `kgen sample saved_models/NAME` draws with the same `n`, `seed`,
+    `label` and settings, so the file is the same. TF Serving serves the
+    signatures but not `kgen.json`, so a conditional model needs `label`,
+    and an input whose default is the export's own (an LM's `prompt`, a
+    diffusion model's `num_steps`) needs a setting (`--set NAME=VALUE`).
+
+    Args:
+        url: `http://HOST:PORT/v1/models/NAME[/versions/N]` (REST) or
+            `grpc://HOST:PORT/v1/models/NAME` (gRPC).
+        version, n, seed, label, out, settings: as `sample_saved_model`.
+        timeout: seconds one request may take (default the client's).
+
+    Returns:
+        the path written.
+    """
+    from kgen.serving.client import DEFAULT_TIMEOUT
+    from kgen.serving.client import Client
+    from kgen.serving.client import ServerError
+
+    _check_count(n)
+    _check_seed(seed, n)
+    server, name, version = parse_model_url(url, version)
+    client = Client(server, timeout=timeout or DEFAULT_TIMEOUT)
+    where = f"{server} model {name!r}"
+    try:
+        signatures = client.metadata(name, version)["signatures"]
+        if "generate" not in signatures:
+            raise SampleError(f"{where}: no 'generate' signature (found "
+                              f"{', '.join(sorted(signatures)) or 'none'})")
+        signature = signatures["generate"]
+        metadata = served_metadata(signature)
+        out = _output_path(out, metadata["output_kind"])
+        dtypes = {}
+        for input_name, spec in signature["inputs"].items():
+            if spec["dtype"] not in _DTYPES:
+                raise SampleError(f"{where}: generate input {input_name!r} has dtype "
+                                  f"{spec['dtype']}, which kgen sample cannot fill")
+            dtypes[input_name] = np.dtype(_DTYPES[spec["dtype"]])
+        if "label" in dtypes and label is None:
+            raise SampleError(
+                f"--label: {where} is conditional (its generate signature takes a "
+                "label) and the server does not publish its classes; pass --label N")
+
+        def missing(input_name):
+            return (f"{where}: the generate signature needs {input_name!r}, whose default "
+                    "the server does not publish (TF Serving serves no kgen.json); "
+                    f"pass --set {input_name}=VALUE")
+
+        inputs = fill_inputs(dtypes, metadata, n, seed, label, settings, missing)
+        outputs = _run_remote(client, name, version, inputs, where)
+    except ServerError as e:
+        raise SampleError(f"{e}") from None
+    finally:
+        client.close()
+    return write_samples(out, outputs, metadata["output_kind"], seed, None, where)
+
+
+def _run_remote(client, name, version, inputs, where):
+    """`generate` on the server, `REMOTE_ROWS` rows per request, or the
+    export's max_rows when its refusal names a smaller one."""
+    from kgen.serving.client import ServerError
+
+    n = len(inputs["seed"])
+    step, start, parts = REMOTE_ROWS, 0, []
+    while start < n:
+        part = {k: v[start:start + step] for k, v in inputs.items()}
+        try:
+            parts.append(client.predict(name, part, signature="generate", version=version))
+        except ServerError as e:
+            smaller = _MAX_ROWS_REFUSAL.search(e.message or "")
+            if smaller and 0 < int(smaller.group(1)) < len(part["seed"]):
+                step = int(smaller.group(1))
+                continue
+            raise SampleError(
+                f"{where}: the generate signature refused the request "
+                f"({e.status}: {e.message})") from None
+        start += len(part["seed"])
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -55,3 +55,26 @@ def graph_op_types(version_dir):
             ops.update(node.op for node in fn.node_def)
     assert ops, "no ops found: a check on them would pass vacuously"
     return ops
+
+
+def tiny(family):
+    """An untrained model of `family` (vae, gan, diffusion, lm) at 8x8 or a
+    16-token context: the smallest export of each family."""
+    from kgen import models, networks, schedulers
+    from kgen.data import CharTokenizer
+
+    shape = (8, 8, 1)
+    if family == "vae":
+        return models.VAE(*networks.conv_vae_networks(shape, 2, (4,), 8))
+    if family == "gan":
+        return models.GAN(networks.dcgan_generator(4, shape, (8,), num_classes=10),
+                          networks.dcgan_discriminator(shape, (8,), num_classes=10),
+                          num_classes=10)
+    if family == "diffusion":
+        return models.DiffusionModel(
+            networks.unet(shape, filters=(8, 16), num_classes=10, groups=4),
+            schedulers.DDPMScheduler(100), num_classes=10, sampler="ddim")
+    tokenizer = CharTokenizer.from_text("abcdefgh \n")
+    return models.CausalLM(
+        networks.transformer_lm(tokenizer.vocabulary_size, 16, num_layers=1,
+                                num_heads=1, hidden_dim=8), tokenizer)

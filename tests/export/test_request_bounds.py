@@ -16,34 +16,13 @@ import pytest
 from kgen.export import DEFAULT_MAX_ROWS
 from kgen.export import export_model
 from tests.export.helpers import run_without_kgen
+from tests.export.helpers import tiny
 
 # Peak resident memory of the whole serving process (TensorFlow itself takes
 # about 0.6 GB) across every request below.
 PEAK_RSS_MB = 1500
 # A refusal comes from the checks before the loop: well under a second.
 REFUSAL_SECONDS = 2.0
-
-
-
-def tiny(family):
-    from kgen import models, networks, schedulers
-    from kgen.data import CharTokenizer
-
-    shape = (8, 8, 1)
-    if family == "vae":
-        return models.VAE(*networks.conv_vae_networks(shape, 2, (4,), 8))
-    if family == "gan":
-        return models.GAN(networks.dcgan_generator(4, shape, (8,), num_classes=10),
-                          networks.dcgan_discriminator(shape, (8,), num_classes=10),
-                          num_classes=10)
-    if family == "diffusion":
-        return models.DiffusionModel(
-            networks.unet(shape, filters=(8, 16), num_classes=10, groups=4),
-            schedulers.DDPMScheduler(100), num_classes=10, sampler="ddim")
-    tokenizer = CharTokenizer.from_text("abcdefgh \n")
-    return models.CausalLM(
-        networks.transformer_lm(tokenizer.vocabulary_size, 16, num_layers=1,
-                                num_heads=1, hidden_dim=8), tokenizer)
 
 
 SCRIPT = textwrap.dedent("""

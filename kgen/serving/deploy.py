@@ -1,0 +1,401 @@
+"""`kgen deploy`: the files that put a tree of exports behind TF Serving.
+
+From `saved_models/` (one folder per model, versions `1/`, `2/`, ...
+inside) `write_deployment` writes a folder holding:
+
+- `models.config`: TF Serving's `ModelServerConfig` text proto, one
+  `config { name base_path model_platform }` per model, built with TF
+  Serving's own proto classes, so it is valid by construction;
+- `docker-compose.yml`: `tensorflow/serving` on the tree, mounted
+  read-only at `/models`: gRPC on 8500, REST on 8501, a new version picked
+  up by polling the file system, a health check that every model is
+  AVAILABLE, and optionally server-side batching (`batching.config`);
+- `kserve/<name>.yaml`: one KServe `InferenceService` per model
+  (`serving.kserve.io/v1beta1`, the `tensorflow` model format, whose
+  runtime is TF Serving), with a `storageUri` placeholder to replace with
+  where the model's base path is uploaded, resources and autoscaling.
+
+The folder is written beside its final name and renamed into place, so a
+failed run leaves the earlier folder as it was.
+
+Example:
+
+```python
+from kgen.serving.deploy import write_deployment
+
+write_deployment("saved_models", "deploy")
+```
+"""
+
+import json
+import os
+import pathlib
+import re
+import shutil
+
+from kgen import io as kgen_io
+from kgen.export.warmup import WARMUP_FILE
+
+# A version folder as TF Serving reads it: a plain whole number.
+_PLAIN_VERSION = re.compile(r"(0|[1-9][0-9]*)\Z")
+# An InferenceService name: a DNS-1123 label that starts with a letter.
+_DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?\Z")
+MAX_NAME = 63
+CONTAINER_ROOT = "/models"
+CONFIG_DIR = "/config"
+SCALE_METRICS = ("concurrency", "rps", "cpu", "memory")
+DEFAULT_IMAGE = "tensorflow/serving:latest"
+DEFAULT_STORAGE_URI = "s3://REPLACE-WITH-YOUR-BUCKET/saved_models"
+
+
+class DeployError(ValueError):
+    """A `kgen deploy` argument or input tree is wrong; the message names it."""
+
+
+def find_models(tree):
+    """The exported models under `tree`, sorted by name.
+
+    Returns:
+        a list of dicts: `name`, `base` (path), `versions` (ints, ascending),
+        `metadata` (the newest version's `kgen.json`, {} when absent).
+
+    Raises:
+        DeployError: naming the path when `tree` is missing, is one model's
+            base path, holds no exported model, or a model's newest version
+            is not a SavedModel.
+    """
+    tree = pathlib.Path(tree)
+    if not tree.exists():
+        raise DeployError(f"{tree}: no such folder (expected a tree of exported "
+                          "models, saved_models/NAME/1/...)")
+    if not tree.is_dir():
+        raise DeployError(f"{tree}: is a file; expected a folder of exported models")
+    own = _versions(tree)
+    if own:
+        raise DeployError(
+            f"{tree}: is one model's base path (it holds version "
+            f"{', '.join(map(str, own))}); pass the folder above it, which holds "
+            "one folder per model")
+    models = []
+    for base in sorted(tree.iterdir()):
+        if not base.is_dir() or base.name.startswith("."):
+            continue
+        found = _versions(base)
+        if not found:
+            continue
+        newest = base / str(found[-1])
+        if not (newest / "saved_model.pb").is_file():
+            raise DeployError(
+                f"{newest}: not a SavedModel (no saved_model.pb); TF Serving would "
+                "fail to load this newest version of the model")
+        models.append({"name": base.name, "base": base, "versions": found,
+                       "metadata": _metadata(newest),
+                       "warmup": (newest / WARMUP_FILE).is_file()})
+    if not models:
+        raise DeployError(
+            f"{tree}: no exported model (expected NAME/<version>/saved_model.pb "
+            "folders, as `kgen export` writes)")
+    return models
+
+
+def _versions(base):
+    return sorted(int(p.name) for p in base.iterdir()
+                  if p.is_dir() and _PLAIN_VERSION.match(p.name))
+
+
+def _metadata(version_dir):
+    path = version_dir / "assets.extra" / "kgen.json"
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def service_name(model):
+    """The InferenceService name of a model folder: lower case, `_` -> `-`.
+
+    Raises:
+        DeployError: when that is not a DNS-1123 label starting with a letter.
+    """
+    name = model["name"].lower().replace("_", "-")
+    if not _DNS_LABEL.match(name) or len(name) > MAX_NAME:
+        raise DeployError(
+            f"{model['base']}: model name {model['name']!r} cannot name a KServe "
+            f"InferenceService ({name!r} is not a DNS-1123 label: lower-case letters, "
+            f"digits and '-', starting with a letter, at most {MAX_NAME} characters); "
+            "rename the folder")
+    return name
+
+
+def model_server_config(models, root=CONTAINER_ROOT):
+    """TF Serving's `ModelServerConfig` proto for `models` under `root`."""
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    for model in models:
+        entry = config.model_config_list.config.add()
+        entry.name = model["name"]
+        entry.base_path = f"{root}/{model['name']}"
+        entry.model_platform = "tensorflow"
+    return config
+
+
+def models_config_text(models, root=CONTAINER_ROOT):
+    """`models.config`: the text form of `model_server_config`."""
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(model_server_config(models, root))
+
+
+def batching_config_text(max_batch_size, timeout_micros=2000, threads=4):
+    """TF Serving's `BatchingParameters` text proto. A merged batch never
+    holds more rows than `max_batch_size`, the smallest `max_rows` of the
+    models, so it passes every export's row bound."""
+    return (f"max_batch_size {{ value: {int(max_batch_size)} }}\n"
+            f"batch_timeout_micros {{ value: {int(timeout_micros)} }}\n"
+            f"num_batch_threads {{ value: {int(threads)} }}\n"
+            "max_enqueued_batches { value: 100 }\n")
+
+
+def health_command(models, port=8501):
+    """A shell command that succeeds when every model reports AVAILABLE on
+    TF Serving's REST status route. bash's /dev/tcp, because the
+    tensorflow/serving image has no curl or wget."""
+    checks = [
+        f"exec 3<>/dev/tcp/127.0.0.1/{port} && "
+        f"printf 'GET /v1/models/{model['name']} HTTP/1.0\\r\\n\\r\\n' >&3 && "
+        "grep -q AVAILABLE <&3 && exec 3<&-"
+        for model in models]
+    return " && ".join(checks)
+
+
+def compose(models, tree_source, image=DEFAULT_IMAGE, rest_port=8501, grpc_port=8500,
+            poll_seconds=30, batching=False):
+    """The Docker Compose document (a dict) running TF Serving on the tree."""
+    command = [f"--model_config_file={CONFIG_DIR}/models.config",
+               f"--file_system_poll_wait_seconds={int(poll_seconds)}"]
+    volumes = [
+        {"type": "bind", "source": str(tree_source), "target": CONTAINER_ROOT,
+         "read_only": True},
+        {"type": "bind", "source": "./models.config",
+         "target": f"{CONFIG_DIR}/models.config", "read_only": True},
+    ]
+    if batching:
+        command += ["--enable_batching=true",
+                    f"--batching_parameters_file={CONFIG_DIR}/batching.config"]
+        volumes.append({"type": "bind", "source": "./batching.config",
+                        "target": f"{CONFIG_DIR}/batching.config", "read_only": True})
+    return {"services": {"tf-serving": {
+        "image": image,
+        # The image's entrypoint starts tensorflow_model_server with gRPC on
+        # 8500 and REST on 8501 and passes these arguments on.
+        "command": command,
+        "ports": [f"{int(grpc_port)}:8500", f"{int(rest_port)}:8501"],
+        "volumes": volumes,
+        "healthcheck": {
+            "test": ["CMD", "bash", "-c", health_command(models)],
+            "interval": "10s", "timeout": "5s", "retries": 3, "start_period": "60s",
+        },
+        "restart": "unless-stopped",
+    }}}
+
+
+def inference_service(model, storage_uri=DEFAULT_STORAGE_URI, min_replicas=1,
+                      max_replicas=3, scale_metric="concurrency", scale_target=4,
+                      cpu="1", memory="2Gi"):
+    """One KServe `InferenceService` (a dict) serving `model` with TF Serving."""
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {
+            "name": service_name(model),
+            "labels": {"app.kubernetes.io/part-of": "kgen"},
+        },
+        "spec": {"predictor": {
+            "minReplicas": int(min_replicas),
+            "maxReplicas": int(max_replicas),
+            "scaleMetric": scale_metric,
+            "scaleTarget": int(scale_target),
+            "model": {
+                "modelFormat": {"name": "tensorflow"},
+                "storageUri": f"{storage_uri.rstrip('/')}/{model['name']}",
+                "resources": {
+                    "requests": {"cpu": str(cpu), "memory": str(memory)},
+                    "limits": {"cpu": str(cpu), "memory": str(memory)},
+                },
+            },
+        }},
+    }
+
+
+def _yaml(document, header):
+    import yaml
+
+    comment = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines())
+    return comment + yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
+
+
+def check_options(min_replicas=1, max_replicas=3, scale_metric="concurrency",
+                  scale_target=4, poll_seconds=30, rest_port=8501, grpc_port=8500):
+    """Refuse settings the manifests cannot hold, naming the option."""
+    for flag, value, low in (("--min-replicas", min_replicas, 0),
+                             ("--max-replicas", max_replicas, 1),
+                             ("--scale-target", scale_target, 1),
+                             ("--poll-seconds", poll_seconds, 1),
+                             ("--rest-port", rest_port, 1),
+                             ("--grpc-port", grpc_port, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise DeployError(f"{flag} {value!r}: must be an integer >= {low}")
+    if max_replicas < min_replicas:
+        raise DeployError(f"--max-replicas {max_replicas}: must be at least "
+                          f"--min-replicas {min_replicas}")
+    if scale_metric not in SCALE_METRICS:
+        raise DeployError(f"--scale-metric {scale_metric!r}: must be one of "
+                          f"{', '.join(SCALE_METRICS)}")
+    for flag, port in (("--rest-port", rest_port), ("--grpc-port", grpc_port)):
+        if port > 65535:
+            raise DeployError(f"{flag} {port}: must be at most 65535")
+    if rest_port == grpc_port:
+        raise DeployError(f"--rest-port {rest_port}: must differ from --grpc-port")
+
+
+def write_deployment(tree, out, overwrite=False, image=DEFAULT_IMAGE, rest_port=8501,
+                     grpc_port=8500, poll_seconds=30, batching=False,
+                     storage_uri=DEFAULT_STORAGE_URI, min_replicas=1, max_replicas=3,
+                     scale_metric="concurrency", scale_target=4):
+    """Write models.config, docker-compose.yml and kserve/<name>.yaml to `out`.
+
+    Args:
+        tree: the folder of exported models (`saved_models/`).
+        out: the folder to write; it must not exist or be empty, unless
+            `overwrite` (then it is replaced as a whole).
+        image: TF Serving's Docker image.
+        rest_port, grpc_port: the host ports Compose publishes.
+        poll_seconds: how often TF Serving looks for a new version.
+        batching: turn on TF Serving's server-side batching.
+        storage_uri: where the tree is uploaded for KServe; each model's
+            `storageUri` is `storage_uri/NAME` (default: a placeholder).
+        min_replicas, max_replicas, scale_metric, scale_target: KServe's
+            autoscaling of each model's predictor.
+
+    Returns:
+        a dict: `out`, `models` (as `find_models`), `files` (paths written,
+        relative to `out`), `notes` (lines for the user).
+    """
+    check_options(min_replicas, max_replicas, scale_metric, scale_target,
+                  poll_seconds, rest_port, grpc_port)
+    tree, out = pathlib.Path(tree), pathlib.Path(out)
+    models = find_models(tree)
+    names = {}
+    for model in models:
+        name = service_name(model)
+        if name in names:
+            raise DeployError(
+                f"{model['base']}: models {names[name]!r} and {model['name']!r} both "
+                f"become InferenceService {name!r}; rename one folder")
+        names[name] = model["name"]
+    _check_out(tree, out, overwrite)
+
+    notes = []
+    cold = [m["name"] for m in models if not m["warmup"]]
+    if cold:
+        notes.append(f"no warm-up requests in the newest version of {', '.join(cold)} "
+                     "(exported by an older kgen): export again to add them")
+    files = {"models.config": models_config_text(models)}
+    if batching:
+        rows = [m["metadata"].get("max_rows") for m in models]
+        rows = [r for r in rows if isinstance(r, int) and r > 0]
+        files["batching.config"] = batching_config_text(min(rows) if rows else 32)
+        diffusion = [m["name"] for m in models
+                     if m["metadata"].get("family") == "DiffusionModel"]
+        if diffusion:
+            notes.append(
+                f"batching merges requests: requests to {', '.join(diffusion)} "
+                "must then share num_steps (one loop runs per merged batch)")
+    tree_source = os.path.relpath(tree.resolve(), out.resolve().parent / out.name)
+    files["docker-compose.yml"] = _yaml(
+        compose(models, tree_source, image, rest_port, grpc_port, poll_seconds, batching),
+        "TensorFlow Serving on the models exported under "
+        f"{tree_source} (written by kgen deploy).\n"
+        "Start: docker compose up -d   (REST on "
+        f"{rest_port}, gRPC on {grpc_port})\n"
+        f"Check: curl localhost:{rest_port}/v1/models/{models[0]['name']}")
+    for model in models:
+        name = service_name(model)
+        files[f"kserve/{model['name']}.yaml"] = _yaml(
+            inference_service(model, storage_uri, min_replicas, max_replicas,
+                              scale_metric, scale_target),
+            f"KServe InferenceService for the kgen model {model['name']!r}.\n"
+            f"Upload {model['base']}/ (its version folders) and set storageUri to it"
+            + (" (replace the placeholder)" if storage_uri == DEFAULT_STORAGE_URI else "")
+            + ".\n"
+            f"Apply: kubectl apply -f kserve/{model['name']}.yaml\n"
+            f"Served as /v1/models/{name}:predict (KServe names the model after the "
+            "InferenceService).")
+    if storage_uri == DEFAULT_STORAGE_URI:
+        notes.append(f"replace the storageUri placeholder ({DEFAULT_STORAGE_URI}/NAME) "
+                     "in kserve/*.yaml, or pass --storage-uri")
+    _publish(out, files, overwrite)
+    return {"out": out, "models": models, "files": sorted(files), "notes": notes}
+
+
+def _check_out(tree, out, overwrite):
+    if out.exists() and not out.is_dir():
+        raise DeployError(f"--out {out}: is a file; expected a folder")
+    real_tree, real_out = tree.resolve(), out.resolve()
+    if real_out == real_tree or real_tree in real_out.parents or real_out in real_tree.parents:
+        raise DeployError(f"--out {out}: must lie outside {tree} (and not hold it)")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise DeployError(f"--out {out}: exists and is not empty; pass --overwrite "
+                          "to replace it")
+
+
+def _publish(out, files, overwrite):
+    """Write `files` into a temporary sibling of `out`, then rename it into
+    place (an earlier `out` is moved aside first, put back if the rename
+    fails, and removed last)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _clean_abandoned(out)
+    tmp = kgen_io.temporary_sibling(out)
+    try:
+        for name, text in files.items():
+            kgen_io.write_text(tmp / name, text)
+        old = None
+        if out.exists():
+            if any(out.iterdir()) and not overwrite:  # appeared meanwhile
+                raise DeployError(f"--out {out}: exists and is not empty; pass --overwrite")
+            old = kgen_io.temporary_sibling(out)
+            os.rename(out, old)
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if old is not None:
+                os.rename(old, out)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _clean_abandoned(out):
+    """Remove temporaries of `out` left by a killed `kgen deploy`."""
+    prefix = f"{out.name}.tmp-"
+    for path in out.parent.iterdir():
+        if path.name.startswith(prefix) and path.is_dir():
+            pid = path.name[len(prefix):].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

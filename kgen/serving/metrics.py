@@ -1,0 +1,48 @@
+"""kgen's own Prometheus metrics, served on `/metrics` beside KServe's.
+
+Labels hold only names the server knows (a model and signature that exist,
+or `""` for a request that named none that exist), so a client cannot grow
+the label sets. `code` is the HTTP status of the answer (a gRPC status is
+counted as the HTTP status TF Serving maps it to); `protocol` is `v1`
+(TF Serving REST), `v2` (Open Inference Protocol REST or gRPC) or
+`tfs_grpc` (TF Serving's `PredictionService`).
+"""
+
+from prometheus_client import Counter
+from prometheus_client import Gauge
+from prometheus_client import Histogram
+
+REQUESTS = Counter(
+    "kgen_requests", "Predict requests answered, by model, signature, protocol "
+    "and status code", ["model", "signature", "protocol", "code"])
+ERRORS = Counter(
+    "kgen_request_errors", "Predict requests answered with an error (status >= 400)",
+    ["model", "signature", "protocol", "code"])
+LATENCY = Histogram(
+    "kgen_request_latency_seconds", "Time from a predict request's arrival to "
+    "its answer", ["model", "signature"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+             5.0, 10.0, 30.0, 60.0))
+ROWS = Counter(
+    "kgen_rows_generated", "Rows (samples) answered by successful requests",
+    ["model", "signature"])
+CALLS = Counter(
+    "kgen_model_calls", "Calls of a signature's graph (one call may answer "
+    "several batched requests)", ["model", "signature"])
+BATCH_REQUESTS = Histogram(
+    "kgen_batch_requests", "Requests answered by one call of a signature's graph",
+    ["model", "signature"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+VERSION = Gauge(
+    "kgen_model_version", "Newest version each model serves", ["model"])
+
+
+def record(model, signature, protocol, code, seconds=None, rows=0):
+    """Count one answered predict request."""
+    code = str(code)
+    REQUESTS.labels(model, signature, protocol, code).inc()
+    if int(code) >= 400:
+        ERRORS.labels(model, signature, protocol, code).inc()
+    if seconds is not None and model and signature:
+        LATENCY.labels(model, signature).observe(seconds)
+    if rows and int(code) < 400:
+        ROWS.labels(model, signature).inc(rows)
