@@ -58,6 +58,9 @@ setup(
         # protocol, V2 REST and gRPC, Prometheus metrics), gRPC for
         # `kgen.serving.Client`, and PyYAML for `kgen deploy`'s manifests.
         "serving": ["kserve>=0.21", "grpcio", "pyyaml"],
+        # `kgen tune`: Optuna's search, pruners and study databases (SQLite
+        # through SQLAlchemy; any database Optuna supports for shared studies).
+        "tune": ["optuna>=5,<6", "sqlalchemy>=2"],
         "test": ["pytest>=8"],
     },
     entry_points={"console_scripts": ["kgen=kgen.cli:main"]},

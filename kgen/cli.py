@@ -10,6 +10,7 @@ kgen sample saved_models/NAME [--version N] [--n 16] [--seed 0] [--out FILE]
 kgen sample --url http://HOST:8501/v1/models/NAME [--version N] [--n 16] ...
 kgen serve saved_models/ [--host 127.0.0.1] [--port 8501] [--grpc-port 8500]
 kgen deploy saved_models/ --out deploy/ [--overwrite] [--enable-batching] ...
+kgen tune RECIPE --space KEY=SPEC... --objective NAME --trials N [--workers N] ...
 ```
 
 One error style: a user mistake (an argument, a setting, a path, a data or
@@ -29,7 +30,7 @@ import sys
 
 BACKENDS = ("tensorflow", "jax", "torch")
 # Commands that import TensorFlow (to train, export or run a SavedModel).
-_TENSORFLOW_COMMANDS = ("train", "export", "sample")
+_TENSORFLOW_COMMANDS = ("train", "export", "sample", "tune")
 
 
 class CommandError(ValueError):
@@ -242,6 +243,7 @@ def _parser():
                             "(default 2)")
     serve.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                        help="threads running TensorFlow calls (default: CPUs + 2)")
+    _tune_parser(sub, common)
     return parser
 
 
@@ -267,6 +269,98 @@ def _float(text):
     if value != value or value in (float("inf"), float("-inf")):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
+
+
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _positive_seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text}")
+    return value
+
+
+def _tune_parser(sub, common):
+    tune = sub.add_parser(
+        "tune", help="search recipe settings with Optuna",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Search RECIPE's settings with Optuna. Each trial is a normal kgen\n"
+            "run (checkpoints, backups, history, TensorBoard) in DIR/trial-NNNN/,\n"
+            "with its settings merged over --set; the objective is reported each\n"
+            "epoch so the pruner can stop a bad trial early (recorded PRUNED,\n"
+            "never exported). The study lives in DIR/study.db (SQLite) unless\n"
+            "--storage names another database; run the same command again to\n"
+            "resume a stopped search: finished trials are kept, and a trial that\n"
+            "was running is enqueued again and resumes from its run's backup.\n"
+            "At the end: a table of the trials, the best settings as a --set line\n"
+            "(also in DIR/best.txt) and TensorBoard HParams in DIR/hparams/.\n"
+            "\n"
+            "SPEC, one per --space KEY=SPEC (KEY a setting of the recipe):\n"
+            "  float:LOW:HIGH       uniform, e.g. beta=float:0.5:2\n"
+            "  float:LOW:HIGH:log   log-uniform, e.g. learning_rate=float:1e-4:1e-2:log\n"
+            "  int:LOW:HIGH[:STEP]  integers, e.g. latent_dim=int:4:16:4\n"
+            "  choice:A,B,C         values written as --set writes them, e.g.\n"
+            "                       likelihood=choice:bernoulli,gaussian; a list\n"
+            "                       setting separates its choices with |:\n"
+            "                       filters=choice:16,32|32,64\n"
+            "\n"
+            "Example:\n"
+            "  kgen tune vae_digits --space learning_rate=float:1e-4:1e-2:log \\\n"
+            "      --space latent_dim=int:4:16:4 --objective val_loss --trials 20 \\\n"
+            "      --set epochs=10 --workers 2"
+        ),
+        parents=[common],
+    )
+    tune.add_argument("recipe", help="a recipe name (see `kgen recipes`) or a path "
+                                     "to a recipe file (its code runs)")
+    tune.add_argument("--space", action="append", default=[], metavar="KEY=SPEC",
+                      help="a setting to search and its range; repeat. SPEC: "
+                           "float:LOW:HIGH[:log], int:LOW:HIGH[:STEP] or choice:A,B,C "
+                           "(see above)")
+    tune.add_argument("--objective", required=True, metavar="NAME",
+                      help="the logged value to optimize: val_loss, loss, val_kid, ...")
+    tune.add_argument("--direction", choices=("minimize", "maximize"), default="minimize",
+                      help="minimize (default) or maximize the objective")
+    tune.add_argument("--trials", type=_positive_int, required=True, metavar="N",
+                      help="trials in the whole search (finished ones of an earlier, "
+                           "stopped run of the same command count)")
+    tune.add_argument("--dir", type=pathlib.Path, metavar="tunes/NAME",
+                      help="the search's directory: study.db, trial-NNNN/, hparams/, "
+                           "best.txt (default: tunes/RECIPE)")
+    tune.add_argument("--storage", metavar="URL",
+                      help="an Optuna database URL, e.g. postgresql://user@host/db, "
+                           "so several machines share the study (default: "
+                           "sqlite:///DIR/study.db)")
+    tune.add_argument("--study", metavar="NAME",
+                      help="the study's name in the storage (default: DIR's name)")
+    tune.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median",
+                      help="Optuna pruner that stops bad trials early (default median)")
+    tune.add_argument("--pruner-startup", type=_non_negative_int, metavar="N",
+                      help="median pruner: prune nothing until N trials completed "
+                           "(Optuna's n_startup_trials, default 5)")
+    tune.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                      help="processes on this machine sharing the study (default 1)")
+    tune.add_argument("--set", dest="sets", action="append", default=[],
+                      metavar="KEY=VALUE", help="a fixed setting for every trial; repeat")
+    tune.add_argument("--timeout", type=_positive_seconds, metavar="S",
+                      help="start no new trial after S seconds")
+    tune.add_argument("--backend", choices=BACKENDS,
+                      help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
+    tune.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
 
 
 def _select_backend(name):
@@ -425,8 +519,15 @@ def _cmd_serve(args):
     os._exit(0)
 
 
+def _cmd_tune(args):
+    from kgen import tune
+
+    tune.tune(args, args.argv)
+
+
 _COMMANDS = {"recipes": _cmd_recipes, "train": _cmd_train, "export": _cmd_export,
-             "sample": _cmd_sample, "deploy": _cmd_deploy, "serve": _cmd_serve}
+             "sample": _cmd_sample, "deploy": _cmd_deploy, "serve": _cmd_serve,
+             "tune": _cmd_tune}
 
 
 def _fail(message, status=2):
@@ -501,7 +602,9 @@ def _quiet_tensorflow():
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    args.argv = argv
     debug = getattr(args, "debug", False)
     try:
         # Before anything from kgen that may import Keras. An export is

@@ -13,7 +13,9 @@ per-epoch points, N is the 1-based epoch). At a file write point the
 temporary has been written and cut to half its size first, so the kill
 leaves exactly what a kill in the middle of the write would leave. The
 points are `epoch` (after the first batch of an epoch), `checkpoint`,
-`history`, `backup` (per epoch), `state` and `export` (the N-th export).
+`history`, `backup` (per epoch), `state`, `export` (the N-th export) and
+`trial` (`kgen tune`: after the first epoch, backup included, of the N-th
+trial the process runs).
 One point does not kill: `nonfinite:N` sets a weight to NaN as epoch N
 begins, as a diverged update would.
 """

@@ -147,7 +147,7 @@ def _resume_stream(train, steps, initial_epoch):
 
 
 def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
-          verbose="auto", overwrite=False):
+          verbose="auto", overwrite=False, callbacks=()):
     """Train a recipe; returns a dict of what was written.
 
     A run directory remembers its settings (`config.json`) and how far it
@@ -165,6 +165,9 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
         verbose: Keras' `fit()` verbosity.
         overwrite: replace an earlier run with other settings (its
             checkpoints, history, backups, samples and logs are removed).
+        callbacks: more Keras callbacks, run after kgen's own each epoch
+            (so an epoch's checkpoint, backup and history row are on disk
+            when they see it); `kgen tune` reports its objective here.
 
     Returns:
         A dict: `run_dir`, `best` (the checkpoint), `wall_s`, `logs` (the
@@ -204,7 +207,7 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
         kgen_io.write_text(run_dir / "config.json", json.dumps(settings, indent=2))
         _write_state(run_dir, {"status": "training"})
 
-    run = _Run(run_dir, model, data, module, config, verbose)
+    run = _Run(run_dir, model, data, module, config, verbose, callbacks)
     wall = run.fit()
     state = {"status": "trained", "checkpoint": run.checkpoint_path.name,
              "best": run.checkpoint.best, "epochs": config["epochs"],
@@ -247,7 +250,7 @@ class _Run:
     """One `fit()` of a run: its checkpoint, backup, history and sample
     callbacks, resumed from the newest good backup."""
 
-    def __init__(self, run_dir, model, data, module, config, verbose):
+    def __init__(self, run_dir, model, data, module, config, verbose, extra=()):
         self.model, self.config, self.verbose = model, config, verbose
         monitor = getattr(model, "checkpoint_monitor", "val_loss")
         self.validation = data.validation if monitor else None
@@ -284,6 +287,7 @@ class _Run:
                 seed=config.get("sample_seed", 0), out_dir=run_dir / "samples",
                 generate_kwargs=getattr(module, "sample_kwargs", lambda c: {})(config),
             ))
+        self.callbacks.extend(extra)
 
     def fit(self):
         """Train the remaining epochs; returns the wall time in seconds."""

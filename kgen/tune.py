@@ -1,0 +1,667 @@
+"""`kgen tune`: a hyperparameter search over recipe settings with Optuna.
+
+```
+kgen tune RECIPE --space key=SPEC... --objective NAME --trials N
+                 [--direction minimize|maximize] [--dir tunes/NAME]
+                 [--storage URL] [--study NAME] [--pruner median|hyperband|none]
+                 [--workers N] [--set key=value]... [--timeout S]
+```
+
+Each trial is a normal kgen run (`kgen.training.train`, the code path of
+`kgen train`: config.json, state.json, checkpoints, backups, history and
+TensorBoard logs) in its own run directory `DIR/trial-0007/`, with the
+trial's settings merged over `--set`. A callback run after kgen's own each
+epoch reports the objective (any logged key: `val_loss`, `loss`,
+`val_kid`...) to Optuna, whose pruner may stop the trial there: the trial
+is recorded PRUNED and its `state.json` says `"status": "pruned"`. Trials
+are never exported; the search's result is the best settings, as a
+`--set` line in `DIR/best.txt`.
+
+A trial's objective value is the best (lowest when minimizing) value of
+the objective over its epochs, as `best.keras` keeps the best epoch.
+
+Search space (`--space KEY=SPEC`, KEY a setting of the recipe):
+
+- `float:LOW:HIGH` or `float:LOW:HIGH:log` (log-uniform; LOW > 0),
+- `int:LOW:HIGH` or `int:LOW:HIGH:STEP`,
+- `choice:A,B,C`: values spelled as `--set` spells them (`none`, `true`,
+  `3e-4`); a setting that is itself a list takes `|` between its choices
+  (`choice:32,64|64,128`).
+
+Where the study lives: `DIR/study.db` (SQLite, through Optuna's RDB
+storage) unless `--storage URL` names another database Optuna supports
+(`postgresql://...`), which lets several machines work on one study. The
+study records its recipe, objective, space and `--set` values, and a rerun
+with others is refused, so `--dir` always names one search.
+
+Resuming: run the same command again. Finished trials (COMPLETE, PRUNED,
+or FAIL for a diverged run) are not redone; `--trials N` counts them. A
+trial left RUNNING by a process of this machine that no longer exists (a
+kill, a crash, Ctrl-C) is marked FAIL and enqueued again with the same
+settings and the same run directory, so its run resumes from its last
+backed-up epoch (the epochs already done are reported to the new trial
+from its `history.csv`).
+
+Several processes (`--workers N`, or the same command on several machines
+with one `--storage`): each worker takes the next trial under a file lock
+(`DIR/tune.lock`) after counting the trials finished or running, so the
+workers of one machine run `--trials` trials in total and never the same
+trial twice. Workers on other machines count through the database without
+a shared lock, so a study shared by machines may run a few trials over N.
+SQLite is used through Optuna's RDB storage with a 60 s busy timeout: a
+write that meets another process's lock waits for it instead of failing,
+and the file lock keeps the only read-then-write step (count, then ask)
+to one process at a time.
+"""
+
+import contextlib
+import math
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+from kgen import config as kgen_config
+from kgen import io as kgen_io
+from kgen.config import ConfigError
+
+PRUNERS = ("median", "hyperband", "none")
+DIRECTIONS = ("minimize", "maximize")
+SPEC_HELP = ("float:LOW:HIGH[:log], int:LOW:HIGH[:STEP] or choice:A,B,C "
+             "(choices of a list setting separated by |)")
+
+
+class TuneError(ConfigError):
+    """A search argument is wrong (a space, an objective, a study that holds
+    another search); the message names the value."""
+
+
+# === Search space ===
+
+
+class Param:
+    """One searched setting: `kind` is float, int or choice."""
+
+    def __init__(self, key, spec, kind, low=None, high=None, log=False, step=1,
+                 choices=()):
+        self.key, self.spec, self.kind = key, spec, kind
+        self.low, self.high, self.log, self.step = low, high, log, step
+        self.choices = tuple(choices)
+
+    def suggest(self, trial):
+        """The trial's value, as the `--set` text for this key."""
+        if self.kind == "float":
+            value = trial.suggest_float(self.key, self.low, self.high, log=self.log)
+        elif self.kind == "int":
+            value = trial.suggest_int(self.key, self.low, self.high, step=self.step)
+        else:
+            value = trial.suggest_categorical(self.key, list(self.choices))
+        return value
+
+    def edge_values(self):
+        """The values whose `--set` form the recipe must accept."""
+        if self.kind == "choice":
+            return list(self.choices)
+        return [self.low, self.high]
+
+    def hparam(self):
+        from tensorboard.plugins.hparams import api as hp
+
+        if self.kind == "float":
+            return hp.HParam(self.key, hp.RealInterval(float(self.low), float(self.high)))
+        if self.kind == "int":
+            return hp.HParam(self.key, hp.IntInterval(int(self.low), int(self.high)))
+        return hp.HParam(self.key, hp.Discrete([str(c) for c in self.choices]))
+
+
+def _number(text, kind, item):
+    try:
+        value = int(text) if kind == "int" else float(text)
+    except ValueError:
+        raise TuneError(
+            f"--space {item}: {text!r} is not {'an integer' if kind == 'int' else 'a number'} "
+            f"(expected {SPEC_HELP})") from None
+    if kind == "float" and not math.isfinite(value):
+        raise TuneError(f"--space {item}: {text!r} is not a finite number")
+    return value
+
+
+def parse_spec(item):
+    """`"learning_rate=float:1e-4:1e-2:log"` -> a `Param`.
+
+    Raises:
+        TuneError: naming `item` when it does not follow the grammar.
+    """
+    key, sep, spec = item.partition("=")
+    key, spec = key.strip(), spec.strip()
+    if not sep or not key or not spec:
+        raise TuneError(f"--space {item!r}: expected KEY=SPEC with SPEC one of {SPEC_HELP}")
+    kind, _, rest = spec.partition(":")
+    if kind == "choice":
+        separator = "|" if "|" in rest else ","
+        choices = [c.strip() for c in rest.split(separator)]
+        if not rest.strip() or any(not c for c in choices):
+            raise TuneError(f"--space {item}: expected choice:A,B,C with no empty choice")
+        if len(set(choices)) != len(choices):
+            raise TuneError(f"--space {item}: a choice is listed twice")
+        return Param(key, spec, "choice", choices=choices)
+    if kind not in ("float", "int"):
+        raise TuneError(f"--space {item}: unknown kind {kind!r} (expected {SPEC_HELP})")
+    parts = rest.split(":")
+    if len(parts) not in (2, 3):
+        raise TuneError(f"--space {item}: expected {kind}:LOW:HIGH"
+                        f"{'[:log]' if kind == 'float' else '[:STEP]'}")
+    low, high = (_number(p.strip(), kind, item) for p in parts[:2])
+    if not low < high:
+        raise TuneError(f"--space {item}: LOW {parts[0]} must be below HIGH {parts[1]}")
+    if kind == "float":
+        log = len(parts) == 3
+        if log and parts[2].strip() != "log":
+            raise TuneError(f"--space {item}: expected float:LOW:HIGH or float:LOW:HIGH:log, "
+                            f"got {parts[2]!r} after HIGH")
+        if log and low <= 0:
+            raise TuneError(f"--space {item}: a log range needs LOW > 0, got {parts[0]}")
+        return Param(key, spec, "float", low, high, log=log)
+    step = _number(parts[2].strip(), "int", item) if len(parts) == 3 else 1
+    if step < 1:
+        raise TuneError(f"--space {item}: STEP must be an integer >= 1, got {step}")
+    if (high - low) % step:
+        raise TuneError(f"--space {item}: HIGH - LOW = {high - low} is not a multiple "
+                        f"of STEP {step}")
+    return Param(key, spec, "int", low, high, step=step)
+
+
+def parse_space(items, recipe_config, recipe_name, sets):
+    """The `--space` items as `Param`s, checked against the recipe.
+
+    Every key must be a setting of the recipe and not also a `--set`; each
+    range end and each choice must be a value the recipe accepts (checked
+    as `--set` checks it).
+    """
+    if not items:
+        raise TuneError("give at least one --space KEY=SPEC to search")
+    space = {}
+    for item in items:
+        param = parse_spec(item)
+        if param.key not in recipe_config:
+            raise TuneError(
+                f"--space {item}: {param.key!r} is not a setting of recipe "
+                f"{recipe_name}; its settings are: {', '.join(sorted(recipe_config))}")
+        if param.key in space:
+            raise TuneError(f"--space {item}: {param.key} is searched twice")
+        if param.key in sets:
+            raise TuneError(f"--space {item}: {param.key} is also fixed by "
+                            f"--set {param.key}={sets[param.key]}; give one or the other")
+        for value in param.edge_values():
+            try:
+                kgen_config.apply_overrides(
+                    recipe_config, {**sets, param.key: kgen_config.format_value(value)})
+            except ConfigError as e:
+                raise TuneError(f"--space {item}: {e}") from None
+        space[param.key] = param
+    return space
+
+
+# === The study ===
+
+
+def _storage(url):
+    import optuna
+
+    kwargs = {}
+    if url.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    try:
+        return optuna.storages.RDBStorage(url, **kwargs)
+    except Exception as e:  # SQLAlchemy: no such driver, host or database
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TuneError(f"--storage {url}: cannot open it ({message})") from None
+
+
+def make_pruner(name, n_startup_trials=None):
+    """`median` (Optuna's MedianPruner), `hyperband` or `none`."""
+    import optuna
+
+    if name == "median":
+        kwargs = {} if n_startup_trials is None else {"n_startup_trials": n_startup_trials}
+        return optuna.pruners.MedianPruner(**kwargs)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise TuneError(f"--pruner {name}: expected one of {', '.join(PRUNERS)}")
+
+
+def _search_attrs(recipe, objective, space, sets):
+    return {"kgen_recipe": recipe, "kgen_objective": objective,
+            "kgen_space": {k: p.spec for k, p in sorted(space.items())},
+            "kgen_sets": dict(sorted(sets.items()))}
+
+
+def open_study(storage, name, direction, pruner, attrs):
+    """Create the study, or load it and check it holds this search."""
+    import optuna
+
+    study = optuna.create_study(storage=storage, study_name=name, direction=direction,
+                                pruner=pruner, load_if_exists=True)
+    held = study.user_attrs
+    if not held:
+        for key, value in attrs.items():
+            study.set_user_attr(key, value)
+        return study
+    differences = [f"{key[5:]}: {held.get(key)} -> {value}"
+                   for key, value in attrs.items() if held.get(key) != value]
+    if study.direction.name.lower() != direction:
+        differences.append(f"direction: {study.direction.name.lower()} -> {direction}")
+    if differences:
+        raise TuneError(
+            f"study {name!r} holds another search ({'; '.join(differences)}); "
+            f"pass another --dir (or --study) for a new search")
+    return study
+
+
+def _retried(trials):
+    """The numbers of the trials that were enqueued again (`retry_of`)."""
+    return {t.user_attrs["retry_of"] for t in trials
+            if t.user_attrs.get("retry_of") is not None}
+
+
+def count_trials(trials):
+    """The trials that count towards --trials: finished or running, but not
+    one that was killed and enqueued again."""
+    from optuna.trial import TrialState
+
+    retried = _retried(trials)
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+               or (t.state == TrialState.FAIL and t.number not in retried)
+               for t in trials)
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def retry_stale_trials(study):
+    """Fail and enqueue again the RUNNING trials of dead processes of this
+    machine; returns their numbers."""
+    from optuna.trial import TrialState
+
+    host, retried = socket.gethostname(), []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        attrs = trial.user_attrs
+        pid = attrs.get("pid")
+        if attrs.get("host") != host or not isinstance(pid, int) or pid == os.getpid():
+            continue
+        if _pid_alive(pid):
+            continue
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        study.enqueue_trial(trial.params, user_attrs={
+            "run_dir": attrs.get("run_dir") or _run_dir_name(trial.number),
+            "retry_of": trial.number})
+        retried.append(trial.number)
+    return retried
+
+
+def _run_dir_name(number):
+    return f"trial-{number:04d}"
+
+
+@contextlib.contextmanager
+def _file_lock(path):
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# === One trial ===
+
+
+def _objective_callback(trial, objective, fault_index):
+    import keras
+
+    class ReportObjective(keras.callbacks.Callback):
+        """Reports `logs[objective]` to the trial each epoch; stops the run
+        when the pruner says so."""
+
+        def __init__(self):
+            super().__init__()
+            self.pruned_at = None
+            self.first_epoch = None
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            if self.first_epoch is None:
+                self.first_epoch = epoch
+                # Tests only: a kill after this trial's first epoch is backed up.
+                kgen_io.fault_point("trial", fault_index)
+            if objective not in logs:
+                raise TuneError(
+                    f"--objective {objective}: not logged by this recipe; the logged "
+                    f"values are: {', '.join(sorted(logs)) or '(none)'}")
+            trial.report(float(logs[objective]), epoch)
+            if trial.should_prune():
+                self.pruned_at = epoch
+                self.model.stop_training = True
+
+    return ReportObjective()
+
+
+def _history(run_dir):
+    import csv
+
+    try:
+        with open(run_dir / "history.csv", newline="") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        return []
+
+
+def _values(rows, objective):
+    found = []
+    for row in rows:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            found.append((int(row["epoch"]), float(row[objective])))
+    return found
+
+
+def run_trial(study, trial, search, fault_index, verbose):
+    """Train one trial; tells the study how it ended. Returns its state."""
+    import json
+
+    from optuna.trial import TrialState
+
+    from kgen import training
+
+    sets = {**search["sets"], **{k: kgen_config.format_value(v)
+                                 for k, v in trial.params.items()}}
+    run_dir = search["dir"] / trial.user_attrs["run_dir"]
+    # A retried trial's run resumes: the pruner sees its earlier epochs too.
+    for epoch, value in _values(_history(run_dir), search["objective"]):
+        trial.report(value, epoch)
+    callback = _objective_callback(trial, search["objective"], fault_index)
+    try:
+        training.train(search["recipe"], sets=sets, run_dir=run_dir, export_to=None,
+                       verbose=verbose, callbacks=[callback])
+    except KeyboardInterrupt:
+        study.tell(trial, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={
+            "run_dir": trial.user_attrs["run_dir"], "retry_of": trial.number})
+        raise
+    except training.NonFiniteError as e:
+        trial.set_user_attr("error", str(e))
+        study.tell(trial, state=TrialState.FAIL)
+        return TrialState.FAIL
+    except BaseException as e:
+        trial.set_user_attr("error", str(e).strip().splitlines()[0] if str(e).strip()
+                            else type(e).__name__)
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    values = _values(_history(run_dir), search["objective"])
+    trial.set_user_attr("epochs", len(values))
+    if callback.pruned_at is not None:
+        kgen_io.write_text(run_dir / "state.json", json.dumps({
+            "status": "pruned", "epoch": callback.pruned_at + 1,
+            "objective": search["objective"], "value": values[-1][1] if values else None,
+            "exported": None}, indent=2))
+        study.tell(trial, state=TrialState.PRUNED)
+        return TrialState.PRUNED
+    pick = min if study.direction.name == "MINIMIZE" else max
+    study.tell(trial, pick(v for _, v in values))
+    return TrialState.COMPLETE
+
+
+def write_hparams(search, trial):
+    """One HParams session for a finished trial under `DIR/hparams/`."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp
+
+    name = _run_dir_name(trial.number)
+    writer = tf.summary.create_file_writer(str(search["dir"] / "hparams" / name))
+    params = {k: (str(v) if search["space"][k].kind == "choice" else v)
+              for k, v in trial.params.items()}
+    with writer.as_default():
+        hp.hparams(params, trial_id=name)
+        for epoch, value in sorted(trial.intermediate_values.items()):
+            tf.summary.scalar(search["objective"], value, step=epoch)
+        if trial.value is not None:
+            tf.summary.scalar(f"{search['objective']}_best", trial.value,
+                              step=trial.user_attrs.get("epochs", 0))
+    writer.close()
+
+
+def write_hparams_config(search):
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp
+
+    writer = tf.summary.create_file_writer(str(search["dir"] / "hparams"))
+    with writer.as_default():
+        hp.hparams_config(
+            hparams=[p.hparam() for p in search["space"].values()],
+            metrics=[hp.Metric(search["objective"], display_name=search["objective"]),
+                     hp.Metric(f"{search['objective']}_best")])
+    writer.close()
+
+
+# === Results ===
+
+
+def _format(value):
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return kgen_config.format_value(value)
+
+
+def _state_name(trial, retried):
+    name = trial.state.name
+    if trial.number in retried:
+        return f"{name} (stopped, retried)"
+    if trial.user_attrs.get("retry_of") is not None:
+        return f"{name} (retry of #{trial.user_attrs['retry_of']})"
+    return name
+
+
+def results_table(study, objective):
+    """The trials as a text table: trial, state, params, objective, epochs,
+    seconds."""
+    header = ("trial", "state", "params", objective, "epochs", "seconds")
+    rows, trials = [], study.get_trials(deepcopy=False)
+    retried = _retried(trials)
+    for t in trials:
+        params = " ".join(f"{k}={_format(v)}" for k, v in sorted(t.params.items()))
+        seconds = t.duration.total_seconds() if t.duration else None
+        if t.number in retried:
+            seconds = None  # it ended when a later run found it, not when it stopped
+        rows.append((str(t.number), _state_name(t, retried), params,
+                     "" if t.value is None else _format(t.value),
+                     str(t.user_attrs.get("epochs", "")),
+                     "" if seconds is None else f"{seconds:.1f}"))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+             for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def best_trial(study):
+    from optuna.trial import TrialState
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None]
+    if not done:
+        return None
+    pick = min if study.direction.name == "MINIMIZE" else max
+    return pick(done, key=lambda t: (t.value, -t.number) if pick is max else (t.value, t.number))
+
+
+def best_line(study, sets):
+    """The best trial's settings, with the fixed ones, as `--set` options."""
+    best = best_trial(study)
+    if best is None:
+        return None
+    merged = {**sets, **{k: kgen_config.format_value(v) for k, v in best.params.items()}}
+    return " ".join(f"--set {k}={v}" for k, v in merged.items())
+
+
+# === The search ===
+
+
+def _search(args):
+    sets = kgen_config.parse_sets(args.sets)
+    module = kgen_config.load_recipe(args.recipe)
+    space = parse_space(args.space, module.CONFIG, module.RECIPE_NAME, sets)
+    kgen_config.apply_overrides(module.CONFIG, sets)  # a bad --set is named now
+    directory = pathlib.Path(args.dir or pathlib.Path("tunes") / module.RECIPE_NAME)
+    storage = args.storage or f"sqlite:///{directory.resolve() / 'study.db'}"
+    return {"recipe": args.recipe, "recipe_name": module.RECIPE_NAME, "sets": sets,
+            "space": space, "dir": directory, "storage": storage,
+            "study": args.study or directory.name, "objective": args.objective,
+            "direction": args.direction}
+
+
+def tune(args, argv):
+    """`kgen tune`: run the search (or start its workers), print results."""
+    try:
+        import optuna
+    except ImportError:
+        raise TuneError("kgen tune needs Optuna: pip install 'kgen[tune]'") from None
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # kgen prints its own lines
+    search = _search(args)
+    if not args.objective or not args.objective.strip():
+        raise TuneError("--objective: give the logged value to optimize, e.g. val_loss")
+    search["dir"].mkdir(parents=True, exist_ok=True)
+    if args.pruner_startup is not None and args.pruner != "median":
+        raise TuneError(f"--pruner-startup {args.pruner_startup}: only the median pruner "
+                        f"has startup trials (got --pruner {args.pruner})")
+    pruner = make_pruner(args.pruner, args.pruner_startup)
+    attrs = _search_attrs(search["recipe_name"], search["objective"], search["space"],
+                          search["sets"])
+    study = open_study(_storage(search["storage"]), search["study"], search["direction"],
+                       pruner, attrs)
+    if args.worker_index is None:
+        write_hparams_config(search)
+        print(f"study {search['study']!r} in {search['storage']}: {args.trials} trials "
+              f"of {search['recipe_name']}, {search['direction']} {search['objective']}, "
+              f"run directories under {search['dir']}/", flush=True)
+    try:
+        if args.workers > 1:
+            # This process is worker 0; the others are started beside it.
+            _run_workers(args, argv, lambda: worker(study, search, args.trials,
+                                                    args.timeout, index=0))
+        else:
+            worker(study, search, args.trials, args.timeout, args.worker_index)
+    except KeyboardInterrupt:
+        if args.worker_index is None:
+            print(f"\nstopped: the trial in progress is enqueued again; run the same "
+                  f"command to continue the search in {search['dir']}", file=sys.stderr)
+        raise
+    if args.worker_index is None:
+        _report(study, search)
+
+
+def _run_workers(args, argv, run_here):
+    """Start workers 1..N-1 as `kgen tune` processes, run `run_here()` as
+    worker 0, and wait for the others."""
+    command = [sys.executable, "-m", "kgen", *argv]
+    processes = [subprocess.Popen([*command, "--workers", "1", "--worker-index", str(i)])
+                 for i in range(1, args.workers)]
+    try:
+        run_here()
+        codes = [p.wait() for p in processes]
+    except BaseException as e:
+        # Ctrl-C reached the workers too: let them record their trial. Any
+        # other failure stops them; their running trials are retried when
+        # the search runs again.
+        for p in processes:
+            if not isinstance(e, KeyboardInterrupt):
+                p.terminate()
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        raise
+    bad = [f"worker {i} exited {c}" for i, c in enumerate(codes, start=1) if c]
+    if bad:
+        raise TuneError(f"{'; '.join(bad)} (its message is above)")
+
+
+def worker(study, search, n_trials, timeout=None, index=None):
+    """Run trials until the study counts `n_trials` (or `timeout` seconds
+    have passed); returns the number this process ran."""
+    from optuna.trial import TrialState
+
+    lock = search["dir"] / "tune.lock"
+    prefix = "" if index is None else f"[worker {index}] "
+    start, ran = time.time(), 0
+    host = socket.gethostname()
+    while True:
+        if timeout is not None and time.time() - start >= timeout:
+            print(f"{prefix}--timeout {timeout:g}s reached: no new trial started", flush=True)
+            break
+        with _file_lock(lock):
+            retried = retry_stale_trials(study)
+            for number in retried:
+                print(f"{prefix}trial #{number} was left running by a process that is "
+                      f"gone: enqueued again to resume from its run directory", flush=True)
+            trials = study.get_trials(deepcopy=False)
+            if count_trials(trials) >= n_trials:
+                break
+            trial = study.ask()
+            run_dir = trial.user_attrs.get("run_dir") or _run_dir_name(trial.number)
+            for key, value in (("host", host), ("pid", os.getpid()), ("run_dir", run_dir)):
+                trial.set_user_attr(key, value)
+            for param in search["space"].values():
+                param.suggest(trial)
+            position = count_trials(trials) + 1
+        params = " ".join(f"{k}={_format(v)}" for k, v in sorted(trial.params.items()))
+        print(f"{prefix}trial {position} of {n_trials} (#{trial.number}, "
+              f"{search['dir'] / run_dir}): {params}", flush=True)
+        ran += 1
+        state = run_trial(study, trial, search, fault_index=ran,
+                          verbose=2 if index is None else 0)
+        frozen = study.get_trials(deepcopy=False)[trial.number]
+        write_hparams(search, frozen)
+        value = "" if frozen.value is None else f" {search['objective']}={frozen.value:.4g}"
+        if state == TrialState.PRUNED and frozen.intermediate_values:
+            last = max(frozen.intermediate_values)
+            value = (f" at epoch {last + 1} ({search['objective']}="
+                     f"{frozen.intermediate_values[last]:.4g})")
+        if state == TrialState.FAIL:
+            value = f": {frozen.user_attrs.get('error', '')}"
+        seconds = frozen.duration.total_seconds() if frozen.duration else 0.0
+        best = best_trial(study)
+        best_text = ("none yet" if best is None else
+                     f"#{best.number} {search['objective']}={best.value:.4g}")
+        print(f"{prefix}trial #{trial.number} {state.name}{value} in {seconds:.1f}s; "
+              f"best: {best_text}", flush=True)
+    return ran
+
+
+def _report(study, search):
+    print()
+    print(results_table(study, search["objective"]))
+    line = best_line(study, search["sets"])
+    if line is None:
+        print("\nno trial completed: no best settings")
+        return
+    best = best_trial(study)
+    kgen_io.write_text(search["dir"] / "best.txt", line + "\n")
+    print(f"\nbest: trial #{best.number}, {search['objective']}={best.value:.4g}")
+    print(f"best settings ({search['dir'] / 'best.txt'}): {line}")
+    print(f"train with them: kgen train {search['recipe']} {line}")
+    print(f"TensorBoard HParams: tensorboard --logdir {search['dir'] / 'hparams'}")
+
