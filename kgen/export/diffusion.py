@@ -48,10 +48,11 @@ def diffusion_signatures(model, max_rows, scheduler=None, max_row_steps=None):
                                                 guidance_scale, bounds)):
             steps = tf.reduce_max(num_steps)
         with tf.control_dependencies(step_checks(seed, num_steps, steps, bounds)):
-            images = model.sample(
+            samples = model.sample(
                 common.seed_pairs(seed), label, tf.identity(guidance_scale),
                 tf.identity(steps), scheduler)
-        return {"images": tf.cast(images, tf.float32)}
+        # "images", or "audio" for `AudioDiffusionModel` (kgen/export/audio.py).
+        return {model.output_kind: tf.cast(samples, tf.float32)}
 
     return {"generate": signature(model, run)}, metadata(model, scheduler, bounds)
 

@@ -159,6 +159,16 @@ def _labels(metadata, n, seed, label):
 def _output_path(out, kind):
     if out is not None and pathlib.Path(out).suffix.lower() == ".npy" and kind != "text":
         return media.check_writable(pathlib.Path(out))
+    if kind == "audio":
+        out = pathlib.Path(out or "samples")
+        if out.suffix.lower() == ".wav":
+            return media.check_writable(out)
+        if out.suffix and not out.is_dir():
+            raise media.OutputError(
+                f"{out}: cannot write audio as {out.suffix!r} (use a folder for one "
+                ".wav file per row, a .wav file for the rows one after another, "
+                "or .npy)")
+        return media.check_writable(out, directory=True)
     if kind == "images":
         out = pathlib.Path(out or "samples.png")
         media.image_format(out)
@@ -211,7 +221,9 @@ def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=No
             `i`'s seed mod num_classes, as `model.generate` does, so the
             rows cycle through the classes).
         out: the file (images: PNG or another image suffix, or `.npy` for
-            the float32 array; or a text file) to write.
+            the float32 array; audio: a folder for one 16-bit WAV file per
+            row, a `.wav` file holding the rows one after another, or
+            `.npy`; or a text file) to write.
 
     Returns:
         the path written.
@@ -227,7 +239,7 @@ def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=No
     signature = loaded.signatures["generate"]
     inputs = generate_inputs(signature, metadata, n, seed, label)
     outputs = _run(signature, inputs, metadata.get("max_rows"), version_dir)
-    values = outputs.get("images" if kind == "images" else "text")
+    values = outputs.get(kind if kind in ("images", "audio") else "text")
     if values is None:
         raise SampleError(
             f"{version_dir}: the generate signature has no {kind!r} output "
@@ -242,12 +254,33 @@ def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=No
         )
     if out.suffix.lower() == ".npy":
         return media.save_array(out, values)
+    if kind == "audio":
+        return _save_audio(out, values, metadata, version_dir, inputs)
     if kind == "images":
         # Rows cycling through the classes: one column per class.
         columns = metadata.get("num_classes") if label is None else None
         return media.save_image_grid(out, values, columns=columns or None)
     texts = [t.decode("utf-8", "replace") for t in values]
     return media.save_text(out, "\n\n---\n\n".join(texts))
+
+
+def _save_audio(out, clips, metadata, version_dir, inputs):
+    """WAV files at the export's `sample_rate`: one per row in a folder
+    (`seed_<seed>_label_<label>.wav`), or every row in one `.wav` file, one
+    after another, in row order."""
+    rate = metadata.get("sample_rate")
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
+        raise SampleError(
+            f"{version_dir}: {METADATA_FILE} records no sample_rate for its audio "
+            f"(found {rate!r})")
+    if out.suffix.lower() == ".wav":
+        return media.save_wav(out, clips.reshape(-1), rate)
+    labels = inputs.get("label")
+    names = [f"seed_{seed}" + ("" if labels is None else f"_label_{labels[i]}")
+             for i, seed in enumerate(inputs["seed"])]
+    out.mkdir(parents=True, exist_ok=True)
+    media.save_wavs(out, clips, rate, names)
+    return out
 
 
 def _load(version_dir):
