@@ -181,7 +181,7 @@ def _cmd_recipes(args):
 def _cmd_train(args):
     from kgen import training
 
-    export_to = None if args.no_export else (args.export or pathlib.Path("saved_models") / _recipe_stem(args.recipe))
+    export_to = None if args.no_export else (args.export or _default_export(args.recipe))
     result = training.train(
         args.recipe, sets=_parse_sets(args.sets), run_dir=args.run_dir,
         export_to=export_to, strategy=args.strategy, overwrite=args.overwrite,
@@ -195,7 +195,8 @@ def _cmd_train(args):
                      if isinstance(v, float))
     print(f"\ntrained in {result['wall_s']:.1f}s: {logs}")
     print(f"model:       {result['best']}")
-    print(f"samples:     {result['run_dir'] / 'samples'}")
+    if (result["run_dir"] / "samples").is_dir():
+        print(f"samples:     {result['run_dir'] / 'samples'}")
     print(f"TensorBoard: tensorboard --logdir {result['run_dir'] / 'logs'}")
     if result["exported"]:
         print(f"exported:    {result['exported']}")
@@ -203,6 +204,16 @@ def _cmd_train(args):
 
 def _recipe_stem(recipe):
     return pathlib.Path(recipe).stem
+
+
+def _default_export(recipe):
+    """`saved_models/<recipe>`, or None for a recipe whose model is not
+    served (`EXPORT = False`: a classifier, kept as its `.keras` file)."""
+    from kgen import config
+
+    if not getattr(config.load_recipe(recipe), "EXPORT", True):
+        return None
+    return pathlib.Path("saved_models") / _recipe_stem(recipe)
 
 
 def _parse_sets(items):

@@ -6,7 +6,8 @@ Everything a run writes lives in its run directory:
 ```
 runs/NAME/config.json     the resolved settings and backend
 runs/NAME/logs/           TensorBoard: scalars per epoch, sample grids
-runs/NAME/samples/        the same samples as PNG / WAV / text files
+runs/NAME/samples/        the same samples as PNG / WAV / text files (models
+                          that generate; a classifier recipe writes none)
 runs/NAME/history.csv     one row per finished epoch
 runs/NAME/best.keras      the model of the best epoch (lowest val_loss), or
 runs/NAME/last.keras      the last epoch's, for families no loss ranks (GAN)
@@ -177,6 +178,12 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
     """
     module = kgen_config.load_recipe(recipe)
     config = kgen_config.apply_overrides(module.CONFIG, sets or {})
+    if export_to and not getattr(module, "EXPORT", True):
+        raise ConfigError(
+            f"--export {export_to}: recipe {module.RECIPE_NAME} trains a model "
+            f"that is not exported (no generate signature); it is kept as its "
+            f".keras file"
+        )
     run_dir = pathlib.Path(run_dir or pathlib.Path("runs") / module.RECIPE_NAME)
     settings = _settings(module, config, strategy)
     previous = _check_earlier_run(run_dir, settings, overwrite)
@@ -270,12 +277,13 @@ class _Run:
             backup,
             self.history_log,
             keras.callbacks.TensorBoard(run_dir / "logs"),
-            kgen_callbacks.SampleLogger(
+        ]
+        if hasattr(model, "generate"):  # a classifier recipe logs no samples
+            self.callbacks.append(kgen_callbacks.SampleLogger(
                 run_dir / "logs", n=config.get("sample_count", 16),
                 seed=config.get("sample_seed", 0), out_dir=run_dir / "samples",
                 generate_kwargs=getattr(module, "sample_kwargs", lambda c: {})(config),
-            ),
-        ]
+            ))
 
     def fit(self):
         """Train the remaining epochs; returns the wall time in seconds."""

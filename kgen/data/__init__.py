@@ -1,5 +1,13 @@
 """Data loaders per modality, each ending in a `tf.data` pipeline."""
 
+from kgen.data.audio import AudioData
+from kgen.data.audio import audio_datasets
+from kgen.data.audio import fit_length
+from kgen.data.audio import fsdd_test_mask
+from kgen.data.audio import load_audio
+from kgen.data.audio import load_audio_data
+from kgen.data.audio import peak_normalize
+from kgen.data.audio import resample
 from kgen.data.errors import DataError
 from kgen.data.images import MAX_DATA_BYTES
 from kgen.data.images import ImageData
