@@ -15,6 +15,8 @@ from kgen.audio import LogMel
 from kgen.data import load_audio_data
 from kgen.export import export_model
 from kgen.export import read_metadata
+from kgen.export.sample import sample_saved_model
+from kgen.media import OutputError
 from kgen.models import AudioDiffusionModel
 from kgen.networks import unet
 from kgen.schedulers import DDPMScheduler
@@ -112,24 +114,36 @@ def test_reloaded_without_kgen_equals_generate(exported, tmp_path):
 
 
 def test_kgen_sample_writes_wav_files(exported, tmp_path):
-    model = exported["model"]
+    """`kgen sample` writes the export's rows as 16-bit WAV files at its
+    sample rate: one file per row in a folder, or the rows one after another
+    in one `.wav` file."""
+    import tensorflow as tf
+
     run_kgen("sample", exported["base"], "--n", "3", "--seed", "4", "--out",
              tmp_path / "clips", cwd=tmp_path)
     names = sorted(p.name for p in (tmp_path / "clips").iterdir())
     # Default labels: each row's seed mod 10, as model.generate's callers get.
     assert names == ["seed_4_label_4.wav", "seed_5_label_5.wav", "seed_6_label_6.wav"]
-    with wave.open(str(tmp_path / "clips" / names[1])) as f:
-        assert (f.getnchannels(), f.getsampwidth(), f.getframerate(), f.getnframes()) \
-            == (1, 2, RATE, RATE)
-        pcm = np.frombuffer(f.readframes(RATE), "<i2")
+    pcm = []
+    for name in names:
+        with wave.open(str(tmp_path / "clips" / name)) as f:
+            assert (f.getnchannels(), f.getsampwidth(), f.getframerate(), f.getnframes()) \
+                == (1, 2, RATE, RATE)
+            pcm.append(np.frombuffer(f.readframes(RATE), "<i2"))
     meta = read_metadata(exported["dir"])
-    expected = model.generate(1, seed=5, labels=5, num_steps=meta["defaults"]["num_steps"],
-                              guidance_scale=meta["defaults"]["guidance_scale"])[0]
-    assert np.abs(pcm / 32767.0 - expected).max() < 5e-3
-    run_kgen("sample", exported["base"], "--n", "2", "--label", "1", "--out",
-             tmp_path / "both.wav", cwd=tmp_path)
-    with wave.open(str(tmp_path / "both.wav")) as f:
-        assert (f.getframerate(), f.getnframes()) == (RATE, 2 * RATE)
-    refused = run_kgen("sample", exported["base"], "--out", tmp_path / "x.png",
-                       cwd=tmp_path, check=False)
-    assert refused.returncode != 0 and "cannot write audio as '.png'" in refused.stderr
+    generate = tf.saved_model.load(str(exported["dir"])).signatures["generate"]
+    rows = generate(seed=tf.constant([4, 5, 6], tf.int64), label=tf.constant([4, 5, 6]),
+                    num_steps=tf.fill([3], meta["defaults"]["num_steps"]),
+                    guidance_scale=tf.fill([3], float(meta["defaults"]["guidance_scale"])))
+    expected = np.round(rows["audio"].numpy() * 32767.0)
+    assert np.abs(np.stack(pcm) - expected).max() <= 1
+    assert np.abs(np.stack(pcm)).max() > 100  # not silence
+
+    one = sample_saved_model(exported["base"], n=3, seed=4, out=tmp_path / "all.wav")
+    with wave.open(str(one)) as f:
+        assert (f.getframerate(), f.getnframes()) == (RATE, 3 * RATE)
+        assert np.abs(np.frombuffer(f.readframes(3 * RATE), "<i2")
+                      - np.concatenate(pcm)).max() <= 1
+    with pytest.raises(OutputError, match="cannot write audio as '.png'"):
+        sample_saved_model(exported["base"], n=1, out=tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
