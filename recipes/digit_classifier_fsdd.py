@@ -1,5 +1,6 @@
-"""Spoken-digit classifier on the FSDD (`--set data=DIR`): the judge that
-scores generated digits (`kgen.metrics.score_audio`).
+"""Spoken-digit classifier that scores generated audio: FSDD, `--set data=DIR`.
+
+The judge `kgen.metrics.score_audio` loads to hear generated digits.
 
 Trains on takes 5-49 of every digit and speaker, validates on takes 0-4
 (the FSDD's own test split), and keeps the best epoch as

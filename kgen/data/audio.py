@@ -202,6 +202,7 @@ def _reason(error):
     message = (getattr(error, "message", None) or str(error) or type(error).__name__)
     message = re.sub(r"\{\{[^}]*\}\}\s*", "", message)
     message = re.sub(r"\s*\[Op:[^\]]*\]", "", message)
+    message = re.sub(r"\s*name:\s*$", "", message.strip())
     return message.strip().splitlines()[0] if message.strip() else type(error).__name__
 
 
@@ -381,7 +382,11 @@ def load_audio(source, sample_rate=8000, length=8000, labels="auto",
     root, _, class_names, mode, [(clips, clip_labels, kept, skipped, stats)] = _load(
         source, sample_rate, length, labels, on_bad_file)
     if not kept:
-        raise DataError(f"{root}: every file was skipped ({len(skipped)} bad file(s))")
+        path, reason = skipped[0]
+        raise DataError(
+            f"{root}: every file was skipped ({len(skipped)} bad file(s); the "
+            f"first, {path.name}: {reason})"
+        )
     label_array = np.asarray(clip_labels, dtype="int32") if mode else None
     return clips, label_array, _info(root, mode, class_names, kept, skipped, stats,
                                      sample_rate, length)
@@ -454,6 +459,14 @@ def audio_datasets(audio, labels=None, sample_rate=8000, batch_size=64,
 
     Returns:
         An `AudioData`.
+
+    Example:
+
+    ```python
+    audio, labels, info = load_audio("fsdd/recordings")
+    ds = audio_datasets(audio, labels, validation=fsdd_test_mask(info["files"]),
+                        with_labels=True)
+    ```
     """
     audio = np.asarray(audio, dtype="float32")
     if audio.ndim != 2:
@@ -567,8 +580,11 @@ def load_audio_data(source, sample_rate=8000, length=8000, batch_size=64,
     (train, train_labels, train_kept, train_skipped, train_stats), \
         (val, val_labels, val_kept, val_skipped, val_stats) = results
     if not train_kept:
+        first = (f"; the first, {train_skipped[0][0].name}: {train_skipped[0][1]}"
+                 if train_skipped else "")
         raise DataError(
-            f"{root}: no clip left to train on ({len(train_skipped)} bad file(s) skipped)"
+            f"{root}: no clip left to train on ({len(train_skipped)} bad file(s) "
+            f"skipped{first})"
         )
     audio = np.concatenate([train, val])
     label_array = (np.asarray(train_labels + val_labels, dtype="int32")

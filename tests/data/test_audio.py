@@ -194,6 +194,14 @@ def stereo(path):
     write_wav(path, np.stack([tone(300, 8000, 0.1)] * 2, axis=1), 8000)
 
 
+def pcm24(path):
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(3)
+        f.setframerate(8000)
+        f.writeframes(bytes(300))
+
+
 def not_wav(path):
     path.with_suffix(".txt").write_text("notes about the takes\n")
 
@@ -203,6 +211,8 @@ BAD_FILES = {
     "no_samples": (no_samples, r"no samples"),
     "corrupt": (corrupt, r"not a readable WAV file"),
     "stereo": (stereo, r"2 channels; expected mono"),
+    "pcm24": (pcm24, r"not a readable WAV file \(Can only read 16-bit WAV files, "
+                     r"but received 24; expected 16-bit PCM WAV\)"),
     "not_wav": (not_wav, r"not a WAV file"),
 }
 
@@ -243,7 +253,8 @@ def test_a_folder_of_nothing_usable_is_named(tmp_path):
     only_bad = tmp_path / "only_bad"
     only_bad.mkdir()
     empty_file(only_bad / "0_a_0.wav")
-    with pytest.raises(DataError, match=r"only_bad: every file was skipped"):
+    with pytest.raises(DataError, match=r"only_bad: every file was skipped \(1 bad file\(s\); the first, "
+                                        r"0_a_0\.wav: an empty file \(0 bytes\)\)"):
         load_audio(only_bad, on_bad_file="skip")
 
 

@@ -10,10 +10,9 @@ from kgen.metrics import LogMelSpectrogram
 from kgen.metrics import audio_classifier
 from kgen.metrics import load_classifier
 from kgen.metrics import score_audio
-from tests.conftest import run_kgen
 from tests.conftest import shared
 
-LENGTH = 4000  # half a second: most FSDD takes fit, and steps stay cheap
+LENGTH = 2000  # the middle quarter second of each take: cheap steps, still a digit
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +31,10 @@ def trained(clips, tmp_path_factory):
     keras.utils.set_random_seed(0)
     audio, labels = clips
     model = audio_classifier(num_classes=10, sample_rate=8000, length=LENGTH,
-                             num_mel_bins=24, filters=(8, 16), dropout=0.0)
+                             num_mel_bins=16, filters=(8, 16), dropout=0.0)
     model.compile(optimizer=keras.optimizers.Adam(1e-2),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    history = model.fit(audio, labels, batch_size=16, epochs=8, shuffle=False, verbose=0)
+    history = model.fit(audio, labels, batch_size=16, epochs=16, shuffle=False, verbose=0)
     path = tmp_path_factory.mktemp("classifier") / "classifier.keras"
     model.save(path)
     return model, path, history.history["loss"]
@@ -44,41 +43,38 @@ def trained(clips, tmp_path_factory):
 def test_the_classifier_trains_with_falling_loss(trained):
     _, _, losses = trained
     assert all(np.isfinite(losses))
-    assert losses[-1] < 0.6 * losses[0], losses
+    assert losses[-1] < 0.5 * losses[0], losses
 
 
 def test_it_reloads_and_scores_generated_style_clips(trained, clips):
     model, path, _ = trained
     audio, labels = clips
-    reloaded = load_classifier(path)
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(reloaded(audio[:8])),
-        keras.ops.convert_to_numpy(model(audio[:8])), rtol=1e-4, atol=1e-4)
-    score = score_audio(path, audio, labels, sample_rate=8000)
-    predictions = np.argmax(keras.ops.convert_to_numpy(reloaded(audio)), axis=-1)
+    score = score_audio(path, audio, labels, sample_rate=8000)  # reloaded from .keras
+    logits = model.predict(audio, batch_size=64, verbose=0)
+    predictions = np.argmax(keras.ops.convert_to_numpy(logits), axis=-1)
     np.testing.assert_array_equal(score["predictions"], predictions)
     assert score["count"] == 48
     assert score["accuracy"] == pytest.approx(float(np.mean(predictions == labels)))
-    assert score["accuracy"] > 0.5  # it has fitted the clips it saw (chance: 0.1)
+    assert score["accuracy"] > 0.6  # it has fitted the clips it saw (chance: 0.1)
     for k in range(10):
         assert score["per_class"][k] == pytest.approx(
             float(np.mean(predictions[labels == k] == k)))
     # One label for every clip; classes with no clip are None.
-    threes = audio[labels == 3]
-    one = score_audio(reloaded, threes, 3)
-    assert one["per_class"][3] == one["accuracy"]
-    assert one["per_class"][0] is None
+    threes = score_audio(model, audio, 3)
+    assert threes["accuracy"] == pytest.approx(float(np.mean(predictions == 3)))
+    assert threes["per_class"][3] == threes["accuracy"]
+    assert threes["per_class"][:3] == [None] * 3
 
 
 def test_features_are_each_clips_own(clips):
-    # Neither a clip's loudness nor its neighbours change its features.
+    # Neither a clip's loudness nor its neighbours change its features: a
+    # quiet copy among loud clips (and a silent clip) gives the same bins.
     audio, _ = clips
-    features = LogMelSpectrogram(8000, num_mel_bins=24)
-    alone = keras.ops.convert_to_numpy(features(audio[:1]))
-    quiet_among_loud = keras.ops.convert_to_numpy(
-        features(np.stack([0.01 * audio[0], audio[1] * 1.0])))
-    np.testing.assert_allclose(quiet_among_loud[0], alone[0], atol=1e-4)
-    assert alone.min() >= 0.0 and alone.max() == pytest.approx(1.0)
+    batch = np.stack([audio[0], 0.01 * audio[0], audio[1], np.zeros(LENGTH)])
+    features = keras.ops.convert_to_numpy(LogMelSpectrogram(8000, num_mel_bins=16)(batch))
+    np.testing.assert_allclose(features[1], features[0], atol=1e-4)
+    assert abs(features[0].mean()) < 1e-4 and features[0].std() == pytest.approx(1.0, abs=1e-2)
+    assert np.isfinite(features).all() and not features[3].any()
 
 
 @pytest.mark.parametrize("kwargs, pattern", [
@@ -97,23 +93,23 @@ def test_bad_scoring_inputs_are_named(trained, kwargs, pattern):
 
 def test_a_missing_classifier_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nope\.keras: no such classifier file"):
+        load_classifier(tmp_path / "nope.keras")
+    with pytest.raises(FileNotFoundError, match=r"nope\.keras: no such classifier file"):
         score_audio(tmp_path / "nope.keras", np.zeros((1, LENGTH)), [0])
 
 
-def test_kgen_train_keeps_the_classifier_as_keras_and_exports_nothing(tmp_path):
-    data = f"data={shared('fsdd', 'recordings')}"
-    quick = ["--set", data, "--set", "limit=32", "--set", "epochs=1",
-             "--set", "steps_per_epoch=2", "--set", "filters=8"]
-    train = run_kgen("train", "digit_classifier_fsdd", *quick, cwd=tmp_path)
-    best = tmp_path / "runs" / "digit_classifier_fsdd" / "best.keras"
-    assert f"model:       {best.relative_to(tmp_path)}" in train.stdout
-    assert "exported" not in train.stdout and "samples:" not in train.stdout
-    assert not (tmp_path / "saved_models").exists()
-    assert load_classifier(best).input_shape == (None, 8000)
-    asked = run_kgen("train", "digit_classifier_fsdd", *quick, "--export", "saved_models/x",
-                     "--run-dir", "runs/other", cwd=tmp_path, check=False)
-    assert asked.returncode == 2
-    assert asked.stderr.strip().splitlines()[-1] == (
-        "kgen: error: --export saved_models/x: recipe digit_classifier_fsdd trains a "
-        "model that is not exported (no generate signature); it is kept as its "
-        ".keras file")
+def test_the_classifier_recipe_is_kept_as_keras_and_never_exported(tmp_path):
+    # `kgen train` exports to saved_models/<recipe> by default, but not a
+    # recipe whose model is not served; asking for it is refused at once.
+    from kgen import cli
+    from kgen import training
+    from kgen.config import ConfigError
+
+    assert cli._default_export("digit_classifier_fsdd") is None
+    assert str(cli._default_export("vae_digits")) == "saved_models/vae_digits"
+    with pytest.raises(ConfigError, match=r"--export saved_models/x: recipe "
+                                          r"digit_classifier_fsdd trains a model that is "
+                                          r"not exported"):
+        training.train("digit_classifier_fsdd", sets={"data": "nowhere"},
+                       run_dir=tmp_path / "run", export_to="saved_models/x")
+    assert not (tmp_path / "run").exists()
