@@ -46,7 +46,7 @@ def exported(tmp_path_factory):
         DDPMScheduler(100, "cosine", prediction_type="v"), num_classes=10,
         sampler="ddim", seed=0)
     model.compile(optimizer=keras.optimizers.Adam(2e-3))
-    model.fit(fsdd.train, epochs=2, verbose=0)
+    model.fit(fsdd.train, epochs=1, verbose=0)
     model.save(tmp / "model.keras")
     base = tmp / "saved_models" / "audio"
     version_dir = export_model(tmp / "model.keras", base, max_rows=MAX_ROWS)
