@@ -138,7 +138,7 @@ def _parser():
         "sample", help="draw samples from an exported SavedModel",
         description="Run the `generate` signature of an exported model through "
                     "TensorFlow alone (no kgen model code) and write the "
-                    "samples: a PNG grid for images. This runs the graph the "
+                    "samples: a PNG grid for images, WAV files for audio. This runs the graph the "
                     "SavedModel holds: use only exports you trust.",
         parents=[common],
     )
@@ -166,7 +166,8 @@ def _parser():
                              "prompt=ROMEO:); repeat for more")
     sample.add_argument("--out", type=pathlib.Path,
                         help="output file, e.g. grid.png, or rows.npy for the float32 "
-                             "array (default: samples.png in the current directory)")
+                             "array; for audio a folder (one WAV per row) or x.wav "
+                             "(default: samples.png, or samples/ for audio)")
     deploy = sub.add_parser(
         "deploy", help="write TF Serving's models.config, a Compose file and KServe YAML",
         description="From a tree of exported models (saved_models/NAME/<version>/), "

@@ -1,6 +1,6 @@
-"""Results a person can look at: image grids as PNG, text.
+"""Results a person can look at: image grids as PNG, text, WAV audio.
 
-numpy and Pillow only, so `kgen sample` shows an exported model's output
+numpy, Pillow and the standard library's `wave` only, so `kgen sample` shows an exported model's output
 without importing Keras or any model code. Every file is written to a
 temporary sibling and renamed into place, so a failed write leaves the
 previous file; a path that cannot be written raises `OutputError` naming it.
@@ -131,3 +131,45 @@ def save_array(path, array):
         with open(tmp, "wb") as f:
             np.save(f, np.asarray(array))
     return path
+
+
+def wav_samples(audio):
+    """float `(samples,)` in [-1, 1] -> int16 PCM (clipped, rounded)."""
+    audio = np.asarray(audio, dtype="float64")
+    if audio.ndim != 1 or audio.size == 0:
+        raise ValueError(f"audio must be one non-empty clip (samples,); got shape {audio.shape}")
+    if not np.isfinite(audio).all():
+        raise ValueError("audio holds non-finite values (NaN or inf)")
+    return np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
+
+
+def save_wav(path, audio, sample_rate):
+    """Write one mono clip, float `(samples,)` in [-1, 1], as a 16-bit PCM
+    WAV file at `sample_rate` Hz."""
+    import wave
+
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) \
+            or sample_rate < 1:
+        raise ValueError(f"sample_rate={sample_rate!r}: must be an int >= 1")
+    pcm = wav_samples(audio)
+    path = pathlib.Path(path)
+    with _atomic(path) as tmp:
+        with wave.open(str(tmp), "wb") as f:
+            f.setnchannels(1)
+            f.setsampwidth(2)
+            f.setframerate(int(sample_rate))
+            f.writeframes(pcm.tobytes())
+    return path
+
+
+def save_wavs(directory, clips, sample_rate, names):
+    """Write each clip of `clips` `(n, samples)` as `directory/<name>.wav`;
+    returns the paths."""
+    directory = pathlib.Path(directory)
+    clips = np.asarray(clips)
+    if clips.ndim != 2 or len(clips) != len(names):
+        raise ValueError(
+            f"clips must be (n, samples) with one name per clip; got shape "
+            f"{clips.shape} and {len(names)} names")
+    return [save_wav(directory / f"{name}.wav", clip, sample_rate)
+            for name, clip in zip(names, clips)]

@@ -18,3 +18,26 @@ def test_png_grid_is_enlarged_for_small_images(tmp_path):
     with Image.open(path) as picture:
         assert picture.size[0] >= 128
 
+
+
+def test_wav_is_16_bit_pcm_at_the_rate_and_written_atomically(tmp_path):
+    import wave
+
+    import pytest
+
+    clip = np.sin(np.linspace(0, 200 * np.pi, 8000)).astype("float32")
+    clip[:3] = [1.5, -2.0, 0.5]  # out of range: clipped to full scale
+    path = media.save_wav(tmp_path / "a" / "x.wav", clip, 8000)
+    with wave.open(str(path)) as f:
+        assert (f.getnchannels(), f.getsampwidth(), f.getframerate(), f.getnframes()) \
+            == (1, 2, 8000, 8000)
+        pcm = np.frombuffer(f.readframes(8000), "<i2")
+    assert pcm[:3].tolist() == [32767, -32767, 16384]
+    np.testing.assert_allclose(pcm[3:] / 32767.0, clip[3:], atol=1 / 32767)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="non-finite"):
+        media.save_wav(path, np.full(8000, np.nan), 8000)
+    with pytest.raises(ValueError, match="sample_rate=0"):
+        media.save_wav(path, clip, 0)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["x.wav"]

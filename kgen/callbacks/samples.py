@@ -14,7 +14,10 @@ class SampleLogger(keras.callbacks.Callback):
 
     Images go to TensorBoard as one grid (`tf.summary.image`) and to
     `out_dir/epoch_NNN.png`; text (models with `output_kind = "text"`) as
-    `tf.summary.text` and `.txt` files. The seeds stay fixed, so the grids of
+    `tf.summary.text` and `.txt` files; audio (`output_kind = "audio"`,
+    float clips `(n, samples)` in [-1, 1] at the model's `sample_rate`) as
+    `tf.summary.audio`, one clip per row, and 16-bit WAV files
+    `out_dir/epoch_NNN/row_RR_label_L.wav`. The seeds stay fixed, so the grids of
     successive epochs show the same draws improving.
 
     Args:
@@ -34,7 +37,7 @@ class SampleLogger(keras.callbacks.Callback):
     ```
     """
 
-    KINDS = ("images", "text")
+    KINDS = ("images", "text", "audio")
 
     def __init__(self, log_dir, n=16, seed=0, every=1, out_dir=None,
                  generate_kwargs=None):
@@ -72,7 +75,10 @@ class SampleLogger(keras.callbacks.Callback):
             # One class per row, in turn (each row's seed mod num_classes).
             kwargs["labels"] = (self.seed + np.arange(self.n)) % classes
         samples = self.model.generate(self.n, seed=self.seed, **kwargs)
-        getattr(self, f"_log_{kind}")(samples, epoch)
+        if kind == "audio":
+            self._log_audio(samples, epoch, kwargs.get("labels"))
+        else:
+            getattr(self, f"_log_{kind}")(samples, epoch)
         self.writer.flush()
 
     def on_train_end(self, logs=None):
@@ -100,3 +106,17 @@ class SampleLogger(keras.callbacks.Callback):
         if self.out_dir:
             kgen_io.write_text(self.out_dir / f"epoch_{epoch + 1:03d}.txt",
                                "\n\n---\n\n".join(texts))
+
+    def _log_audio(self, clips, epoch, labels=None):
+        import tensorflow as tf
+
+        clips = np.clip(np.asarray(clips, "float32"), -1.0, 1.0)
+        rate = int(self.model.sample_rate)
+        with self.writer.as_default():
+            tf.summary.audio("samples", clips[..., None], rate, step=epoch,
+                             max_outputs=len(clips), encoding="wav")
+        if self.out_dir:
+            labels = None if labels is None else np.broadcast_to(labels, (len(clips),))
+            names = [f"row_{i:02d}" + ("" if labels is None else f"_label_{int(labels[i])}")
+                     for i in range(len(clips))]
+            media.save_wavs(self.out_dir / f"epoch_{epoch + 1:03d}", clips, rate, names)

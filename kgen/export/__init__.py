@@ -35,10 +35,12 @@ def _signature_builder(model):
     from kgen.export.gan import gan_signatures
     from kgen.export.vae import vae_signatures
 
+    from kgen.export.audio import audio_diffusion_signatures
     from kgen.export.diffusion import diffusion_signatures
 
     builders = {models.VAE: vae_signatures, models.GAN: gan_signatures,
                 models.CausalLM: causal_lm_signatures,
+                models.AudioDiffusionModel: audio_diffusion_signatures,
                 models.DiffusionModel: diffusion_signatures}
     for cls in type(model).__mro__:
         if cls in builders:

@@ -48,10 +48,17 @@ def diffusion_signatures(model, max_rows, scheduler=None, max_row_steps=None):
                                                 guidance_scale, bounds)):
             steps = tf.reduce_max(num_steps)
         with tf.control_dependencies(step_checks(seed, num_steps, steps, bounds)):
-            images = model.sample(
+            samples = model.sample(
                 common.seed_pairs(seed), label, tf.identity(guidance_scale),
                 tf.identity(steps), scheduler)
-        return {"images": tf.cast(images, tf.float32)}
+        # "images", or "audio" for `AudioDiffusionModel` (kgen/export/audio.py),
+        # which also returns each row's sample rate: TF Serving serves no
+        # kgen.json, so a client writes WAV files from the answer alone.
+        outputs = {model.output_kind: tf.cast(samples, tf.float32)}
+        if model.output_kind == "audio":
+            outputs["sample_rate"] = tf.fill(
+                tf.shape(seed), tf.constant(model.spectrogram.sample_rate, tf.int32))
+        return outputs
 
     return {"generate": signature(model, run)}, metadata(model, scheduler, bounds)
 

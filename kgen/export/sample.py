@@ -209,6 +209,16 @@ def _labels(metadata, n, seed, label):
 def _output_path(out, kind):
     if out is not None and pathlib.Path(out).suffix.lower() == ".npy" and kind != "text":
         return media.check_writable(pathlib.Path(out))
+    if kind == "audio":
+        out = pathlib.Path(out or "samples")
+        if out.suffix.lower() == ".wav":
+            return media.check_writable(out)
+        if out.suffix and not out.is_dir():
+            raise media.OutputError(
+                f"{out}: cannot write audio as {out.suffix!r} (use a folder for one "
+                ".wav file per row, a .wav file for the rows one after another, "
+                "or .npy)")
+        return media.check_writable(out, directory=True)
     if kind == "images":
         out = pathlib.Path(out or "samples.png")
         media.image_format(out)
@@ -262,7 +272,9 @@ def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=No
             `i`'s seed mod num_classes, as `model.generate` does, so the
             rows cycle through the classes).
         out: the file (images: PNG or another image suffix, or `.npy` for
-            the float32 array; or a text file) to write.
+            the float32 array; audio: a folder for one 16-bit WAV file per
+            row, a `.wav` file holding the rows one after another, or
+            `.npy`; or a text file) to write.
         settings: `{input name: text}`, one value of a `generate` input
             for every row over the export's default (`--set NAME=VALUE`).
 
@@ -281,7 +293,7 @@ def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=No
     outputs = _run(signature, inputs, metadata.get("max_rows"), version_dir)
     # Rows cycling through the classes: one column per class.
     columns = metadata.get("num_classes") if label is None else None
-    return write_samples(out, outputs, kind, seed, columns, version_dir)
+    return write_samples(out, outputs, kind, seed, columns, version_dir, inputs)
 
 
 def _check_count(n):
@@ -289,18 +301,21 @@ def _check_count(n):
         raise SampleError(f"--n {n}: must be an integer >= 1")
 
 
-def write_samples(out, outputs, kind, seed, columns, where):
-    """Write the `generate` outputs: an image grid (or `.npy`) or text.
+def write_samples(out, outputs, kind, seed, columns, where, inputs):
+    """Write the `generate` outputs: an image grid (or `.npy`), WAV files
+    or text.
 
     Args:
         out: the checked output path.
         outputs: `{output name: array}` of the `generate` signature.
-        kind: `"images"` or `"text"`.
+        kind: `"images"`, `"audio"` or `"text"`.
         seed: the first row's seed (named when a row is not finite).
         columns: the image grid's columns (None: square).
         where: the export or server named in errors.
+        inputs: the `generate` inputs (WAV file names hold each row's
+            seed and label).
     """
-    values = outputs.get("images" if kind == "images" else "text")
+    values = outputs.get(kind if kind in ("images", "audio") else "text")
     if values is None:
         raise SampleError(
             f"{where}: the generate signature has no {kind!r} output "
@@ -316,10 +331,33 @@ def write_samples(out, outputs, kind, seed, columns, where):
         )
     if out.suffix.lower() == ".npy":
         return media.save_array(out, values)
+    if kind == "audio":
+        return _save_audio(out, values, outputs.get("sample_rate"), where, inputs)
     if kind == "images":
         return media.save_image_grid(out, values, columns=columns or None)
     texts = [t.decode("utf-8", "replace") for t in values]
     return media.save_text(out, "\n\n---\n\n".join(texts))
+
+
+def _save_audio(out, clips, rates, where, inputs):
+    """WAV files at the export's sample rate (the `generate` signature's
+    `sample_rate` output, one per row, so a server's answer carries it as
+    well): one per row in a folder (`seed_<seed>_label_<label>.wav`), or
+    every row in one `.wav` file, one after another, in row order."""
+    rates = np.unique(np.asarray(rates if rates is not None else [])).tolist()
+    if len(rates) != 1 or rates[0] < 1:
+        raise SampleError(
+            f"{where}: the generate signature's sample_rate output gives {rates!r}, "
+            "not one positive rate")
+    rate = int(rates[0])
+    if out.suffix.lower() == ".wav":
+        return media.save_wav(out, clips.reshape(-1), rate)
+    labels = inputs.get("label")
+    names = [f"seed_{seed}" + ("" if labels is None else f"_label_{labels[i]}")
+             for i, seed in enumerate(inputs["seed"])]
+    out.mkdir(parents=True, exist_ok=True)
+    media.save_wavs(out, clips, rate, names)
+    return out
 
 
 def _load(version_dir):
@@ -396,12 +434,14 @@ def served_metadata(signature):
     inputs, outputs = signature["inputs"], signature["outputs"]
     if "images" in outputs:
         kind = "images"
+    elif "audio" in outputs:
+        kind = "audio"
     elif "text" in outputs:
         kind = "text"
     else:
         raise SampleError(
             f"the generate signature returns {', '.join(sorted(outputs))}; kgen sample "
-            "writes 'images' or 'text'")
+            "writes 'images', 'audio' or 'text'")
     defaults = {}
     if "prompt" in inputs:
         from kgen.export.autoregressive import DEFAULTS
@@ -473,7 +513,7 @@ def sample_from_server(url, version=None, n=16, seed=0, label=None, out=None,
         raise SampleError(f"{e}") from None
     finally:
         client.close()
-    return write_samples(out, outputs, metadata["output_kind"], seed, None, where)
+    return write_samples(out, outputs, metadata["output_kind"], seed, None, where, inputs)
 
 
 def _run_remote(client, name, version, inputs, where):

@@ -1,5 +1,6 @@
 """One model family per file; every class registers for `.keras` files."""
 
+from kgen.models.audio_diffusion import AudioDiffusionModel
 from kgen.models.autoregressive import CausalLM
 from kgen.models.base import GenerativeModel
 from kgen.models.diffusion import DiffusionModel

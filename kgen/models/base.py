@@ -34,7 +34,7 @@ class GenerativeModel(keras.Model):
     Subclasses implement `call()` (so Keras can build them in `fit()`),
     `sample(seeds, labels, ...)` in `keras.ops` (the one implementation that
     `generate()` compiles and the export traces), and name what they produce
-    in `output_kind` (`"images"` or `"text"`) so callbacks and the
+    in `output_kind` (`"images"`, `"text"` or `"audio"`) so callbacks and the
     command line know how to show it. Conditional families set
     `num_classes` to an int; unconditional ones leave it `None`.
 

@@ -117,10 +117,13 @@ class DiffusionModel(EMATrainer, GenerativeModel):
         self.ema_updates = ema.update_counter(self) if ema_decay is not None else None
         # What Keras records here is the input of the default SavedModel
         # signature the TensorFlow backend traces when a model is tracked.
+        self.build(self.batch_shapes())
+
+    def batch_shapes(self):
+        """The shapes of one training batch (what `call()` takes)."""
         if self.num_classes is None:
-            self.build((None, *self.image_shape))
-        else:
-            self.build({"images": (None, *self.image_shape), "labels": (None,)})
+            return (None, *self.image_shape)
+        return {"images": (None, *self.image_shape), "labels": (None,)}
 
     def build(self, input_shape):
         # The denoiser arrives built; the EMA copy is built by clone_model.
