@@ -58,8 +58,9 @@ def graph_op_types(version_dir):
 
 
 def tiny(family):
-    """An untrained model of `family` (vae, gan, diffusion, lm) at 8x8 or a
-    16-token context: the smallest export of each family."""
+    """An untrained model of `family` (vae, gan, diffusion, audio, lm) at
+    8x8, a 16x64 spectrogram of one second at 8 kHz, or a 16-token context:
+    the smallest export of each family."""
     from kgen import models, networks, schedulers
     from kgen.data import CharTokenizer
 
@@ -74,6 +75,14 @@ def tiny(family):
         return models.DiffusionModel(
             networks.unet(shape, filters=(8, 16), num_classes=10, groups=4),
             schedulers.DDPMScheduler(100), num_classes=10, sampler="ddim")
+    if family == "audio":
+        from kgen.audio import LogMel
+
+        codec = LogMel(8000, 8000, fft_length=256, hop_length=128, num_mels=16,
+                       griffin_lim_iters=2)
+        return models.AudioDiffusionModel(
+            networks.unet(codec.image_shape, filters=(8, 16), num_classes=10, groups=4),
+            codec, schedulers.DDPMScheduler(100), num_classes=10, sampler="ddim")
     tokenizer = CharTokenizer.from_text("abcdefgh \n")
     return models.CausalLM(
         networks.transformer_lm(tokenizer.vocabulary_size, 16, num_layers=1,

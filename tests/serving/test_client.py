@@ -47,6 +47,7 @@ def server(tmp_path_factory):
     export_model(tiny("vae"), root / "vae", max_rows=4)
     export_model(tiny("gan"), root / "gan")
     export_model(tiny("lm"), root / "lm")
+    export_model(tiny("audio"), root / "audio", max_rows=4)
     port, grpc_port = free_port(), free_port()
     log = open(root.parent / "serve.log", "w")
     process = subprocess.Popen(
@@ -206,6 +207,8 @@ def test_sample_url_writes_the_same_file_as_the_export(server, tmp_path, scheme)
         ("vae", ["--n", "3", "--version", "1"], "npy"),
         ("gan", ["--n", "4", "--label", "7", "--seed", "-3"], "png"),
         ("lm", ["--n", "2", "--set", "prompt=bad", "--set", "max_new_tokens=6"], "txt"),
+        # the WAV's rate comes from the answer's sample_rate output alone
+        ("audio", ["--n", "5", "--label", "3", "--set", "num_steps=2"], "wav"),
     ]
     for name, options, suffix in cases:
         here, there = tmp_path / f"local.{suffix}", tmp_path / f"served.{suffix}"
