@@ -7,6 +7,8 @@ kgen train RECIPE [--set key=value]... [--backend B] [--strategy S]
                   [--export saved_models/NAME | --no-export]
 kgen export MODEL.keras --to saved_models/NAME
 kgen sample saved_models/NAME [--version N] [--n 16] [--seed 0] [--out FILE]
+kgen evaluate saved_models/NAME|MODEL.keras --data ... [--version N] [--n 1000]
+              [--classifier CLASSIFIER.keras] [--keras MODEL.keras] [--json]
 ```
 
 One error style: a user mistake (an argument, a setting, a path, a data or
@@ -26,7 +28,7 @@ import sys
 
 BACKENDS = ("tensorflow", "jax", "torch")
 # Commands that import TensorFlow (to train, export or run a SavedModel).
-_TENSORFLOW_COMMANDS = ("train", "export", "sample")
+_TENSORFLOW_COMMANDS = ("train", "export", "sample", "evaluate")
 
 
 class CommandError(ValueError):
@@ -151,6 +153,50 @@ def _parser():
     sample.add_argument("--out", type=pathlib.Path,
                         help="output file, e.g. grid.png, or rows.npy for the float32 "
                              "array (default: samples.png in the current directory)")
+
+    evaluate = sub.add_parser(
+        "evaluate", help="measure a model's samples against real data, with a real floor",
+        description=(
+            "Draw --n samples (through the export's generate signature, or "
+            "from a .keras file) and print every metric of the model's "
+            "family: images: FID, KID (± std) and precision/recall in a "
+            "classifier's feature space, the classifier's accuracy on a "
+            "class-conditional model's samples, a VAE's test negative ELBO; "
+            "language models: test bits per character and perplexity. The "
+            "same numbers for held-out real data (the data's last 10%%) "
+            "are the floor. This runs the graph the SavedModel holds: use "
+            "only exports you trust."
+        ),
+        parents=[common],
+    )
+    evaluate.add_argument("model", type=pathlib.Path, metavar="saved_models/NAME",
+                          help="a model's base path, one version's directory, "
+                               "or a .keras file (e.g. runs/NAME/best.keras)")
+    evaluate.add_argument("--version", type=int, help="version to use (default: newest)")
+    evaluate.add_argument("--data", help="the real data: 'digits', an MNIST IDX directory, "
+                                         "... (as --set data= takes), or a text file")
+    evaluate.add_argument("--n", type=int, default=1000,
+                          help="samples compared, at least 2; at most the held-out "
+                               "split's size is used (default 1000)")
+    evaluate.add_argument("--classifier", type=pathlib.Path, metavar="CLASSIFIER.keras",
+                          help="features and labels for images, e.g. "
+                               "runs/mnist_classifier/best.keras")
+    evaluate.add_argument("--features", choices=("classifier", "inception"),
+                          default="classifier",
+                          help="the feature space of FID/KID (inception: InceptionV3, "
+                               "when its weights file is on disk)")
+    evaluate.add_argument("--inception-weights", type=pathlib.Path, metavar="FILE.h5",
+                          help="InceptionV3 _notop weights (default: "
+                               "$KGEN_INCEPTION_WEIGHTS or ~/.keras/models/)")
+    evaluate.add_argument("--keras", type=pathlib.Path, metavar="MODEL.keras",
+                          help="the .keras model for a VAE's ELBO or an LM's bits "
+                               "(default: runs/NAME/best.keras)")
+    evaluate.add_argument("--seed", type=int, default=0,
+                          help="seed of the first sample; row i uses seed+i (default 0)")
+    evaluate.add_argument("--batch", type=_positive_int, default=None, metavar="N",
+                          help="rows per call (default 256, at most the export's max_rows)")
+    evaluate.add_argument("--json", action="store_true",
+                          help="print one JSON object instead of the table")
     return parser
 
 
@@ -251,8 +297,24 @@ def _cmd_sample(args):
     print(out)
 
 
+def _cmd_evaluate(args):
+    import json
+
+    from kgen.evaluate import evaluate
+    from kgen.evaluate import format_report
+
+    report = evaluate(
+        args.model, version=args.version, data=args.data, n=args.n,
+        classifier=args.classifier, seed=args.seed, batch=args.batch,
+        keras_path=args.keras, features=args.features,
+        inception_weights=args.inception_weights,
+        progress=not args.json,
+    )
+    print(json.dumps(report) if args.json else format_report(report))
+
+
 _COMMANDS = {"recipes": _cmd_recipes, "train": _cmd_train, "export": _cmd_export,
-             "sample": _cmd_sample}
+             "sample": _cmd_sample, "evaluate": _cmd_evaluate}
 
 
 def _fail(message, status=2):
@@ -265,13 +327,14 @@ def _user_errors():
     from kgen.config import ConfigError
     from kgen.data.errors import DataError
     from kgen.io import DamagedFileError
+    from kgen.evaluate import EvaluateError
     from kgen.export.sample import SampleError
     from kgen.media import OutputError
 
     # A diverged run is named by kgen.callbacks, which loads Keras: only
     # look for it when it can have been raised.
     diverged = (sys.modules["kgen.callbacks"].NonFiniteError,) if "kgen.callbacks" in sys.modules else ()
-    return (CommandError, ConfigError, DataError, SampleError, OutputError,
+    return (CommandError, ConfigError, DataError, SampleError, EvaluateError, OutputError,
             DamagedFileError, *diverged,
             FileNotFoundError, FileExistsError, IsADirectoryError,
             NotADirectoryError, PermissionError)
