@@ -246,25 +246,23 @@ def _first_line(error):
 
 
 def _distances(real_features, other_features):
-    """FID, KID (mean, std) and precision/recall of two feature sets."""
+    """FID, KID (mean, std over subsets) and precision/recall of two
+    feature sets, through `kgen.metrics`."""
     from kgen import metrics
-    from kgen.callbacks.validation_kid import kid_value
 
-    fid = metrics.FrechetDistance(feature_extractor=None)
-    fid.update_state(real_features, other_features)
-    kid = metrics.KernelInceptionDistance(
-        feature_extractor=None, subset_size=min(len(real_features), 1000))
-    kid.update_state(real_features, other_features)
-    kid_mean, kid_std = kid_value(kid)
-    out = {"fid": _number(fid.result()), "kid": kid_mean, "kid_std": kid_std}
-    if hasattr(metrics, "PrecisionRecall"):
-        pr = metrics.PrecisionRecall(feature_extractor=None)
-        pr.update_state(real_features, other_features)
-        result = pr.result()
-        if isinstance(result, dict):
-            out.update({k: _number(v) for k, v in result.items()})
-        else:
-            out["precision"], out["recall"] = _number(result[0]), _number(result[1])
+    d = real_features.shape[-1]
+    m = len(real_features)
+    out = {}
+    for metric in (
+        metrics.FrechetDistance(num_features=d),
+        metrics.KernelInceptionDistance(num_features=d, max_samples=max(m, 2),
+                                        subset_size=min(m, 1000)),
+        metrics.PrecisionRecall(num_features=d, max_samples=max(m, 4)),
+    ):
+        if isinstance(metric, metrics.PrecisionRecall) and m <= metric.k:
+            continue  # k-NN manifolds need more than k points
+        metric.update_state(real_features, other_features)
+        out.update({key: _number(value) for key, value in metric.results().items()})
     return out
 
 
@@ -285,19 +283,17 @@ def _accuracy(classifier, images, labels, num_classes):
     return {"accuracy": float(correct.mean()), "per_class": per_class}
 
 
-def _negative_elbo(vae, images, batch):
-    """Mean negative ELBO of `images` under `vae`, in nats per image and
-    bits per dimension (one posterior draw per image)."""
-    total, count = 0.0, 0
+def _negative_elbo(vae, images, batch, seed):
+    """The VAE's negative ELBO on `images` (`kgen.metrics.NegativeELBO`):
+    nats per image and bits per dimension."""
+    from kgen import metrics
+
+    elbo = metrics.NegativeELBO(vae, seed=seed % 2**30)
     for i in range(0, len(images), batch):
-        part = images[i:i + batch]
-        outputs = vae(part, training=False)
-        reconstruction, kl = vae.loss_terms(part, outputs)
-        total += (_number(reconstruction) + _number(kl)) * len(part)
-        count += len(part)
-    nats = total / count
-    dims = int(np.prod(images.shape[1:]))
-    return {"negative_elbo_nats": nats, "bits_per_dim": nats / (dims * math.log(2))}
+        elbo.update_state(images[i:i + batch])
+    results = elbo.results()
+    return {"negative_elbo_nats": _number(results[elbo.name]),
+            "bits_per_dim": _number(results[f"{elbo.name}_bits_per_dim"])}
 
 
 def _evaluate_images(source, data, n, classifier, seed, batch, keras_path, features,
@@ -361,7 +357,7 @@ def _evaluate_images(source, data, n, classifier, seed, batch, keras_path, featu
             report["note_elbo"] = (f"negative ELBO needs the .keras model: pass --keras "
                                    f"runs/{source.name}/best.keras")
         else:
-            report["test"] = _negative_elbo(vae, held_out, batch or 256)
+            report["test"] = _negative_elbo(vae, held_out, batch or 256, seed)
     return report
 
 

@@ -17,17 +17,10 @@ from kgen.metrics.features import predict_in_batches
 
 
 def kid_value(metric):
-    """`(mean, std)` of a KernelInceptionDistance metric's result."""
-    result = metric.result()
-    if isinstance(result, dict):
-        mean = next(v for k, v in result.items() if not k.endswith("std"))
-        std = next((v for k, v in result.items() if k.endswith("std")), np.nan)
-    elif isinstance(result, (tuple, list)):
-        mean, std = result[0], result[1] if len(result) > 1 else np.nan
-    else:
-        mean, std = result, np.nan
-    return (float(keras.ops.convert_to_numpy(mean)),
-            float(keras.ops.convert_to_numpy(std)))
+    """`(mean, std)` of a `KernelInceptionDistance`'s subsets."""
+    results = metric.results()
+    return (float(keras.ops.convert_to_numpy(results[metric.name])),
+            float(keras.ops.convert_to_numpy(results[f"{metric.name}_std"])))
 
 
 def take_images(dataset, n):
@@ -62,6 +55,7 @@ class ValidationKID(keras.callbacks.Callback):
             `val_kid`, so a Checkpoint monitoring it needs `every=1`).
         generate_kwargs: extra `model.generate()` options, e.g.
             `{"num_steps": 10}` for a diffusion model.
+        subsets: KID's random subsets.
         subset_size: KID subset size (default: `min(n, 100)`).
         name: the logged key.
 
@@ -75,7 +69,7 @@ class ValidationKID(keras.callbacks.Callback):
     """
 
     def __init__(self, feature_extractor, real_images, n=200, seed=0, every=1,
-                 generate_kwargs=None, subset_size=None, name="val_kid"):
+                 generate_kwargs=None, subsets=20, subset_size=None, name="val_kid"):
         super().__init__()
         if isinstance(n, bool) or not isinstance(n, int) or n < 2:
             raise ValueError(f"n={n!r}: val_kid needs at least 2 samples")
@@ -99,6 +93,7 @@ class ValidationKID(keras.callbacks.Callback):
         self.real_images = real_images[:n]
         self.n, self.seed, self.every, self.name = n, seed, every, name
         self.generate_kwargs = dict(generate_kwargs or {})
+        self.subsets = subsets
         self.subset_size = subset_size or min(n, 100)
         self._real_features = None
 
@@ -115,7 +110,9 @@ class ValidationKID(keras.callbacks.Callback):
             kwargs["labels"] = (self.seed + np.arange(self.n)) % classes
         samples = np.asarray(model.generate(self.n, seed=self.seed, **kwargs), "float32")
         generated = predict_in_batches(self.features, samples)
-        metric = KernelInceptionDistance(feature_extractor=None, subset_size=self.subset_size)
+        metric = KernelInceptionDistance(
+            num_features=generated.shape[-1], max_samples=self.n,
+            subsets=self.subsets, subset_size=self.subset_size)
         metric.update_state(self._real_features, generated)
         return kid_value(metric)
 

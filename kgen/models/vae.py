@@ -96,8 +96,15 @@ class VAE(GenerativeModel):
         logits = self.decoder(z, training=training)
         return {"z_mean": mean, "z_log_var": log_var, "z": z, "logits": logits}
 
-    def loss_terms(self, images, outputs):
-        """Mean over the batch of the reconstruction and KL terms, in nats."""
+    def example_terms(self, images, outputs):
+        """Per image `(batch,)`: the reconstruction term `-log p(x|z)` and
+        `KL(q(z|x) || N(0, I))`, in nats. Their sum is the negative ELBO.
+
+        The likelihood is per pixel: `"bernoulli"` is the binary
+        cross-entropy of the pixel values against `sigmoid(logits)` (a true
+        log-likelihood for binary pixels); `"gaussian"` the density of
+        `N(sigmoid(logits), gaussian_scale^2)` (a continuous density).
+        """
         images = ops.cast(batch_images(images), outputs["logits"].dtype)
         logits = outputs["logits"]
         if self.likelihood == "bernoulli":
@@ -106,10 +113,15 @@ class VAE(GenerativeModel):
             s = self.gaussian_scale
             diff = (images - ops.sigmoid(logits)) / s
             nll = 0.5 * ops.square(diff) + math.log(s) + 0.5 * math.log(2 * math.pi)
-        reconstruction = ops.mean(ops.sum(ops.reshape(nll, (ops.shape(nll)[0], -1)), -1))
+        reconstruction = ops.sum(ops.reshape(nll, (ops.shape(nll)[0], -1)), -1)
         mean, log_var = outputs["z_mean"], outputs["z_log_var"]
         kl = -0.5 * ops.sum(1.0 + log_var - ops.square(mean) - ops.exp(log_var), -1)
-        return reconstruction, ops.mean(kl)
+        return reconstruction, kl
+
+    def loss_terms(self, images, outputs):
+        """Mean over the batch of the reconstruction and KL terms, in nats."""
+        reconstruction, kl = self.example_terms(images, outputs)
+        return ops.mean(reconstruction), ops.mean(kl)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
                      training=True):

@@ -34,9 +34,11 @@ DATA = {
     "ddpm_digits": lambda: {"sample_steps": "2", "filters": "8,16"},
     "digit_classifier_fsdd": lambda: {"data": str(shared("fsdd", "recordings")),
                                       "limit": "64", "filters": "8,16"},
+    "mnist_classifier": lambda: {**MNIST(), "filters": "8,16"},
+    "digits_classifier": lambda: {"filters": "8,16"},
 }
 # Recipes whose model judges samples rather than drawing them: no samples.
-CLASSIFIERS = ("digit_classifier_fsdd",)
+CLASSIFIERS = ("digit_classifier_fsdd", "mnist_classifier", "digits_classifier")
 
 
 @pytest.mark.parametrize("name", config.recipe_names())
