@@ -272,15 +272,17 @@ def _number(value):
     return float(keras.ops.convert_to_numpy(value))
 
 
-def _accuracy(classifier, images, labels, num_classes):
-    from kgen.metrics.features import predict_in_batches
+def _accuracy(classifier, images, labels, num_classes, batch):
+    """`kgen.metrics.ClassifierAccuracy` of `images` meant as `labels`:
+    overall and per class (None for a class with no image)."""
+    from kgen import metrics
 
-    logits = predict_in_batches(classifier, images)
-    predictions = logits.argmax(-1)
-    correct = predictions == labels
-    per_class = [float(correct[labels == k].mean()) if (labels == k).any() else None
-                 for k in range(num_classes)]
-    return {"accuracy": float(correct.mean()), "per_class": per_class}
+    metric = metrics.ClassifierAccuracy(classifier)
+    for i in range(0, len(images), batch):
+        metric.update_state(labels[i:i + batch].astype("int32"), images[i:i + batch])
+    per_class = [float(v) for v in np.asarray(metric.per_class())[:num_classes]]
+    return {"accuracy": _number(metric.result()),
+            "per_class": [None if math.isnan(v) else v for v in per_class]}
 
 
 def _negative_elbo(vae, images, batch, seed):
@@ -347,10 +349,10 @@ def _evaluate_images(source, data, n, classifier, seed, batch, keras_path, featu
                           f"held-out images")
     if classes and model is not None:
         sample_labels = (seed + np.arange(n_eff)) % classes
-        report["samples"].update(_accuracy(model, samples, sample_labels, classes))
-        if labels is not None:
-            report["floor"].update(_accuracy(model, held_out, labels[n_train:n_train + n_eff],
-                                             classes))
+        report["samples"].update(_accuracy(model, samples, sample_labels, classes, batch or 256))
+    if model is not None and labels is not None and labels.max() < model.output_shape[-1]:
+        report["floor"].update(_accuracy(model, held_out, labels[n_train:n_train + n_eff],
+                                         model.output_shape[-1], batch or 256))
     if source.family == "VAE":
         vae = _keras_file(source, keras_path)
         if vae is None:
@@ -467,16 +469,18 @@ def format_report(report):
     if samples is not None:
         lines.append(f"{'metric':<18}{'samples':>12}{'real floor':>14}")
         for name in ("fid", "kid", "precision", "recall", "accuracy"):
-            if name not in samples:
+            if name not in samples and name not in floor:
                 continue
-            value, base = samples[name], floor.get(name)
-            if name == "kid":
-                text = f"{value:.4f}±{samples['kid_std']:.4f}"
-                base_text = f"{base:.4f}±{floor['kid_std']:.4f}" if base is not None else "-"
-            else:
-                text = f"{value:.4f}"
-                base_text = f"{base:.4f}" if base is not None else "-"
-            lines.append(f"{name:<18}{text:>12}{base_text:>14}")
+            cells = []
+            for where in (samples, floor):
+                value = where.get(name)
+                if value is None:
+                    cells.append("-")
+                elif name == "kid":
+                    cells.append(f"{value:.4f}±{where['kid_std']:.4f}")
+                else:
+                    cells.append(f"{value:.4f}")
+            lines.append(f"{name:<18}{cells[0]:>12}{cells[1]:>14}")
         if "per_class" in samples:
             lines.append("per-class accuracy (samples / real):")
             real = floor.get("per_class") or [None] * len(samples["per_class"])

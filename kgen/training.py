@@ -199,12 +199,13 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
     keras.utils.set_random_seed(config.get("seed", 0))
     with strategy_scope(strategy):
         model, data = module.build(config)
+    kid = _validation_kid(model, data, module, config)
     if previous is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         kgen_io.write_text(run_dir / "config.json", json.dumps(settings, indent=2))
         _write_state(run_dir, {"status": "training"})
 
-    run = _Run(run_dir, model, data, module, config, verbose)
+    run = _Run(run_dir, model, data, module, config, verbose, kid=kid)
     wall = run.fit()
     state = {"status": "trained", "checkpoint": run.checkpoint_path.name,
              "best": run.checkpoint.best, "epochs": config["epochs"],
@@ -247,13 +248,12 @@ class _Run:
     """One `fit()` of a run: its checkpoint, backup, history and sample
     callbacks, resumed from the newest good backup."""
 
-    def __init__(self, run_dir, model, data, module, config, verbose):
+    def __init__(self, run_dir, model, data, module, config, verbose, kid=None):
         self.model, self.config, self.verbose = model, config, verbose
         monitor = getattr(model, "checkpoint_monitor", "val_loss")
         self.validation = data.validation if monitor else None
         # `--set val_kid=CLASSIFIER.keras`: a cheap KID of fixed samples
         # ranks the epochs instead of the loss (GAN losses rank none).
-        kid = _validation_kid(model, data, module, config)
         if kid is not None:
             monitor = "val_kid"
         if monitor == "val_loss" and self.validation is None:
