@@ -255,8 +255,10 @@ def _distances(real_features, other_features):
     out = {}
     for metric in (
         metrics.FrechetDistance(num_features=d),
+        # Subsets of half the rows (at most 1000, the field's size), so
+        # that they differ and their spread means something.
         metrics.KernelInceptionDistance(num_features=d, max_samples=max(m, 2),
-                                        subset_size=min(m, 1000)),
+                                        subset_size=max(2, min(m // 2, 1000))),
         metrics.PrecisionRecall(num_features=d, max_samples=max(m, 4)),
     ):
         if isinstance(metric, metrics.PrecisionRecall) and m <= metric.k:
@@ -467,7 +469,7 @@ def format_report(report):
             lines.append(f"note: {report[key]}")
     samples, floor = report.get("samples"), report.get("floor", {})
     if samples is not None:
-        lines.append(f"{'metric':<18}{'samples':>12}{'real floor':>14}")
+        lines.append(f"{'metric':<12}{'samples':>20}{'real floor':>20}")
         for name in ("fid", "kid", "precision", "recall", "accuracy"):
             if name not in samples and name not in floor:
                 continue
@@ -477,10 +479,10 @@ def format_report(report):
                 if value is None:
                     cells.append("-")
                 elif name == "kid":
-                    cells.append(f"{value:.4f}±{where['kid_std']:.4f}")
+                    cells.append(f"{value:.4g} ± {where['kid_std']:.2g}")
                 else:
                     cells.append(f"{value:.4f}")
-            lines.append(f"{name:<18}{cells[0]:>12}{cells[1]:>14}")
+            lines.append(f"{name:<12}{cells[0]:>20}{cells[1]:>20}")
         if "per_class" in samples:
             lines.append("per-class accuracy (samples / real):")
             real = floor.get("per_class") or [None] * len(samples["per_class"])

@@ -42,9 +42,11 @@ def trained(tmp_path_factory):
                                    "feature_dim": "16"},
         run_dir=root / "classifier", verbose=0)["best"]}
     for key, (recipe, sets) in TINY.items():
-        result = training.train(recipe, sets=sets, run_dir=root / "runs" / key,
-                                export_to=root / "saved_models" / key, verbose=0)
-        out[key] = result
+        # The image families are exported (and sampled through their
+        # SavedModels); a language model's bits need its .keras file alone.
+        export_to = None if key == "lm" else root / "saved_models" / key
+        out[key] = training.train(recipe, sets=sets, run_dir=root / "runs" / key,
+                                  export_to=export_to, verbose=0)
     return out
 
 
@@ -83,10 +85,6 @@ def test_a_conditional_gan_export_gets_fid_kid_accuracy_and_the_real_floor(train
     assert len(samples["per_class"]) == 10 and 0 <= samples["accuracy"] <= 1
     # An untrained GAN is far from the data; held-out real images are not.
     assert floor["fid"] < samples["fid"]
-    # Rows are seeded: the same command gives the same numbers.
-    again = json.loads(_evaluate(capsys, export, "--data", "digits", "--n", N,
-                                 "--classifier", trained["classifier"], "--json"))
-    assert again["samples"]["fid"] == samples["fid"]
 
 
 def test_a_vae_gets_its_test_negative_elbo(trained, capsys):
@@ -105,27 +103,25 @@ def test_a_vae_gets_its_test_negative_elbo(trained, capsys):
     assert "test negative_elbo_nats" in text and "fid" in text
 
 
-def test_a_diffusion_export_is_sampled_in_batches_of_its_max_rows(trained, capsys):
+def test_a_diffusion_export_is_sampled_in_batches(trained, capsys):
     export = trained["ddpm"]["exported"].parent
-    report = json.loads(_evaluate(capsys, export, "--data", "digits", "--n", "12",
+    report = json.loads(_evaluate(capsys, export, "--data", "digits", "--n", "8",
                                   "--batch", "5", "--classifier", trained["classifier"],
                                   "--json"))
-    assert report["family"] == "DiffusionModel" and report["n"] == 12
+    assert report["family"] == "DiffusionModel" and report["n"] == 8
     assert _finite(report["samples"]["fid"], report["samples"]["accuracy"])
 
 
 def test_a_language_model_gets_test_bits_per_character(trained, capsys):
-    export = trained["lm"]["exported"].parent
-    report = json.loads(_evaluate(capsys, export, "--data", "pydoc", "--n", "8",
-                                  "--keras", trained["lm"]["best"], "--json"))
+    report = json.loads(_evaluate(capsys, trained["lm"]["best"], "--data", "pydoc",
+                                  "--n", "8", "--json"))
     test = report["test"]
     assert report["family"] == "CausalLM" and test["tokens"] == 8 * 16
     assert _finite(test["bits_per_token"], test["perplexity"])
     assert test["perplexity"] == pytest.approx(2 ** test["bits_per_token"], rel=1e-4)
     # Three training steps leave the model near uniform, not far above it.
     assert test["bits_per_token"] < report["floor"]["uniform_bits_per_token"] + 1.5
-    text = _evaluate(capsys, export, "--data", "pydoc", "--n", "8",
-                     "--keras", trained["lm"]["best"])
+    text = _evaluate(capsys, trained["lm"]["best"], "--data", "pydoc", "--n", "8")
     assert "test bits_per_token" in text and "floor uniform_bits_per_token" in text
 
 

@@ -81,7 +81,10 @@ def feature_model(classifier):
             f"{classifier.name}: its feature layer gives shape {layer_output.shape}; "
             "expected (batch, features)"
         )
-    return keras.Model(classifier.inputs, layer_output, name=f"{classifier.name}_features")
+    # One input as a tensor, not a list: the model is then called with a
+    # plain batch of images, as the classifier is.
+    inputs = classifier.inputs[0] if len(classifier.inputs) == 1 else classifier.inputs
+    return keras.Model(inputs, layer_output, name=f"{classifier.name}_features")
 
 
 def load_feature_extractor(path):
