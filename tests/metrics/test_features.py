@@ -2,6 +2,7 @@
 
 import csv
 
+import keras
 import numpy as np
 import pytest
 
@@ -25,12 +26,13 @@ def test_digits_classifier_trains_saves_and_its_features_load(tmp_path):
 
     classifier, features = load_feature_extractor(result["best"])
     images = load_digits()[0][:5]
-    f = np.asarray(features(images))
+    f = keras.ops.convert_to_numpy(features(images))
     assert f.shape == (5, 32) and np.isfinite(f).all()
     # The feature model is the classifier up to its penultimate layer: the
     # logits layer applied to the features gives the classifier's output.
-    logits = np.asarray(classifier.get_layer("logits")(f))
-    np.testing.assert_allclose(logits, np.asarray(classifier(images)), rtol=1e-4, atol=1e-4)
+    logits = keras.ops.convert_to_numpy(classifier.get_layer("logits")(f))
+    np.testing.assert_allclose(logits, keras.ops.convert_to_numpy(classifier(images)),
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_a_missing_classifier_file_is_named(tmp_path):
