@@ -37,9 +37,18 @@ def vae_negative_elbo(model, images, seed=0, offset=0):
         offset: index of the batch's first image in the whole set.
     """
     _check_seed(seed)
-    images = batch_images(images)
+    images = ops.convert_to_tensor(batch_images(images))
+    first = ops.cast(offset, "int32") + seed
+    fn = model.compiled_function(
+        "negative_elbo", lambda x, first: _negative_elbo(model, x, first),
+        model.encoder.weights + model.decoder.weights)
+    return fn(images, first)
+
+
+def _negative_elbo(model, images, first):
+    """`vae_negative_elbo`'s computation: row `i` draws from seed `first + i`."""
     mean, log_var = model.encode(images)
-    rows = ops.arange(ops.shape(mean)[0], dtype="int32") + ops.cast(offset, "int32") + seed
+    rows = ops.arange(ops.shape(mean)[0], dtype="int32") + first
     pairs = ops.stack([rows, ops.zeros_like(rows)], axis=-1)
     eps = kgen_random.normal(pairs, (model.latent_dim,), stream=ELBO_STREAM)
     z = mean + ops.exp(0.5 * log_var) * ops.cast(eps, mean.dtype)
