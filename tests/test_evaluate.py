@@ -125,7 +125,7 @@ def test_a_language_model_gets_test_bits_per_character(trained, capsys):
     assert "test bits_per_token" in text and "floor uniform_bits_per_token" in text
 
 
-def test_bad_inputs_are_one_line_naming_the_value(trained, capsys, tmp_path):
+def test_bad_inputs_are_one_line_naming_the_value(trained, capsys, tmp_path, monkeypatch):
     export = trained["cgan"]["exported"].parent
     classifier = trained["classifier"]
     assert "--n 1: must be an integer >= 2" in _error(
@@ -143,3 +143,17 @@ def test_bad_inputs_are_one_line_naming_the_value(trained, capsys, tmp_path):
 
     message = _error(capsys, export, "--data", shared("mnist"), "--classifier", classifier)
     assert "images of shape (28, 28, 1), but the model makes (8, 8, 1)" in message
+    # A classifier of 28x28 images cannot judge 8x8 samples.
+    from kgen.metrics.features import image_classifier
+
+    wide = tmp_path / "mnist_shaped.keras"
+    image_classifier((28, 28, 1), filters=(4,), feature_dim=4).save(wide)
+    message = _error(capsys, export, "--data", "digits", "--classifier", wide)
+    assert f"--classifier {wide}: it takes images of shape (28, 28, 1), but the model " \
+           "makes (8, 8, 1)" in message
+    # InceptionV3 is used only when its weights are on disk; nothing is downloaded.
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.delenv("KGEN_INCEPTION_WEIGHTS", raising=False)
+    message = _error(capsys, export, "--data", "digits", "--classifier", classifier,
+                     "--features", "inception")
+    assert "--features inception: " in message and "are not downloaded" in message
