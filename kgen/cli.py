@@ -163,7 +163,7 @@ def _parser():
             "classifier's feature space, the classifier's accuracy on a "
             "class-conditional model's samples, a VAE's test negative ELBO; "
             "language models: test bits per character and perplexity. The "
-            "same numbers for held-out real data (the data's last 10%%) "
+            "same numbers for held-out real data (the data's last 10%) "
             "are the floor. This runs the graph the SavedModel holds: use "
             "only exports you trust."
         ),
