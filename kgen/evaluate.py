@@ -469,7 +469,7 @@ def format_report(report):
             lines.append(f"note: {report[key]}")
     samples, floor = report.get("samples"), report.get("floor", {})
     if samples is not None:
-        lines.append(f"{'metric':<12}{'samples':>20}{'real floor':>20}")
+        lines.append(f"{'metric':<12}{'samples':>24}{'real floor':>24}")
         for name in ("fid", "kid", "precision", "recall", "accuracy"):
             if name not in samples and name not in floor:
                 continue
@@ -482,7 +482,7 @@ def format_report(report):
                     cells.append(f"{value:.4g} ± {where['kid_std']:.2g}")
                 else:
                     cells.append(f"{value:.4f}")
-            lines.append(f"{name:<12}{cells[0]:>20}{cells[1]:>20}")
+            lines.append(f"{name:<12}{cells[0]:>24}{cells[1]:>24}")
         if "per_class" in samples:
             lines.append("per-class accuracy (samples / real):")
             real = floor.get("per_class") or [None] * len(samples["per_class"])
