@@ -11,6 +11,8 @@ kgen sample --url http://HOST:8501/v1/models/NAME [--version N] [--n 16] ...
 kgen serve saved_models/ [--host 127.0.0.1] [--port 8501] [--grpc-port 8500]
 kgen deploy saved_models/ --out deploy/ [--overwrite] [--enable-batching] ...
 kgen tune RECIPE --space KEY=SPEC... --objective NAME --trials N [--workers N] ...
+kgen evaluate saved_models/NAME|MODEL.keras --data ... [--version N] [--n 1000]
+              [--classifier CLASSIFIER.keras] [--keras MODEL.keras] [--json]
 ```
 
 One error style: a user mistake (an argument, a setting, a path, a data or
@@ -30,7 +32,7 @@ import sys
 
 BACKENDS = ("tensorflow", "jax", "torch")
 # Commands that import TensorFlow (to train, export or run a SavedModel).
-_TENSORFLOW_COMMANDS = ("train", "export", "sample", "tune")
+_TENSORFLOW_COMMANDS = ("train", "export", "sample", "tune", "evaluate")
 
 
 class CommandError(ValueError):
@@ -244,6 +246,50 @@ def _parser():
                             "(default 2)")
     serve.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                        help="threads running TensorFlow calls (default: CPUs + 2)")
+
+    evaluate = sub.add_parser(
+        "evaluate", help="measure a model's samples against real data, with a real floor",
+        description=(
+            "Draw --n samples (through the export's generate signature, or "
+            "from a .keras file) and print every metric of the model's "
+            "family: images: FID, KID (± std) and precision/recall in a "
+            "classifier's feature space, the classifier's accuracy on a "
+            "class-conditional model's samples, a VAE's test negative ELBO; "
+            "language models: test bits per character and perplexity. The "
+            "same numbers for held-out real data (the data's last 10%) "
+            "are the floor. This runs the graph the SavedModel holds: use "
+            "only exports you trust."
+        ),
+        parents=[common],
+    )
+    evaluate.add_argument("model", type=pathlib.Path, metavar="saved_models/NAME",
+                          help="a model's base path, one version's directory, "
+                               "or a .keras file (e.g. runs/NAME/best.keras)")
+    evaluate.add_argument("--version", type=int, help="version to use (default: newest)")
+    evaluate.add_argument("--data", help="the real data: 'digits', an MNIST IDX directory, "
+                                         "... (as --set data= takes), or a text file")
+    evaluate.add_argument("--n", type=int, default=1000,
+                          help="samples compared, at least 2; at most the held-out "
+                               "split's size is used (default 1000)")
+    evaluate.add_argument("--classifier", type=pathlib.Path, metavar="CLASSIFIER.keras",
+                          help="features and labels for images, e.g. "
+                               "runs/mnist_classifier/best.keras")
+    evaluate.add_argument("--features", choices=("classifier", "inception"),
+                          default="classifier",
+                          help="the feature space of FID/KID (inception: InceptionV3, "
+                               "when its weights file is on disk)")
+    evaluate.add_argument("--inception-weights", type=pathlib.Path, metavar="FILE.h5",
+                          help="InceptionV3 _notop weights (default: "
+                               "$KGEN_INCEPTION_WEIGHTS or ~/.keras/models/)")
+    evaluate.add_argument("--keras", type=pathlib.Path, metavar="MODEL.keras",
+                          help="the .keras model for a VAE's ELBO or an LM's bits "
+                               "(default: runs/NAME/best.keras)")
+    evaluate.add_argument("--seed", type=int, default=0,
+                          help="seed of the first sample; row i uses seed+i (default 0)")
+    evaluate.add_argument("--batch", type=_positive_int, default=None, metavar="N",
+                          help="rows per call (default 256, at most the export's max_rows)")
+    evaluate.add_argument("--json", action="store_true",
+                          help="print one JSON object instead of the table")
     _tune_parser(sub, common)
     return parser
 
@@ -526,9 +572,25 @@ def _cmd_tune(args):
     tune.tune(args, args.argv)
 
 
+def _cmd_evaluate(args):
+    import json
+
+    from kgen.evaluate import evaluate
+    from kgen.evaluate import format_report
+
+    report = evaluate(
+        args.model, version=args.version, data=args.data, n=args.n,
+        classifier=args.classifier, seed=args.seed, batch=args.batch,
+        keras_path=args.keras, features=args.features,
+        inception_weights=args.inception_weights,
+        progress=not args.json,
+    )
+    print(json.dumps(report) if args.json else format_report(report))
+
+
 _COMMANDS = {"recipes": _cmd_recipes, "train": _cmd_train, "export": _cmd_export,
              "sample": _cmd_sample, "deploy": _cmd_deploy, "serve": _cmd_serve,
-             "tune": _cmd_tune}
+             "tune": _cmd_tune, "evaluate": _cmd_evaluate}
 
 
 def _fail(message, status=2):
@@ -548,12 +610,13 @@ def _user_errors():
     diverged = (sys.modules["kgen.callbacks"].NonFiniteError,) if "kgen.callbacks" in sys.modules else ()
     # ServeError's module is light; DataError's loads Keras, so it is looked
     # for only where it was loaded (a `kgen deploy` mistake loads no Keras),
-    # as are kgen deploy's and the client's errors.
+    # as are kgen deploy's, the client's and kgen evaluate's errors.
     from kgen.serving.tree import ServeError
     loaded = tuple(getattr(sys.modules[module], name)
                    for module, name in (("kgen.data.errors", "DataError"),
                                         ("kgen.serving.deploy", "DeployError"),
-                                        ("kgen.serving.client", "ServerError"))
+                                        ("kgen.serving.client", "ServerError"),
+                                        ("kgen.evaluate", "EvaluateError"))
                    if module in sys.modules)
     return (CommandError, ConfigError, SampleError, OutputError,
             DamagedFileError, ServeError, *diverged, *loaded,

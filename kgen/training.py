@@ -202,12 +202,13 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
     keras.utils.set_random_seed(config.get("seed", 0))
     with strategy_scope(strategy):
         model, data = module.build(config)
+    kid = _validation_kid(model, data, module, config)
     if previous is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         kgen_io.write_text(run_dir / "config.json", json.dumps(settings, indent=2))
         _write_state(run_dir, {"status": "training"})
 
-    run = _Run(run_dir, model, data, module, config, verbose, callbacks)
+    run = _Run(run_dir, model, data, module, config, verbose, callbacks, kid=kid)
     wall = run.fit()
     state = {"status": "trained", "checkpoint": run.checkpoint_path.name,
              "best": run.checkpoint.best, "epochs": config["epochs"],
@@ -250,10 +251,14 @@ class _Run:
     """One `fit()` of a run: its checkpoint, backup, history and sample
     callbacks, resumed from the newest good backup."""
 
-    def __init__(self, run_dir, model, data, module, config, verbose, extra=()):
+    def __init__(self, run_dir, model, data, module, config, verbose, extra=(), kid=None):
         self.model, self.config, self.verbose = model, config, verbose
         monitor = getattr(model, "checkpoint_monitor", "val_loss")
         self.validation = data.validation if monitor else None
+        # `--set val_kid=CLASSIFIER.keras`: a cheap KID of fixed samples
+        # ranks the epochs instead of the loss (GAN losses rank none).
+        if kid is not None:
+            monitor = "val_kid"
         if monitor == "val_loss" and self.validation is None:
             monitor = "loss"
         self.checkpoint_path = run_dir / ("best.keras" if monitor else "last.keras")
@@ -272,9 +277,11 @@ class _Run:
         self.train, self.steps = _resume_stream(
             data.train, config.get("steps_per_epoch"), self.initial_epoch)
         self.callbacks = [
-            # Order matters (see kgen/callbacks/checkpoints.py): nothing of a
+            # Order matters (see kgen/callbacks/checkpoints.py): val_kid is
+            # logged before anything reads the logs; nothing of a
             # non-finite epoch is written; the checkpoint comes before the
             # backup, and the backup before the history row.
+            *([kid] if kid is not None else []),
             kgen_callbacks.FiniteCheck(),
             self.checkpoint,
             backup,
@@ -305,6 +312,30 @@ class _Run:
         if not self.checkpoint_path.exists():  # every epoch ran before the resume
             self.checkpoint.save()
         return time.time() - start
+
+
+def _validation_kid(model, data, module, config):
+    """The `ValidationKID` callback a run's `val_kid` setting asks for
+    (`None` when it is unset): `val_kid_n` samples, drawn with
+    `val_kid_kwargs(config)` of the recipe (e.g. few diffusion steps),
+    against as many fixed real images (validation split, else training)."""
+    path = config.get("val_kid")
+    if not path:
+        return None
+    if not hasattr(model, "generate") or getattr(model, "output_kind", "images") != "images":
+        raise ConfigError(
+            f"--set val_kid={path}: recipe {module.RECIPE_NAME} does not generate images"
+        )
+    n = config.get("val_kid_n", 100)
+    source = data.validation if data.validation is not None else data.train
+    try:
+        real = kgen_callbacks.take_images(source, n)
+        return kgen_callbacks.ValidationKID(
+            path, real, n=n, seed=config.get("sample_seed", 0),
+            generate_kwargs=getattr(module, "val_kid_kwargs", lambda c: {})(config),
+        )
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"--set val_kid={path}: {e}") from None
 
 
 def _write_state(run_dir, state):

@@ -25,6 +25,9 @@ CONFIG = dict(
     beta_1=0.5,
     beta_2=0.999,
     jit_compile=None,          # None: XLA on JAX only, fastest on CPU (bench/gan.py)
+    val_kid=None,              # a classifier .keras (e.g. runs/digits_classifier/best.keras):
+                               # log val_kid each epoch and keep the epoch it ranks best
+    val_kid_n=100,             # samples (and real images) per val_kid
     seed=0,
 )
 

@@ -24,6 +24,10 @@ CONFIG = dict(
     batch_size=64,
     learning_rate=1e-3,
     validation_fraction=0.1,
+    val_kid=None,              # a classifier .keras (e.g. runs/digits_classifier/best.keras):
+                               # log val_kid each epoch and keep the epoch it ranks best
+    val_kid_n=100,             # samples (and real images) per val_kid
+    val_kid_steps=10,          # solver steps of val_kid's samples (cheap, guided)
     seed=0,
 )
 
@@ -56,4 +60,10 @@ def sample_kwargs(config):
     """Per-epoch grids: guided, a few solver steps (SampleLogger asks for
     the classes in turn)."""
     return dict(num_steps=config["sample_steps"],
+                guidance_scale=config["guidance_scale"])
+
+
+def val_kid_kwargs(config):
+    """What ValidationKID passes to `model.generate()`: few solver steps."""
+    return dict(num_steps=config["val_kid_steps"],
                 guidance_scale=config["guidance_scale"])

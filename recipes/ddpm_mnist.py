@@ -4,6 +4,7 @@
 from kgen.recipes.ddpm_digits import CONFIG as DDPM_CONFIG
 from kgen.recipes.ddpm_digits import build  # noqa: F401
 from kgen.recipes.ddpm_digits import sample_kwargs  # noqa: F401
+from kgen.recipes.ddpm_digits import val_kid_kwargs  # noqa: F401
 
 CONFIG = dict(
     DDPM_CONFIG,

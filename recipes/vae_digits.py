@@ -19,6 +19,9 @@ CONFIG = dict(
     batch_size=32,
     learning_rate=1e-3,
     validation_fraction=0.1,
+    val_kid=None,              # a classifier .keras (e.g. runs/digits_classifier/best.keras):
+                               # log val_kid each epoch and keep the epoch it ranks best
+    val_kid_n=100,             # samples (and real images) per val_kid
     seed=0,
 )
 

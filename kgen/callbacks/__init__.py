@@ -7,3 +7,5 @@ from kgen.callbacks.checkpoints import HistoryLog
 from kgen.callbacks.checkpoints import NonFiniteError
 from kgen.callbacks.checkpoints import TrainingBackup
 from kgen.callbacks.samples import SampleLogger
+from kgen.callbacks.validation_kid import ValidationKID
+from kgen.callbacks.validation_kid import take_images

@@ -39,9 +39,11 @@ DATA = {
     "audio_fsdd": lambda: {"data": str(shared("fsdd", "recordings")), "limit": "64",
                            "filters": "8,16", "sample_steps": "2",
                            "griffin_lim_iters": "2", "sample_count": "2"},
+    "mnist_classifier": lambda: {**MNIST(), "filters": "8,16"},
+    "digits_classifier": lambda: {"filters": "8,16"},
 }
 # Recipes whose model judges samples rather than drawing them: no samples.
-CLASSIFIERS = ("digit_classifier_fsdd",)
+CLASSIFIERS = ("digit_classifier_fsdd", "mnist_classifier", "digits_classifier")
 
 
 @pytest.mark.parametrize("name", config.recipe_names())

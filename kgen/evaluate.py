@@ -1,0 +1,503 @@
+"""`kgen evaluate`: the numbers that judge a trained model, with a floor.
+
+Images (VAE, GAN, diffusion): `n` samples are drawn through the exported
+SavedModel's `generate` signature (at most the export's `max_rows` rows per
+call; or from a `.keras` file through `model.generate`) and compared, in the
+feature space of a kgen classifier (or InceptionV3 when its weights are on
+disk), with `n` real images of the data's training part: Fréchet distance,
+kernel inception distance (mean and standard deviation over subsets) and,
+when `kgen.metrics` has it, precision/recall. A class-conditional model's
+samples ask for the classes in turn (row `i`'s label is `(seed + i) mod
+classes`, as `kgen sample` does) and the classifier says how many it
+recognises, overall and per class. A VAE adds its negative ELBO on held-out
+images (nats per image and bits per dimension, from its `.keras` file).
+
+The floor: the same numbers for `n` held-out real images (the data's last
+10%, which neither the classifier nor the recipes train on) against the
+same training images, and the classifier's accuracy on them. A model is
+as good as the real data when its numbers reach the floor's.
+
+Language models: bits per character (token) and perplexity of the `.keras`
+model on the held-out last 10% of the text, in non-overlapping windows of
+its context; the floor is the uniform model's `log2(vocabulary)` bits.
+
+Example:
+
+```python
+from kgen.evaluate import evaluate
+
+report = evaluate("saved_models/cgan_mnist", data="/data/mnist", n=1000,
+                  classifier="runs/mnist_classifier/best.keras")
+report["samples"]["fid"], report["floor"]["fid"]
+```
+"""
+
+import math
+import pathlib
+import sys
+
+import numpy as np
+
+# The held-out share of the data: the recipes' and the classifiers' own
+# validation split (the last 10%).
+HELD_OUT_FRACTION = 0.1
+IMAGE_FAMILIES = ("VAE", "GAN", "DiffusionModel")
+TEXT_FAMILIES = ("CausalLM",)
+
+
+class EvaluateError(ValueError):
+    """A `kgen evaluate` argument does not fit the model or the data."""
+
+
+class _Progress:
+    """A one-line progress bar on stderr (stdout stays for the report)."""
+
+    def __init__(self, label, total, enabled=True):
+        self.label, self.total, self.done = label, total, 0
+        self.enabled = enabled
+        self._draw()
+
+    def add(self, count):
+        self.done += count
+        self._draw()
+        if self.enabled and self.done >= self.total:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+    def _draw(self):
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(width * self.done / max(self.total, 1))
+        bar = "=" * filled + ">" * (filled < width) + " " * (width - filled - 1)
+        sys.stderr.write(f"\r{self.label:<22} [{bar[:width]}] {self.done}/{self.total}")
+        sys.stderr.flush()
+
+
+# === Sources ===
+
+
+class _Source:
+    """A model to sample from: an export's signature or a Keras model."""
+
+    family = None
+    num_classes = 0
+    image_shape = None
+    keras_model = None
+
+    def generate(self, seeds_start, count, labels):
+        raise NotImplementedError
+
+
+class _SavedModelSource(_Source):
+    def __init__(self, model_dir, version):
+        from kgen.export.sample import _load
+        from kgen.export.sample import read_metadata
+        from kgen.export.sample import resolve_version_dir
+
+        try:
+            self.version_dir = resolve_version_dir(model_dir, version)
+            self.metadata = read_metadata(self.version_dir)
+            self.loaded = _load(self.version_dir)
+        except ValueError as e:
+            raise EvaluateError(str(e)) from None
+        self.signature = self.loaded.signatures["generate"]
+        self.family = self.metadata.get("family")
+        self.num_classes = int(self.metadata.get("num_classes") or 0)
+        shape = self.metadata.get("image_shape")
+        self.image_shape = tuple(int(d) for d in shape) if shape else None
+        self.max_rows = self.metadata.get("max_rows")
+        self.name = pathlib.Path(model_dir).name
+        if (pathlib.Path(model_dir) / "saved_model.pb").exists():
+            self.name = pathlib.Path(model_dir).parent.name
+
+    def generate(self, start, count, labels):
+        from kgen.export.sample import _run
+        from kgen.export.sample import generate_inputs
+
+        inputs = generate_inputs(self.signature, self.metadata, count, start)
+        if labels is not None and "label" in inputs:
+            inputs["label"] = labels.astype(inputs["label"].dtype)
+        outputs = _run(self.signature, inputs, self.max_rows, self.version_dir)
+        if "images" not in outputs:
+            raise EvaluateError(
+                f"{self.version_dir}: the generate signature has no 'images' output "
+                f"(it returns {', '.join(outputs)})"
+            )
+        return outputs["images"]
+
+
+class _KerasSource(_Source):
+    def __init__(self, path):
+        from kgen.export import _load
+
+        self.keras_model = _load(path)
+        self.family = type(self.keras_model).__name__
+        self.num_classes = int(getattr(self.keras_model, "num_classes", None) or 0)
+        shape = getattr(self.keras_model, "image_shape", None)
+        self.image_shape = tuple(int(d) for d in shape) if shape is not None else None
+        self.max_rows = None
+        self.name = pathlib.Path(path).parent.name
+
+    def generate(self, start, count, labels):
+        kwargs = {"labels": labels} if self.num_classes else {}
+        return np.asarray(self.keras_model.generate(count, seed=start, **kwargs), "float32")
+
+
+def _source(model, version):
+    path = pathlib.Path(model)
+    if path.suffix == ".keras":
+        if version is not None:
+            raise EvaluateError(f"--version {version}: {path} is a .keras file, not an export")
+        try:
+            return _KerasSource(path)
+        except ValueError as e:
+            raise EvaluateError(str(e)) from None
+    return _SavedModelSource(path, version)
+
+
+def _keras_file(source, keras_path):
+    """The `.keras` model of a source (for the VAE's ELBO and the LM's
+    bits): `keras_path`, the source itself, or `runs/<NAME>/best.keras`."""
+    from kgen.export import _load
+
+    if source.keras_model is not None and keras_path is None:
+        return source.keras_model
+    candidates = ([pathlib.Path(keras_path)] if keras_path is not None else
+                  [pathlib.Path("runs") / source.name / f for f in ("best.keras", "last.keras")])
+    for path in candidates:
+        if path.is_file() or keras_path is not None:
+            try:
+                return _load(path)
+            except ValueError as e:
+                raise EvaluateError(str(e)) from None
+    return None
+
+
+# === Images ===
+
+
+def _check_n(n):
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise EvaluateError(f"--n {n}: must be an integer >= 2 (the distances compare sets)")
+    return n
+
+
+def _load_real(data, image_shape):
+    from kgen.data import DataError
+    from kgen.data.images import load_images
+
+    if data is None:
+        raise EvaluateError("--data: needed, the real images the samples are compared with")
+    try:
+        images, labels = load_images(data)
+    except DataError as e:
+        raise EvaluateError(f"--data {data}: {e}") from None
+    if image_shape is not None and tuple(images.shape[1:]) != tuple(image_shape):
+        raise EvaluateError(
+            f"--data {data}: images of shape {tuple(images.shape[1:])}, but the model "
+            f"makes {tuple(image_shape)}"
+        )
+    held = int(round(len(images) * HELD_OUT_FRACTION))
+    if held < 2 or len(images) - held < 2:
+        raise EvaluateError(
+            f"--data {data}: {len(images)} images are too few to hold out 10% (at least 2 "
+            f"held-out and 2 training images)"
+        )
+    return images, labels, len(images) - held
+
+
+def _feature_extractor(classifier, features, inception_weights, image_shape):
+    from kgen.metrics.features import inception_feature_extractor
+    from kgen.metrics.features import load_feature_extractor
+
+    model = None
+    if classifier is not None:
+        try:
+            model, feature_model = load_feature_extractor(classifier)
+        except FileNotFoundError as e:
+            raise EvaluateError(f"--classifier {classifier}: {_first_line(e)}") from None
+        except ValueError as e:
+            raise EvaluateError(f"--classifier {classifier}: {_first_line(e)}") from None
+        expected = tuple(model.input_shape[1:])
+        if tuple(image_shape) != expected:
+            raise EvaluateError(
+                f"--classifier {classifier}: it takes images of shape {expected}, but the "
+                f"model makes {tuple(image_shape)}"
+            )
+    if features == "inception":
+        try:
+            feature_model = inception_feature_extractor(image_shape, inception_weights)
+        except FileNotFoundError as e:
+            raise EvaluateError(f"--features inception: {_first_line(e)}") from None
+    elif features != "classifier":
+        raise EvaluateError(f"--features {features}: expected classifier or inception")
+    elif model is None:
+        raise EvaluateError(
+            "--classifier: needed for image models (train one with `kgen train "
+            "mnist_classifier --set data=DIR` or `kgen train digits_classifier`; "
+            "it is saved as runs/<recipe>/best.keras)"
+        )
+    return model, feature_model
+
+
+def _first_line(error):
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _distances(real_features, other_features):
+    """FID, KID (mean, std over subsets) and precision/recall of two
+    feature sets, through `kgen.metrics`."""
+    from kgen import metrics
+
+    d = real_features.shape[-1]
+    m = len(real_features)
+    out = {}
+    for metric in (
+        metrics.FrechetDistance(num_features=d),
+        # Subsets of half the rows (at most 1000, the field's size), so
+        # that they differ and their spread means something.
+        metrics.KernelInceptionDistance(num_features=d, max_samples=max(m, 2),
+                                        subset_size=max(2, min(m // 2, 1000))),
+        metrics.PrecisionRecall(num_features=d, max_samples=max(m, 4)),
+    ):
+        if isinstance(metric, metrics.PrecisionRecall) and m <= metric.k:
+            continue  # k-NN manifolds need more than k points
+        metric.update_state(real_features, other_features)
+        out.update({key: _number(value) for key, value in metric.results().items()})
+    return out
+
+
+def _number(value):
+    import keras
+
+    return float(keras.ops.convert_to_numpy(value))
+
+
+def _accuracy(classifier, images, labels, num_classes, batch):
+    """`kgen.metrics.ClassifierAccuracy` of `images` meant as `labels`:
+    overall and per class (None for a class with no image)."""
+    from kgen import metrics
+
+    metric = metrics.ClassifierAccuracy(classifier)
+    for i in range(0, len(images), batch):
+        metric.update_state(labels[i:i + batch].astype("int32"), images[i:i + batch])
+    per_class = [float(v) for v in np.asarray(metric.per_class())[:num_classes]]
+    return {"accuracy": _number(metric.result()),
+            "per_class": [None if math.isnan(v) else v for v in per_class]}
+
+
+def _negative_elbo(vae, images, batch, seed):
+    """The VAE's negative ELBO on `images` (`kgen.metrics.NegativeELBO`):
+    nats per image and bits per dimension."""
+    from kgen import metrics
+
+    elbo = metrics.NegativeELBO(vae, seed=seed % 2**30)
+    for i in range(0, len(images), batch):
+        elbo.update_state(images[i:i + batch])
+    results = elbo.results()
+    return {"negative_elbo_nats": _number(results[elbo.name]),
+            "bits_per_dim": _number(results[f"{elbo.name}_bits_per_dim"])}
+
+
+def _evaluate_images(source, data, n, classifier, seed, batch, keras_path, features,
+                     inception_weights, progress):
+    images, labels, n_train = _load_real(data, source.image_shape)
+    image_shape = source.image_shape or tuple(images.shape[1:])
+    held_count = len(images) - n_train
+    n_eff = min(n, held_count, n_train)
+    model, feature_model = _feature_extractor(classifier, features, inception_weights,
+                                              image_shape)
+    classes = source.num_classes
+    if classes and model is not None and model.output_shape[-1] < classes:
+        raise EvaluateError(
+            f"--classifier {classifier}: it knows {model.output_shape[-1]} classes, the "
+            f"model makes {classes}"
+        )
+    step = min(batch or 256, source.max_rows or 256)
+    bar = _Progress("sampling", n_eff, progress)
+    parts = []
+    for start in range(0, n_eff, step):
+        count = min(step, n_eff - start)
+        row_labels = ((seed + start + np.arange(count)) % classes).astype("int32") if classes else None
+        parts.append(np.asarray(source.generate(seed + start, count, row_labels), "float32"))
+        bar.add(count)
+    samples = np.concatenate(parts)
+    if tuple(samples.shape[1:]) != tuple(image_shape):
+        raise EvaluateError(
+            f"the model made images of shape {tuple(samples.shape[1:])}, expected {image_shape}")
+    if not np.isfinite(samples).all():
+        raise EvaluateError("the model produced non-finite values (NaN or inf); its weights "
+                            "are probably not finite")
+
+    from kgen.metrics.features import predict_in_batches
+
+    bar = _Progress("features", 3 * n_eff, progress)
+    reference = images[:n_eff]                     # the training part
+    held_out = images[n_train:n_train + n_eff]     # the held-out part
+    feats = {}
+    for key, values in (("reference", reference), ("held_out", held_out), ("samples", samples)):
+        feats[key] = predict_in_batches(feature_model, values, batch or 256)
+        bar.add(n_eff)
+
+    report = {
+        "family": source.family, "n": n_eff, "seed": seed,
+        "features": "inception_v3" if features == "inception" else str(classifier),
+        "samples": _distances(feats["reference"], feats["samples"]),
+        "floor": _distances(feats["reference"], feats["held_out"]),
+    }
+    if n_eff < n:
+        report["note"] = (f"n reduced from {n} to {n_eff}: the data holds {held_count} "
+                          f"held-out images")
+    if classes and model is not None:
+        sample_labels = (seed + np.arange(n_eff)) % classes
+        report["samples"].update(_accuracy(model, samples, sample_labels, classes, batch or 256))
+    if model is not None and labels is not None and labels.max() < model.output_shape[-1]:
+        report["floor"].update(_accuracy(model, held_out, labels[n_train:n_train + n_eff],
+                                         model.output_shape[-1], batch or 256))
+    if source.family == "VAE":
+        vae = _keras_file(source, keras_path)
+        if vae is None:
+            report["note_elbo"] = (f"negative ELBO needs the .keras model: pass --keras "
+                                   f"runs/{source.name}/best.keras")
+        else:
+            report["test"] = _negative_elbo(vae, held_out, batch or 256, seed)
+    return report
+
+
+# === Text ===
+
+
+def _evaluate_text(source, data, n, seed, batch, keras_path, progress):
+    from kgen import metrics
+    from kgen.data import DataError
+    from kgen.data.text import load_text
+    from kgen.data.text import split_text
+
+    model = _keras_file(source, keras_path)
+    if model is None:
+        raise EvaluateError(
+            f"--keras: a language model's bits per character need its .keras file "
+            f"(e.g. --keras runs/{source.name}/best.keras)")
+    if data is None:
+        raise EvaluateError("--data: needed, the text file (or 'pydoc') held out for the test")
+    try:
+        text = load_text(data)
+    except DataError as e:
+        raise EvaluateError(f"--data {data}: {e}") from None
+    _, held_text = split_text(text, HELD_OUT_FRACTION)
+    try:
+        ids = np.asarray(model.tokenizer.encode(held_text, name="the held-out text"), "int32")
+    except (DataError, ValueError) as e:
+        raise EvaluateError(f"--data {data}: {_first_line(e)}") from None
+    context = model.context
+    windows = (len(ids) - 1) // context
+    if windows < 1:
+        raise EvaluateError(
+            f"--data {data}: the held-out text has {len(ids)} tokens, fewer than one "
+            f"window of the model's context ({context} + 1)")
+    count = min(n, windows)
+    rows = np.stack([ids[i * context:(i + 1) * context + 1] for i in range(count)])
+    bits, perplexity = metrics.BitsPerToken(), metrics.Perplexity()
+    bar = _Progress("held-out windows", count, progress)
+    step = batch or 32
+    for start in range(0, count, step):
+        part = rows[start:start + step]
+        logits = model(part[:, :-1], training=False)
+        bits.update_state(part[:, 1:], logits)
+        perplexity.update_state(part[:, 1:], logits)
+        bar.add(len(part))
+    vocabulary = int(model.tokenizer.vocabulary_size)
+    return {
+        "family": source.family, "n": int(count), "seed": seed,
+        "test": {"bits_per_token": _number(bits.result()),
+                 "perplexity": _number(perplexity.result()),
+                 "tokens": int(count * context)},
+        "floor": {"uniform_bits_per_token": math.log2(vocabulary)},
+    }
+
+
+# === Entry point ===
+
+
+def evaluate(model, *, version=None, data=None, n=1000, classifier=None, seed=0,
+             batch=None, keras_path=None, features="classifier", inception_weights=None,
+             progress=True):
+    """Every metric that applies to `model`'s family, and the real floor.
+
+    Args:
+        model: `saved_models/NAME` (or one version's directory), or a
+            `.keras` file.
+        version: the export version (default: the newest).
+        data: the real data: images as `kgen train` reads them (`digits`,
+            an MNIST IDX directory, ...), or a text file for a language model.
+        n: samples (and real images) compared; at most the held-out split.
+        classifier: a classifier `.keras` (see `kgen.metrics.features`):
+            its features for FID/KID, its labels for conditional accuracy.
+        seed: seed of the first sample; row `i` uses `seed + i`.
+        batch: rows per call (default 256, at most the export's max_rows).
+        keras_path: the `.keras` model for the VAE's ELBO and the LM's bits
+            (default: the source itself or `runs/<NAME>/best.keras`).
+        features: `"classifier"` or `"inception"` (InceptionV3's features;
+            the classifier still gives the accuracies).
+        inception_weights: InceptionV3 weights file (see
+            `kgen.metrics.features.inception_weights_path`).
+        progress: draw progress bars on stderr.
+
+    Returns:
+        A JSON-ready dict: `family`, `n`, `samples` (or `test`) and `floor`.
+    """
+    n = _check_n(n)
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise EvaluateError(f"--batch {batch}: must be an integer >= 1")
+    source = _source(model, version)
+    if source.family in TEXT_FAMILIES:
+        return _evaluate_text(source, data, n, seed, batch, keras_path, progress)
+    if source.family in IMAGE_FAMILIES or source.image_shape is not None:
+        return _evaluate_images(source, data, n, classifier, seed, batch, keras_path,
+                                features, inception_weights, progress)
+    raise EvaluateError(f"{model}: cannot evaluate a model of family {source.family!r}")
+
+
+def format_report(report):
+    """The report as aligned lines for a terminal."""
+    lines = [f"family: {report['family']}   n: {report['n']}   seed: {report['seed']}"]
+    if "features" in report:
+        lines.append(f"features: {report['features']}")
+    for key in ("note", "note_elbo"):
+        if key in report:
+            lines.append(f"note: {report[key]}")
+    samples, floor = report.get("samples"), report.get("floor", {})
+    if samples is not None:
+        lines.append(f"{'metric':<12}{'samples':>24}{'real floor':>24}")
+        for name in ("fid", "kid", "precision", "recall", "accuracy"):
+            if name not in samples and name not in floor:
+                continue
+            cells = []
+            for where in (samples, floor):
+                value = where.get(name)
+                if value is None:
+                    cells.append("-")
+                elif name == "kid":
+                    cells.append(f"{value:.4g} ± {where['kid_std']:.2g}")
+                else:
+                    cells.append(f"{value:.4f}")
+            lines.append(f"{name:<12}{cells[0]:>24}{cells[1]:>24}")
+        if "per_class" in samples:
+            lines.append("per-class accuracy (samples / real):")
+            real = floor.get("per_class") or [None] * len(samples["per_class"])
+            for k, (a, b) in enumerate(zip(samples["per_class"], real)):
+                if a is None and b is None:
+                    continue
+                fa = "-" if a is None else f"{a:.3f}"
+                fb = "-" if b is None else f"{b:.3f}"
+                lines.append(f"  class {k:<3} {fa:>8} {fb:>8}")
+    test = report.get("test")
+    if test:
+        for name, value in test.items():
+            lines.append(f"test {name:<22}{value:.4f}" if isinstance(value, float)
+                         else f"test {name:<22}{value}")
+        for name, value in floor.items():
+            if "samples" not in report:
+                lines.append(f"floor {name:<21}{value:.4f}")
+    return "\n".join(lines)
