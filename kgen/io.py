@@ -108,7 +108,12 @@ def _writer_alive(name):
     pid = rest.split("-", 1)[0]
     if not pid.isdigit():
         return None  # not named by this module: decide by age
-    pid = int(pid)
+    return process_alive(int(pid))
+
+
+def process_alive(pid):
+    """Whether process `pid` on this machine may still be running (this
+    process is; one owned by another user is assumed to be)."""
     if pid == os.getpid():
         return True
     try:

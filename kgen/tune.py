@@ -279,16 +279,6 @@ def count_trials(trials):
                for t in trials)
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def retry_stale_trials(study):
     """Fail and enqueue again the RUNNING trials of dead processes of this
     machine; returns their numbers."""
@@ -300,7 +290,7 @@ def retry_stale_trials(study):
         pid = attrs.get("pid")
         if attrs.get("host") != host or not isinstance(pid, int) or pid == os.getpid():
             continue
-        if _pid_alive(pid):
+        if kgen_io.process_alive(pid):
             continue
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         study.enqueue_trial(trial.params, user_attrs={

@@ -26,6 +26,7 @@ import numpy as np
 
 from kgen import media
 from kgen.export import METADATA_FILE
+from kgen.export.messages import graph_reason
 from kgen.random import MAX_SEED
 from kgen.random import MIN_SEED
 
@@ -242,21 +243,9 @@ def _run(signature, inputs, max_rows, version_dir):
         except tf.errors.InvalidArgumentError as e:
             raise SampleError(
                 f"{version_dir}: the generate signature refused the request "
-                f"({_graph_reason(e.message or '')})"
+                f"({graph_reason(e.message or '')})"
             ) from None
     return {k: np.concatenate([p[k].numpy() for p in parts]) for k in parts[0]}
-
-
-def _graph_reason(message):
-    """The message of a failed check inside a graph, without TensorFlow's
-    node and stack lines."""
-    found = re.search(r"assertion failed: \[(.*?)\](?= \[|\s*$)", message, re.MULTILINE)
-    if found:
-        return found.group(1)
-    noise = ("Graph execution error", "Detected at node", "<stack traces", "[[{{node")
-    lines = [line.strip() for line in message.splitlines()
-             if line.strip() and not line.strip().startswith(noise)]
-    return lines[0] if lines else "INVALID_ARGUMENT"
 
 
 def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=None,

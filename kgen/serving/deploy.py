@@ -385,17 +385,5 @@ def _clean_abandoned(out):
     for path in out.parent.iterdir():
         if path.name.startswith(prefix) and path.is_dir():
             pid = path.name[len(prefix):].split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not kgen_io.process_alive(int(pid)):
                 shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid):
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -7,10 +7,10 @@ the HTTP status TF Serving maps the code to and an `{"error": message}`
 body, gRPC into the status code itself.
 """
 
-import re
-
 import grpc
 from grpc_interceptor.exceptions import GrpcException
+
+from kgen.export.messages import graph_reason
 
 # TF Serving's mapping of status codes to HTTP (model_servers/http_server.cc).
 HTTP_STATUS = {
@@ -63,16 +63,6 @@ def from_tensorflow(error):
              "FailedPreconditionError": "FAILED_PRECONDITION",
              "UnimplementedError": "UNIMPLEMENTED", "CancelledError": "CANCELLED",
              "DeadlineExceededError": "DEADLINE_EXCEEDED", "UnavailableError": "UNAVAILABLE"}
-    return ServingError(codes.get(code, "INTERNAL"), graph_reason(getattr(error, "message", "") or str(error)))
-
-
-def graph_reason(message):
-    """The first line of a TensorFlow error worth showing: an assertion's own
-    message (which names the input) when there is one."""
-    found = re.search(r"assertion failed: \[(.*?)\](?= \[|\s*$)", message, re.MULTILINE)
-    if found:
-        return found.group(1)
-    noise = ("Graph execution error", "Detected at node", "<stack traces", "[[{{node")
-    lines = [line.strip() for line in message.splitlines()
-             if line.strip() and not line.strip().startswith(noise)]
-    return lines[0] if lines else "the model refused the request"
+    message = getattr(error, "message", "") or str(error)
+    return ServingError(codes.get(code, "INTERNAL"),
+                        graph_reason(message, default="the model refused the request"))
