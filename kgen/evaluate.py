@@ -17,6 +17,13 @@ The floor: the same numbers for `n` held-out real images (the data's last
 same training images, and the classifier's accuracy on them. A model is
 as good as the real data when its numbers reach the floor's.
 
+Audio (`AudioDiffusionModel`): the spoken-digit classifier
+(`kgen train digit_classifier_fsdd`) says how many of `n` generated clips
+(labels cycled as for images) say their digit, overall and per class, and
+how long and how loud they are (peak, RMS in dBFS, seconds sounding); the
+floor is the same for the held-out real clips (the FSDD's takes 0-4, or
+the folder's last 10%).
+
 Language models: bits per character (token) and perplexity of the `.keras`
 model on the held-out last 10% of the text, in non-overlapping windows of
 its context; the floor is the uniform model's `log2(vocabulary)` bits.
@@ -42,6 +49,7 @@ import numpy as np
 # validation split (the last 10%).
 HELD_OUT_FRACTION = 0.1
 IMAGE_FAMILIES = ("VAE", "GAN", "DiffusionModel")
+AUDIO_FAMILIES = ("AudioDiffusionModel",)
 TEXT_FAMILIES = ("CausalLM",)
 
 
@@ -85,8 +93,11 @@ class _Source:
     image_shape = None
     keras_model = None
 
-    def generate(self, seeds_start, count, labels):
+    def generate(self, seeds_start, count, labels, settings=None):
         raise NotImplementedError
+
+    def check(self, settings):
+        """Refuse a bad `--set` before any progress bar is drawn."""
 
 
 class _SavedModelSource(_Source):
@@ -107,24 +118,41 @@ class _SavedModelSource(_Source):
         shape = self.metadata.get("image_shape")
         self.image_shape = tuple(int(d) for d in shape) if shape else None
         self.max_rows = self.metadata.get("max_rows")
+        self.output_kind = self.metadata.get("output_kind", "images")
+        self.sample_rate = self.metadata.get("sample_rate")
         self.name = pathlib.Path(model_dir).name
         if (pathlib.Path(model_dir) / "saved_model.pb").exists():
             self.name = pathlib.Path(model_dir).parent.name
 
-    def generate(self, start, count, labels):
+    def check(self, settings):
+        from kgen.export.sample import SampleError
+        from kgen.export.sample import generate_inputs
+
+        try:
+            generate_inputs(self.signature, self.metadata, 1, 0, settings=settings)
+        except SampleError as e:
+            raise EvaluateError(str(e)) from None
+
+    def generate(self, start, count, labels, settings=None):
+        from kgen.export.sample import SampleError
         from kgen.export.sample import _run
         from kgen.export.sample import generate_inputs
 
-        inputs = generate_inputs(self.signature, self.metadata, count, start)
-        if labels is not None and "label" in inputs:
-            inputs["label"] = labels.astype(inputs["label"].dtype)
-        outputs = _run(self.signature, inputs, self.max_rows, self.version_dir)
-        if "images" not in outputs:
+        try:
+            inputs = generate_inputs(self.signature, self.metadata, count, start,
+                                     settings=settings)
+            if labels is not None and "label" in inputs:
+                inputs["label"] = labels.astype(inputs["label"].dtype)
+            outputs = _run(self.signature, inputs, self.max_rows, self.version_dir)
+        except SampleError as e:
+            raise EvaluateError(str(e)) from None
+        kind = self.output_kind
+        if kind not in outputs:
             raise EvaluateError(
-                f"{self.version_dir}: the generate signature has no 'images' output "
+                f"{self.version_dir}: the generate signature has no {kind!r} output "
                 f"(it returns {', '.join(outputs)})"
             )
-        return outputs["images"]
+        return outputs[kind]
 
 
 class _KerasSource(_Source):
@@ -137,11 +165,37 @@ class _KerasSource(_Source):
         shape = getattr(self.keras_model, "image_shape", None)
         self.image_shape = tuple(int(d) for d in shape) if shape is not None else None
         self.max_rows = None
+        self.output_kind = getattr(self.keras_model, "output_kind", "images")
+        spectrogram = getattr(self.keras_model, "spectrogram", None)
+        self.sample_rate = getattr(spectrogram, "sample_rate", None)
         self.name = pathlib.Path(path).parent.name
 
-    def generate(self, start, count, labels):
+    def check(self, settings):
+        for name, text in (settings or {}).items():
+            _setting_value(name, text)
+
+    def generate(self, start, count, labels, settings=None):
         kwargs = {"labels": labels} if self.num_classes else {}
-        return np.asarray(self.keras_model.generate(count, seed=start, **kwargs), "float32")
+        for name, text in (settings or {}).items():
+            kwargs[name] = _setting_value(name, text)
+        try:
+            samples = self.keras_model.generate(count, seed=start, **kwargs)
+        except TypeError as e:
+            raise EvaluateError(f"--set: {_first_line(e)}") from None
+        return np.asarray(samples, "float32")
+
+
+def _setting_value(name, text):
+    """`--set NAME=TEXT` for `model.generate`: an int, a float or the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if name in ("num_steps", "guidance_scale", "max_new_tokens", "top_k", "top_p",
+                "temperature"):
+        raise EvaluateError(f"--set {name}={text}: expected a number")
+    return text
 
 
 def _source(model, version):
@@ -301,7 +355,7 @@ def _negative_elbo(vae, images, batch, seed):
 
 
 def _evaluate_images(source, data, n, classifier, seed, batch, keras_path, features,
-                     inception_weights, progress):
+                     inception_weights, settings, progress):
     images, labels, n_train = _load_real(data, source.image_shape)
     image_shape = source.image_shape or tuple(images.shape[1:])
     held_count = len(images) - n_train
@@ -320,7 +374,8 @@ def _evaluate_images(source, data, n, classifier, seed, batch, keras_path, featu
     for start in range(0, n_eff, step):
         count = min(step, n_eff - start)
         row_labels = ((seed + start + np.arange(count)) % classes).astype("int32") if classes else None
-        parts.append(np.asarray(source.generate(seed + start, count, row_labels), "float32"))
+        parts.append(np.asarray(source.generate(seed + start, count, row_labels, settings),
+                                "float32"))
         bar.add(count)
     samples = np.concatenate(parts)
     if tuple(samples.shape[1:]) != tuple(image_shape):
@@ -362,6 +417,102 @@ def _evaluate_images(source, data, n, classifier, seed, batch, keras_path, featu
                                    f"runs/{source.name}/best.keras")
         else:
             report["test"] = _negative_elbo(vae, held_out, batch or 256, seed)
+    return report
+
+
+# === Audio ===
+
+
+def _load_real_audio(data, sample_rate, length):
+    """The real clips at the model's rate and length, and the held-out
+    mask: the FSDD's test takes (0-4) when every name is an FSDD name, else
+    the last 10%."""
+    from kgen.data import DataError
+    from kgen.data.audio import fsdd_test_mask
+    from kgen.data.audio import load_audio
+
+    if data is None:
+        raise EvaluateError("--data: needed, the folder of real WAV files (e.g. the "
+                            "FSDD's recordings/) the samples are compared with")
+    try:
+        clips, labels, info = load_audio(data, sample_rate=sample_rate, length=length)
+    except DataError as e:
+        raise EvaluateError(f"--data {data}: {e}") from None
+    if labels is None:
+        raise EvaluateError(f"--data {data}: the clips have no labels (from file names "
+                            "or sub-folders), so no accuracy can be measured")
+    try:
+        held = fsdd_test_mask(info["files"])
+    except DataError:
+        held = np.arange(len(clips)) >= len(clips) - int(round(len(clips) * HELD_OUT_FRACTION))
+    if held.sum() < 2:
+        raise EvaluateError(f"--data {data}: {len(clips)} clips are too few to hold out "
+                            "at least 2")
+    return clips[held], labels[held]
+
+
+def clip_statistics(clips, sample_rate, window_s=0.032, floor_db=30.0):
+    """How long and how loud clips are: the mean peak (full scale 1), the
+    mean RMS in dBFS, and the mean seconds sounding (32 ms windows whose RMS
+    is within `floor_db` dB of the clip's loudest window)."""
+    clips = np.asarray(clips, "float64")
+    window = max(1, int(round(window_s * sample_rate)))
+    frames = clips[:, :clips.shape[1] // window * window].reshape(len(clips), -1, window)
+    frame_db = 10 * np.log10(np.mean(frames ** 2, axis=-1) + 1e-12)
+    sounding = frame_db >= frame_db.max(axis=1, keepdims=True) - floor_db
+    rms_db = 10 * np.log10(np.mean(clips ** 2, axis=1) + 1e-12)
+    return {"peak": float(np.abs(clips).max(axis=1).mean()),
+            "rms_dbfs": float(rms_db.mean()),
+            "sounding_s": float(sounding.sum(axis=1).mean() * window / sample_rate)}
+
+
+def _evaluate_audio(source, data, n, classifier, seed, batch, settings, progress):
+    from kgen.metrics.audio import load_classifier
+    from kgen.metrics.audio import score_audio
+
+    if classifier is None:
+        raise EvaluateError(
+            "--classifier: needed for audio models (train one with `kgen train "
+            "digit_classifier_fsdd --set data=DIR`; it is saved as "
+            "runs/digit_classifier_fsdd/best.keras)")
+    try:
+        model = load_classifier(classifier)
+    except (FileNotFoundError, ValueError) as e:
+        raise EvaluateError(f"--classifier {classifier}: {_first_line(e)}") from None
+    length = int(model.input_shape[-1])
+    rate = source.sample_rate
+    real, real_labels = _load_real_audio(data, rate, length)
+    classes = source.num_classes
+    if classes and model.output_shape[-1] < classes:
+        raise EvaluateError(
+            f"--classifier {classifier}: it knows {model.output_shape[-1]} classes, the "
+            f"model makes {classes}")
+    step = min(batch or 64, source.max_rows or 64)
+    bar = _Progress("sampling", n, progress)
+    parts = []
+    for start in range(0, n, step):
+        count = min(step, n - start)
+        row_labels = ((seed + start + np.arange(count)) % classes).astype("int32") if classes else None
+        parts.append(np.asarray(source.generate(seed + start, count, row_labels, settings),
+                                "float32"))
+        bar.add(count)
+    samples = np.concatenate(parts)
+    if samples.ndim != 2 or samples.shape[1] != length:
+        raise EvaluateError(f"the model made clips of shape {samples.shape[1:]}, the "
+                            f"classifier takes {length} samples")
+    if not np.isfinite(samples).all():
+        raise EvaluateError("the model produced non-finite values (NaN or inf); its weights "
+                            "are probably not finite")
+    report = {"family": source.family, "n": n, "seed": seed, "classifier": str(classifier),
+              "sample_rate": rate, "settings": dict(settings or {}),
+              "samples": clip_statistics(samples, rate),
+              "floor": clip_statistics(real, rate)}
+    if classes:
+        scored = score_audio(model, samples, (seed + np.arange(n)) % classes, rate)
+        report["samples"].update(accuracy=scored["accuracy"], per_class=scored["per_class"])
+    scored = score_audio(model, real, real_labels, rate)
+    report["floor"].update(accuracy=scored["accuracy"], per_class=scored["per_class"],
+                           clips=int(len(real)))
     return report
 
 
@@ -422,7 +573,7 @@ def _evaluate_text(source, data, n, seed, batch, keras_path, progress):
 
 def evaluate(model, *, version=None, data=None, n=1000, classifier=None, seed=0,
              batch=None, keras_path=None, features="classifier", inception_weights=None,
-             progress=True):
+             settings=None, progress=True):
     """Every metric that applies to `model`'s family, and the real floor.
 
     Args:
@@ -442,6 +593,9 @@ def evaluate(model, *, version=None, data=None, n=1000, classifier=None, seed=0,
             the classifier still gives the accuracies).
         inception_weights: InceptionV3 weights file (see
             `kgen.metrics.features.inception_weights_path`).
+        settings: `{generate input: text}` (`--set NAME=VALUE`), one value
+            for every row over the export's default, e.g. `num_steps` or
+            `guidance_scale` of a diffusion model.
         progress: draw progress bars on stderr.
 
     Returns:
@@ -451,11 +605,14 @@ def evaluate(model, *, version=None, data=None, n=1000, classifier=None, seed=0,
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise EvaluateError(f"--batch {batch}: must be an integer >= 1")
     source = _source(model, version)
+    source.check(settings)
+    if source.family in AUDIO_FAMILIES:
+        return _evaluate_audio(source, data, n, classifier, seed, batch, settings, progress)
     if source.family in TEXT_FAMILIES:
         return _evaluate_text(source, data, n, seed, batch, keras_path, progress)
     if source.family in IMAGE_FAMILIES or source.image_shape is not None:
         return _evaluate_images(source, data, n, classifier, seed, batch, keras_path,
-                                features, inception_weights, progress)
+                                features, inception_weights, settings, progress)
     raise EvaluateError(f"{model}: cannot evaluate a model of family {source.family!r}")
 
 
@@ -470,7 +627,8 @@ def format_report(report):
     samples, floor = report.get("samples"), report.get("floor", {})
     if samples is not None:
         lines.append(f"{'metric':<12}{'samples':>24}{'real floor':>24}")
-        for name in ("fid", "kid", "precision", "recall", "accuracy"):
+        for name in ("fid", "kid", "precision", "recall", "accuracy", "peak", "rms_dbfs",
+                     "sounding_s"):
             if name not in samples and name not in floor:
                 continue
             cells = []

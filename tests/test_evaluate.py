@@ -112,6 +112,52 @@ def test_a_diffusion_export_is_sampled_in_batches(trained, capsys):
     assert _finite(report["samples"]["fid"], report["samples"]["accuracy"])
 
 
+@pytest.fixture(scope="module")
+def spoken(tmp_path_factory):
+    """A tiny audio model exported, and a tiny spoken-digit classifier, both
+    trained a few steps on real FSDD clips."""
+    from tests.conftest import shared
+
+    recordings = str(shared("fsdd", "recordings"))
+    root = tmp_path_factory.mktemp("evaluate_audio")
+    classifier = training.train(
+        "digit_classifier_fsdd", sets={"data": recordings, "limit": "64", "filters": "8,16",
+                                       "epochs": "1", "steps_per_epoch": "2"},
+        run_dir=root / "classifier", verbose=0)["best"]
+    model = training.train(
+        "audio_fsdd", sets={"data": recordings, "limit": "32", "filters": "8,16",
+                            "griffin_lim_iters": "2", "sample_steps": "2",
+                            "sample_count": "2", "epochs": "1", "steps_per_epoch": "2"},
+        run_dir=root / "audio", export_to=root / "saved_models" / "audio", verbose=0)
+    return {"data": recordings, "classifier": classifier,
+            "export": model["exported"].parent}
+
+
+def test_an_audio_export_gets_digit_accuracy_loudness_and_the_real_floor(spoken, capsys):
+    args = (spoken["export"], "--data", spoken["data"], "--n", "12",
+            "--classifier", spoken["classifier"], "--set", "num_steps=2",
+            "--set", "guidance_scale=5")
+    text = _evaluate(capsys, *args)
+    for name in ("accuracy", "peak", "rms_dbfs", "sounding_s", "class 9"):
+        assert name in text, text
+    report = json.loads(_evaluate(capsys, *args, "--json"))
+    assert report["family"] == "AudioDiffusionModel" and report["n"] == 12
+    assert report["sample_rate"] == 8000
+    assert report["settings"] == {"num_steps": "2", "guidance_scale": "5"}
+    samples, floor = report["samples"], report["floor"]
+    assert len(samples["per_class"]) == 10 and 0 <= samples["accuracy"] <= 1
+    # the floor: the FSDD's own test takes (0-4 of every digit and speaker)
+    assert floor["clips"] == 300 and 0 <= floor["accuracy"] <= 1
+    assert _finite(samples["peak"], samples["rms_dbfs"], samples["sounding_s"],
+                   floor["peak"], floor["rms_dbfs"], floor["sounding_s"])
+    # real clips are peak-normalised when loaded, and shorter than a second
+    assert floor["peak"] == pytest.approx(1.0) and 0 < floor["sounding_s"] < 1
+    assert "--classifier: needed for audio models" in _error(
+        capsys, spoken["export"], "--data", spoken["data"])
+    assert "--set num_steps=x: expected a value of the input's dtype int32" in _error(
+        capsys, *args[:-4], "--set", "num_steps=x")
+
+
 def test_a_language_model_gets_test_bits_per_character(trained, capsys):
     report = json.loads(_evaluate(capsys, trained["lm"]["best"], "--data", "pydoc",
                                   "--n", "8", "--json"))
