@@ -3,50 +3,79 @@
     python tests/all_backends.py [pytest args...]
 
 Each backend runs in its own pytest process with KERAS_BACKEND set (Keras
-fixes its backend at import). Exits non-zero if any backend fails.
+fixes its backend at import). `KGEN_TEST_JOBS` backends run at a time
+(default 2: on two cores the suites overlap well, since much of each is
+compilation, process start-up and waiting on subprocesses and servers;
+1 runs them one after another). Each backend's output is printed whole
+when it finishes, with its slowest tests. Exits non-zero if any backend
+fails.
 """
 
+import concurrent.futures
 import os
 import pathlib
 import re
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
-BACKENDS = ("tensorflow", "jax", "torch")
+# The longest first, so that the last to start is the shortest.
+BACKENDS = ("jax", "tensorflow", "torch")
 REPO = pathlib.Path(__file__).resolve().parents[1]
+_print_lock = threading.Lock()
+
+
+def _jobs():
+    text = os.environ.get("KGEN_TEST_JOBS", "2")
+    if not text.isdigit() or int(text) < 1:
+        sys.exit(f"KGEN_TEST_JOBS={text!r}: expected a whole number >= 1")
+    return int(text)
+
+
+def run_backend(backend, args):
+    """One backend's pytest run: (exit code, counts, seconds)."""
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+    start = time.time()
+    with _print_lock:
+        print(f"===== KERAS_BACKEND={backend}: started", flush=True)
+    with tempfile.TemporaryFile("w+") as log:
+        code = subprocess.call(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--durations=15",
+             "tests", *args],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+        )
+        log.seek(0)
+        output = log.read()
+    seconds = time.time() - start
+    lines = [line for line in output.splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|error)", last)}
+    with _print_lock:
+        print(f"\n===== KERAS_BACKEND={backend} =====\n{output}", end="", flush=True)
+        print(f"----- {backend}: exit {code} in {seconds:.0f}s", flush=True)
+    return code, counts, seconds
 
 
 def main():
     totals = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
     failed_backends = []
-    for backend in BACKENDS:
-        print(f"\n===== KERAS_BACKEND={backend} =====", flush=True)
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-        start = time.time()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests",
-             *sys.argv[1:]],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True,
-        )
-        last = ""
-        for line in proc.stdout:
-            print(line, end="", flush=True)
-            if line.strip():
-                last = line
-        code = proc.wait()
-        counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|error)", last)}
-        for key, n in counts.items():
-            totals[key] += n
-        print(f"----- {backend}: exit {code} in {time.time() - start:.0f}s", flush=True)
-        if code != 0 or not counts.get("passed"):
-            failed_backends.append(backend)
+    start = time.time()
+    with concurrent.futures.ThreadPoolExecutor(_jobs()) as pool:
+        futures = {backend: pool.submit(run_backend, backend, sys.argv[1:])
+                   for backend in BACKENDS}
+        for backend, future in futures.items():
+            code, counts, _ = future.result()
+            for key, n in counts.items():
+                totals[key] += n
+            if code != 0 or not counts.get("passed"):
+                failed_backends.append(backend)
     summary = (f"{totals['passed']} passed, {totals['failed'] + totals['error']} failed"
                f", {totals['skipped']} skipped")
     if failed_backends:
         print(f"\nfailing backends: {', '.join(failed_backends)}")
-    print(f"\nall backends: {summary}")
+    print(f"\nall backends: {summary} in {time.time() - start:.0f}s")
     sys.exit(1 if failed_backends else 0)
 
 
