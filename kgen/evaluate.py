@@ -295,6 +295,23 @@ def _feature_extractor(classifier, features, inception_weights, image_shape):
     return model, feature_model
 
 
+def _sample_rows(source, n, seed, batch, settings, progress):
+    """`n` samples in calls of at most `batch` rows (and the export's
+    `max_rows`): row `i` has seed `seed + i` and, for a conditional model,
+    label `(seed + i) mod classes`, as `kgen sample` gives them."""
+    classes = source.num_classes
+    step = min(batch, source.max_rows or batch)
+    bar = _Progress("sampling", n, progress)
+    parts = []
+    for start in range(0, n, step):
+        count = min(step, n - start)
+        row_labels = ((seed + start + np.arange(count)) % classes).astype("int32") if classes else None
+        parts.append(np.asarray(source.generate(seed + start, count, row_labels, settings),
+                                "float32"))
+        bar.add(count)
+    return np.concatenate(parts)
+
+
 def _first_line(error):
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
@@ -368,16 +385,7 @@ def _evaluate_images(source, data, n, classifier, seed, batch, keras_path, featu
             f"--classifier {classifier}: it knows {model.output_shape[-1]} classes, the "
             f"model makes {classes}"
         )
-    step = min(batch or 256, source.max_rows or 256)
-    bar = _Progress("sampling", n_eff, progress)
-    parts = []
-    for start in range(0, n_eff, step):
-        count = min(step, n_eff - start)
-        row_labels = ((seed + start + np.arange(count)) % classes).astype("int32") if classes else None
-        parts.append(np.asarray(source.generate(seed + start, count, row_labels, settings),
-                                "float32"))
-        bar.add(count)
-    samples = np.concatenate(parts)
+    samples = _sample_rows(source, n_eff, seed, batch or 256, settings, progress)
     if tuple(samples.shape[1:]) != tuple(image_shape):
         raise EvaluateError(
             f"the model made images of shape {tuple(samples.shape[1:])}, expected {image_shape}")
@@ -487,16 +495,7 @@ def _evaluate_audio(source, data, n, classifier, seed, batch, settings, progress
         raise EvaluateError(
             f"--classifier {classifier}: it knows {model.output_shape[-1]} classes, the "
             f"model makes {classes}")
-    step = min(batch or 64, source.max_rows or 64)
-    bar = _Progress("sampling", n, progress)
-    parts = []
-    for start in range(0, n, step):
-        count = min(step, n - start)
-        row_labels = ((seed + start + np.arange(count)) % classes).astype("int32") if classes else None
-        parts.append(np.asarray(source.generate(seed + start, count, row_labels, settings),
-                                "float32"))
-        bar.add(count)
-    samples = np.concatenate(parts)
+    samples = _sample_rows(source, n, seed, batch or 64, settings, progress)
     if samples.ndim != 2 or samples.shape[1] != length:
         raise EvaluateError(f"the model made clips of shape {samples.shape[1:]}, the "
                             f"classifier takes {length} samples")
