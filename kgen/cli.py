@@ -111,9 +111,11 @@ def _parser():
     train.add_argument("--backend", choices=BACKENDS,
                        help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
     train.add_argument("--strategy", default="none",
-                       choices=("none", "mirrored", "data_parallel"),
-                       help="distribution: mirrored (tf.distribute, tensorflow) "
-                            "or data_parallel (keras.distribution, jax)")
+                       choices=("none", "mirrored", "multi_worker", "tpu", "data_parallel"),
+                       help="distribution: mirrored (one host), multi_worker "
+                            "(one process per worker, cluster from TF_CONFIG) or tpu "
+                            "(tf.distribute, tensorflow); data_parallel "
+                            "(keras.distribution, jax); torch: none")
     train.add_argument("--run-dir", type=pathlib.Path,
                        help="where logs, checkpoints and samples go (default: runs/RECIPE)")
     train.add_argument("--overwrite", action="store_true",
@@ -449,6 +451,9 @@ def _cmd_train(args):
         args.recipe, sets=_parse_sets(args.sets), run_dir=args.run_dir,
         export_to=export_to, strategy=args.strategy, overwrite=args.overwrite,
     )
+    if result.get("chief") is False:
+        print(f"worker done: the chief writes {result['run_dir']}")
+        return
     if result.get("up_to_date"):
         print(f"model:       {result['best']}")
         if result["exported"]:

@@ -22,45 +22,29 @@ same settings, a run killed part-way resumes from its last backed-up epoch
 as it is; a run with other settings is refused unless `overwrite=True`.
 """
 
-import contextlib
 import json
 import pathlib
 import shutil
+import tempfile
 import time
 
 import keras
 
 from kgen import callbacks as kgen_callbacks
 from kgen import config as kgen_config
+from kgen import distribute as kgen_distribute
 from kgen import io as kgen_io
 from kgen.callbacks.checkpoints import NonFiniteError  # noqa: F401  (part of the API)
 from kgen.config import ConfigError
 
-STRATEGIES = ("none", "mirrored", "data_parallel")
+STRATEGIES = kgen_distribute.STRATEGIES
 
 
 def strategy_scope(name):
-    """The distribution scope for `--strategy NAME` on this backend."""
-    backend = keras.backend.backend()
-    if name == "none":
-        return contextlib.nullcontext()
-    if name == "mirrored":
-        if backend != "tensorflow":
-            raise ConfigError(
-                f"--strategy mirrored needs --backend tensorflow (got {backend}); "
-                "use --strategy data_parallel on jax"
-            )
-        import tensorflow as tf
-
-        return tf.distribute.MirroredStrategy().scope()
-    if name == "data_parallel":
-        if backend != "jax":
-            raise ConfigError(
-                f"--strategy data_parallel needs --backend jax (got {backend})"
-            )
-        keras.distribution.set_distribution(keras.distribution.DataParallel())
-        return contextlib.nullcontext()
-    raise ConfigError(f"--strategy {name}: expected one of {', '.join(STRATEGIES)}")
+    """The distribution scope for `--strategy NAME` on this backend (see
+    `kgen.distribute.distribution`, which also says which process is the
+    chief)."""
+    return kgen_distribute.distribution(name).scope()
 
 
 def _settings(module, config, strategy):
@@ -188,7 +172,13 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
             f".keras file"
         )
     run_dir = pathlib.Path(run_dir or pathlib.Path("runs") / module.RECIPE_NAME)
+    # Made before any other TensorFlow work: a multi-worker strategy must
+    # configure the collectives at program start.
+    dist = kgen_distribute.distribution(strategy)
     settings = _settings(module, config, strategy)
+    if not dist.is_chief:
+        return _train_worker(module, config, run_dir, settings, dist, verbose,
+                             overwrite, callbacks)
     previous = _check_earlier_run(run_dir, settings, overwrite)
     if previous is not None:
         for directory in (run_dir, run_dir / "samples"):
@@ -200,7 +190,7 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
     # Built before a new run directory is made: a setting or data set the
     # recipe refuses leaves nothing on disk.
     keras.utils.set_random_seed(config.get("seed", 0))
-    with strategy_scope(strategy):
+    with dist.scope():
         model, data = module.build(config)
     kid = _validation_kid(model, data, module, config)
     if previous is None:
@@ -208,7 +198,8 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
         kgen_io.write_text(run_dir / "config.json", json.dumps(settings, indent=2))
         _write_state(run_dir, {"status": "training"})
 
-    run = _Run(run_dir, model, data, module, config, verbose, callbacks, kid=kid)
+    run = _Run(run_dir, model, data, module, config, verbose, callbacks, kid=kid,
+               dist=dist)
     wall = run.fit()
     state = {"status": "trained", "checkpoint": run.checkpoint_path.name,
              "best": run.checkpoint.best, "epochs": config["epochs"],
@@ -219,6 +210,41 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
     shutil.rmtree(run_dir / "backup", ignore_errors=True)
     result = _finished(run_dir, state, export_to, verbose=0)
     result.update(wall_s=wall, up_to_date=False)
+    return result
+
+
+def _train_worker(module, config, run_dir, settings, dist, verbose, overwrite, callbacks):
+    """A non-chief worker of a multi-worker run (`dist.is_chief` false).
+
+    It trains in step with the chief (the same callbacks, so the same
+    collectives), resuming from the chief's backup in `run_dir` (which all
+    workers must see, as TensorFlow's own backups require), but writes its
+    logs, samples, history, checkpoints and backups to a temporary
+    directory that is removed at the end; it never exports.
+    """
+    previous = None if overwrite else _read_json(run_dir / "config.json")
+    if previous is not None and previous != settings:
+        raise ConfigError(
+            f"{run_dir} holds a run with other settings "
+            f"({'; '.join(_differences(previous, settings))}); start every "
+            f"worker with the chief's --run-dir and settings"
+        )
+    state = (_read_json(run_dir / "state.json") or {}) if previous is not None else {}
+    result = {"run_dir": run_dir, "best": None, "wall_s": 0.0, "exported": None,
+              "logs": state.get("logs") or {}, "up_to_date": True, "chief": False}
+    if state.get("status") == "trained":
+        return result
+    keras.utils.set_random_seed(config.get("seed", 0))
+    with dist.scope():
+        model, data = module.build(config)
+    kid = _validation_kid(model, data, module, config)
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix="kgen-worker-"))
+    try:
+        run = _Run(scratch, model, data, module, config, verbose, callbacks, kid=kid,
+                   dist=dist, restore_dir=None if overwrite else run_dir / "backup")
+        result.update(wall_s=run.fit(), logs=run.history_log.last_logs, up_to_date=False)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return result
 
 
@@ -251,8 +277,10 @@ class _Run:
     """One `fit()` of a run: its checkpoint, backup, history and sample
     callbacks, resumed from the newest good backup."""
 
-    def __init__(self, run_dir, model, data, module, config, verbose, extra=(), kid=None):
+    def __init__(self, run_dir, model, data, module, config, verbose, extra=(), kid=None,
+                 dist=None, restore_dir=None):
         self.model, self.config, self.verbose = model, config, verbose
+        dist = dist or kgen_distribute.Distribution("none")
         monitor = getattr(model, "checkpoint_monitor", "val_loss")
         self.validation = data.validation if monitor else None
         # `--set val_kid=CLASSIFIER.keras`: a cheap KID of fixed samples
@@ -263,7 +291,8 @@ class _Run:
             monitor = "loss"
         self.checkpoint_path = run_dir / ("best.keras" if monitor else "last.keras")
         self.checkpoint = kgen_callbacks.Checkpoint(self.checkpoint_path, monitor=monitor)
-        backup = kgen_callbacks.TrainingBackup(run_dir / "backup", checkpoint=self.checkpoint)
+        backup = kgen_callbacks.TrainingBackup(run_dir / "backup", checkpoint=self.checkpoint,
+                                               restore_dir=restore_dir)
         restored = backup.select()
         self.initial_epoch = int(restored["epoch"]) if restored else 0
         if restored:
@@ -276,6 +305,10 @@ class _Run:
         backup.history = self.history_log
         self.train, self.steps = _resume_stream(
             data.train, config.get("steps_per_epoch"), self.initial_epoch)
+        # Each worker keeps its part of every global batch (`batch_size`).
+        self.train = dist.distribute_dataset(self.train)
+        if self.validation is not None:
+            self.validation = dist.distribute_dataset(self.validation)
         self.callbacks = [
             # Order matters (see kgen/callbacks/checkpoints.py): val_kid is
             # logged before anything reads the logs; nothing of a

@@ -219,6 +219,10 @@ class TrainingBackup(keras.callbacks.Callback):
             are recorded.
         keep: generations to keep (at least 2).
         log: where messages go (default: standard error).
+        restore_dir: where `select()` and `on_train_begin` read the
+            generations from, when not `backup_dir` (a non-chief worker of a
+            multi-worker run resumes from the chief's backups and writes its
+            own to a scratch directory); it is only read, never cleaned.
 
     Example:
 
@@ -232,9 +236,11 @@ class TrainingBackup(keras.callbacks.Callback):
 
     _NAME = re.compile(r"^epoch-(\d+)\.json$")
 
-    def __init__(self, backup_dir, checkpoint=None, history=None, keep=2, log=None):
+    def __init__(self, backup_dir, checkpoint=None, history=None, keep=2, log=None,
+                 restore_dir=None):
         super().__init__()
         self.backup_dir = pathlib.Path(backup_dir)
+        self.restore_dir = pathlib.Path(restore_dir) if restore_dir else None
         self.checkpoint = checkpoint
         self.history = history
         self.keep = max(int(keep), 2)
@@ -244,17 +250,18 @@ class TrainingBackup(keras.callbacks.Callback):
 
     # === Paths ===
 
-    def weights_path(self, epoch):
-        return self.backup_dir / f"epoch-{epoch:04d}.weights.h5"
+    def weights_path(self, epoch, directory=None):
+        return (directory or self.backup_dir) / f"epoch-{epoch:04d}.weights.h5"
 
-    def meta_path(self, epoch):
-        return self.backup_dir / f"epoch-{epoch:04d}.json"
+    def meta_path(self, epoch, directory=None):
+        return (directory or self.backup_dir) / f"epoch-{epoch:04d}.json"
 
-    def generations(self):
+    def generations(self, directory=None):
         """Epoch counts of the generations on disk, newest first."""
-        if not self.backup_dir.is_dir():
+        directory = directory or self.backup_dir
+        if not directory.is_dir():
             return []
-        found = (self._NAME.match(p.name) for p in self.backup_dir.iterdir())
+        found = (self._NAME.match(p.name) for p in directory.iterdir())
         return sorted((int(m.group(1)) for m in found if m), reverse=True)
 
     # === Restore ===
@@ -262,21 +269,23 @@ class TrainingBackup(keras.callbacks.Callback):
     def select(self):
         """The newest generation that reads back whole, as its metadata dict
         (`{"epoch": N, "best": value or None}`), or `None`."""
-        kgen_io.clean_stale_temporaries(self.backup_dir)
+        source = self.restore_dir or self.backup_dir
+        if self.restore_dir is None:
+            kgen_io.clean_stale_temporaries(self.backup_dir)
         self.restored = None
-        for epoch in self.generations():
-            problem = self._check(epoch)
+        for epoch in self.generations(source):
+            problem = self._check(epoch, source)
             if problem is None:
-                self.restored = json.loads(self.meta_path(epoch).read_text())
+                self.restored = json.loads(self.meta_path(epoch, source).read_text())
                 return self.restored
             self.log(f"kgen: warning: backup {problem}; trying the generation before it")
-        if self.backup_dir.is_dir() and any(self.backup_dir.iterdir()):
-            self.log(f"kgen: warning: no usable backup in {self.backup_dir}; "
+        if source.is_dir() and any(source.iterdir()):
+            self.log(f"kgen: warning: no usable backup in {source}; "
                      "training starts again from epoch 1")
         return None
 
-    def _check(self, epoch):
-        meta, weights = self.meta_path(epoch), self.weights_path(epoch)
+    def _check(self, epoch, directory=None):
+        meta, weights = self.meta_path(epoch, directory), self.weights_path(epoch, directory)
         try:
             data = json.loads(meta.read_text())
             if int(data["epoch"]) != epoch:
@@ -293,7 +302,7 @@ class TrainingBackup(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if not self.restored:
             return
-        path = self.weights_path(int(self.restored["epoch"]))
+        path = self.weights_path(int(self.restored["epoch"]), self.restore_dir)
         optimizer = self.model.optimizer
         if optimizer is not None and not optimizer.built:
             optimizer.build(self.model.trainable_variables)

@@ -5,6 +5,7 @@ import keras
 import numpy as np
 
 from kgen import random as kgen_random
+from kgen.trainers import DistributedTrainer
 
 
 class _FunctionCache:
@@ -16,7 +17,7 @@ class _FunctionCache:
         self.functions = {}
 
 
-class GenerativeModel(keras.Model):
+class GenerativeModel(DistributedTrainer, keras.Model):
     """Base class of kgen's model families.
 
     Holds the model's own `keras.random.SeedGenerator`, so randomness inside

@@ -14,6 +14,9 @@ diffusion model's EMA of its denoiser, `kgen.models.ema`).
   one public `keras.optimizers.MultiOptimizer`.
 - PyTorch: `zero_grad()` / `backward()` per phase, fakes detached for D.
 
+`DistributedTrainer` (every kgen model) lets Keras' TensorFlow `fit()` run
+under `MultiWorkerMirroredStrategy`; on JAX and PyTorch it adds nothing.
+
 Sampling loops are compiled per backend in `kgen/inference.py`.
 """
 
@@ -23,6 +26,7 @@ _BACKEND = keras.backend.backend()
 
 if _BACKEND == "tensorflow":
     from kgen.trainers.stateful import EMATrainer
+    from kgen.trainers.tensorflow import DistributedTrainer
     from kgen.trainers.tensorflow import GANTrainer
 elif _BACKEND == "jax":
     from kgen.trainers.jax import EMATrainer
@@ -33,4 +37,11 @@ elif _BACKEND == "torch":
 else:  # pragma: no cover - Keras itself rejects other backends first
     raise ImportError(f"kgen supports tensorflow, jax and torch, not {_BACKEND}")
 
-__all__ = ["EMATrainer", "GANTrainer"]
+if _BACKEND != "tensorflow":
+
+    class DistributedTrainer:
+        """Keras' own trainer as it is: the multi-worker fix is TensorFlow's
+        (`kgen.trainers.tensorflow.DistributedTrainer`)."""
+
+
+__all__ = ["DistributedTrainer", "EMATrainer", "GANTrainer"]

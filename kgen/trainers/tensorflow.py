@@ -29,3 +29,61 @@ class GANTrainer(StatefulGANTrainer):
             loss = self.generator_loss(real, labels)
         self.g_optimizer.apply(tape.gradient(loss, variables), variables)
         return loss
+
+
+def _in_multi_worker_mode(strategy):
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode())
+
+
+class DistributedTrainer:
+    """Mixin that lets Keras' TensorFlow `fit()` run under
+    `tf.distribute.MultiWorkerMirroredStrategy` (`--strategy multi_worker`).
+
+    Keras 3's TensorFlow trainer fails there in two places, both only when
+    the strategy spans more than one worker:
+
+    - `_maybe_symbolic_build` takes one distributed batch to build the
+      model and reduces it with `strategy.reduce("MEAN", batch)`. The batch
+      is a structure (`(x, y)`) of `PerReplica` values; the multi-worker
+      strategy hands the whole structure to a cross-worker all-reduce,
+      which calls `convert_to_tensor` on it: "Attempt to convert a value
+      (PerReplica: ...) to a Tensor". Only the shapes matter there, so this
+      mixin builds from this worker's first replica's batch instead (no
+      collective at all).
+    - `reduce_per_replica(..., "auto")` then reduces every logged value with
+      `strategy.reduce("MEAN", value, axis=0)`, which for a scalar metric
+      asks for axis 0 of a rank-0 tensor ("Invalid reduction dimension 0").
+      This mixin gives each replica's scalar logs a leading axis of one, so
+      the same reduction averages them over the replicas.
+
+    Under every other strategy it changes nothing.
+    """
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = self._distribute_strategy
+        if iterator is not None and strategy is not None and _in_multi_worker_mode(strategy):
+            for _, _, it in iterator:
+                batch = next(it)
+                data_batch = tf.nest.map_structure(
+                    lambda v: (strategy.experimental_local_results(v)[0]
+                               if isinstance(v, tf.distribute.DistributedValues) else v),
+                    batch,
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def _make_function(self, step_function):
+        if not _in_multi_worker_mode(self.distribute_strategy):
+            return super()._make_function(step_function)
+
+        def step_with_ranked_logs(data):
+            outputs = step_function(data)
+            return tf.nest.map_structure(
+                lambda v: tf.reshape(v, [1]) if isinstance(v, tf.Tensor) and v.shape.rank == 0
+                else v,
+                outputs,
+            )
+
+        return super()._make_function(step_with_ranked_logs)
