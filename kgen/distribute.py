@@ -172,9 +172,21 @@ def is_chief_task(cluster, task_type, index):
     return "chief" not in cluster and task_type == "worker" and index == 0
 
 
+# A process configures its collectives once, so it holds one multi-worker
+# strategy (for the `TF_CONFIG` it was made with) for every run it trains.
+_MULTI_WORKER = {}
+
+
 def _multi_worker(tf):
     cluster, task_type, index = cluster_from_env()
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    key = os.environ["TF_CONFIG"]
+    if key not in _MULTI_WORKER:
+        if _MULTI_WORKER:
+            raise ConfigError(
+                f"TF_CONFIG={key}: this process already joined the cluster "
+                f"{next(iter(_MULTI_WORKER))}; a worker belongs to one cluster")
+        _MULTI_WORKER[key] = tf.distribute.MultiWorkerMirroredStrategy()
+    strategy = _MULTI_WORKER[key]
     return Distribution("multi_worker", strategy,
                         is_chief=is_chief_task(cluster, task_type, index),
                         num_replicas=strategy.num_replicas_in_sync)

@@ -1,6 +1,9 @@
 """TensorFlow-only pieces of training: the GAN phases (one `tf.GradientTape`
-per phase)."""
+per phase) and Keras' `fit()` under multi-replica `tf.distribute` strategies."""
 
+import contextlib
+
+import keras
 import tensorflow as tf
 
 from kgen.trainers.stateful import StatefulGANTrainer
@@ -57,7 +60,15 @@ class DistributedTrainer:
       This mixin gives each replica's scalar logs a leading axis of one, so
       the same reduction averages them over the replicas.
 
-    Under every other strategy it changes nothing.
+    Under every strategy with more than one replica (mirrored, multi-worker,
+    TPU) it also traces the train step with every `BatchNormalization`
+    layer synchronized: each replica normalizes with the statistics of the
+    global batch, as one device would, and the moving averages stay the
+    same on every replica (unsynchronized, each worker keeps its own). The
+    layers' saved config is left as it is (`synchronized=False`), so the
+    `.keras` file still loads on JAX and PyTorch.
+
+    With one replica it changes nothing.
     """
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
@@ -75,15 +86,35 @@ class DistributedTrainer:
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def _make_function(self, step_function):
-        if not _in_multi_worker_mode(self.distribute_strategy):
+        strategy = self.distribute_strategy
+        multi_worker = _in_multi_worker_mode(strategy)
+        if strategy.num_replicas_in_sync == 1 and not multi_worker:
             return super()._make_function(step_function)
 
-        def step_with_ranked_logs(data):
-            outputs = step_function(data)
+        def distributed_step(data):
+            with _synchronized_batch_norm(self):
+                outputs = step_function(data)
+            if not multi_worker:
+                return outputs
             return tf.nest.map_structure(
                 lambda v: tf.reshape(v, [1]) if isinstance(v, tf.Tensor) and v.shape.rank == 0
                 else v,
                 outputs,
             )
 
-        return super()._make_function(step_with_ranked_logs)
+        return super()._make_function(distributed_step)
+
+
+@contextlib.contextmanager
+def _synchronized_batch_norm(model):
+    """Every unsynchronized `BatchNormalization` of `model` synchronized
+    while a step is traced, and as it was afterwards."""
+    layers = [layer for layer in model._flatten_layers(include_self=False)
+              if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized]
+    for layer in layers:
+        layer.synchronized = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.synchronized = False
