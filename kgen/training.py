@@ -319,9 +319,12 @@ class _Run:
             self.checkpoint,
             backup,
             self.history_log,
-            keras.callbacks.TensorBoard(run_dir / "logs"),
         ]
-        if hasattr(model, "generate"):  # a classifier recipe logs no samples
+        # A non-chief worker logs nothing (no collectives are skipped: the
+        # samples only read the weights).
+        if dist.is_chief:
+            self.callbacks.append(keras.callbacks.TensorBoard(run_dir / "logs"))
+        if hasattr(model, "generate") and dist.is_chief:  # a classifier logs no samples
             self.callbacks.append(kgen_callbacks.SampleLogger(
                 run_dir / "logs", n=config.get("sample_count", 16),
                 seed=config.get("sample_seed", 0), out_dir=run_dir / "samples",

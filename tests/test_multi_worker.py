@@ -50,7 +50,9 @@ RECIPES = {
 QUICK = {"epochs": "2", "steps_per_epoch": "2"}
 # The recipe whose chief also exports (an export per family costs minutes).
 EXPORTED = "vae_digits"
-# The one-step equivalence: the families of `tests/export/helpers.tiny`.
+# The one-step equivalence: the families of `tests/export/helpers.tiny`
+# (the audio diffusion model's only multi-worker run here: its recipe
+# needs the FSDD recordings).
 FAMILIES = ("vae", "gan", "diffusion", "audio", "lm")
 GLOBAL_BATCH = 8
 
