@@ -304,6 +304,20 @@ def test_torch_runs_only_strategy_none(name):
     distribute.check("none", backend="torch")
 
 
+def test_kgen_train_on_torch_refuses_mirrored(tmp_path, capsys):
+    if backend() != "torch":
+        pytest.skip("the PyTorch backend's own refusal (the rule is checked everywhere above)")
+    from kgen import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "vae_digits", "--strategy", "mirrored", "--no-export",
+                  "--run-dir", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    assert ("kgen: error: --strategy mirrored needs --backend tensorflow (got torch); "
+            "torch supports --strategy none") in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_multi_worker_needs_tf_config(monkeypatch):
     if backend() != "tensorflow":
         pytest.skip(TF_ONLY)
