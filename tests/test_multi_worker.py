@@ -73,10 +73,9 @@ def tf_config(ports, index):
 
 def worker_env(ports, index, tmp, **extra):
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "TF_CONFIG": tf_config(ports, index), "TMPDIR": str(tmp), **extra}
+           "TF_CONFIG": tf_config(ports, index), "TMPDIR": str(tmp)}
     env.pop("KGEN_FAULT", None)
-    env.update(extra)
-    return env
+    return {**env, **extra}
 
 
 def start_pair(args, tmp_path, name, fault=None):
@@ -274,9 +273,12 @@ def test_killed_worker_resumes_with_no_epoch_lost_or_repeated(tmp_path):
     args = lambda i: ["-m", "kgen", "train", "vae_digits", "--strategy", "multi_worker",  # noqa: E731
                       "--run-dir", str(run_dir), "--no-export", *sets]
     procs = start_pair(args, tmp_path, "first", fault="epoch:2")
-    assert procs[1].wait(timeout=240) == -signal.SIGKILL
-    procs[0].kill()  # the chief waits on its dead peer: restart both
-    procs[0].wait()
+    try:
+        assert procs[1].wait(timeout=240) == -signal.SIGKILL
+    finally:
+        for proc in procs:  # the chief waits on its dead peer: restart both
+            proc.kill()
+            proc.wait()
     assert history_epochs(run_dir / "history.csv") == [0]
     procs = start_pair(args, tmp_path, "again")
     codes, logs = wait(procs, tmp_path, "again", timeout=240)
