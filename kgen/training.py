@@ -20,6 +20,10 @@ a kill at any instant leaves the previous good file. Run again with the
 same settings, a run killed part-way resumes from its last backed-up epoch
 (or at the export, if training had finished), and a finished run is left
 as it is; a run with other settings is refused unless `overwrite=True`.
+
+Under `--strategy multi_worker` only the chief writes any of this; the other
+workers train in step in a scratch directory they remove, and resume from
+the chief's backup (see `kgen.distribute`).
 """
 
 import json
@@ -145,7 +149,9 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
         sets: `{key: string value}` overrides of the recipe's CONFIG.
         run_dir: the run directory (default `runs/<recipe>`).
         export_to: base path to export the best model to, or `None`.
-        strategy: one of `STRATEGIES`.
+        strategy: one of `STRATEGIES` (`kgen.distribute`); a non-chief
+            worker of `multi_worker` writes nothing and returns
+            `{"chief": False, ...}`.
         verbose: Keras' `fit()` verbosity.
         overwrite: replace an earlier run with other settings (its
             checkpoints, history, backups, samples and logs are removed).
