@@ -58,7 +58,9 @@ def strategy_scope(name):
             raise ConfigError(
                 f"--strategy data_parallel needs --backend jax (got {backend})"
             )
-        keras.distribution.set_distribution(keras.distribution.DataParallel())
+        from kgen.trainers import jax_distribution
+
+        jax_distribution.data_parallel()  # joins the processes' cluster first, if set
         return contextlib.nullcontext()
     raise ConfigError(f"--strategy {name}: expected one of {', '.join(STRATEGIES)}")
 

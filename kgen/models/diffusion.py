@@ -14,7 +14,9 @@ from kgen.api import kgen_export
 from kgen.models import ema
 from kgen.models.base import GenerativeModel
 from kgen.models.base import batch_images
+from kgen.models.base import global_rows
 from kgen.trainers import EMATrainer
+from kgen.trainers import scale_loss
 
 LOSSES = ("mse", "mae")
 
@@ -163,17 +165,17 @@ class DiffusionModel(EMATrainer, GenerativeModel):
 
     def training_draws(self, x0):
         """Random timesteps `(batch,)` and noise for a training batch."""
-        timesteps = keras.random.randint(
-            (ops.shape(x0)[0],), 0, self.scheduler.num_train_timesteps,
-            dtype="int32", seed=self.seed_generator,
-        )
-        return timesteps, keras.random.normal(ops.shape(x0), seed=self.seed_generator)
+        rows = ops.shape(x0)[0]
+        timesteps = self.batch_noise(
+            keras.random.randint, rows, minval=0,
+            maxval=self.scheduler.num_train_timesteps, dtype="int32")
+        return timesteps, self.batch_noise(keras.random.normal, rows, x0.shape[1:])
 
     def validation_draws(self, x0):
         """Timesteps `(batch,)` and noise fixed by each row's index in the
-        batch (`kgen.random` with seed = index), the same at every epoch."""
-        batch = ops.shape(x0)[0]
-        index = ops.arange(batch, dtype="int32")
+        (global) batch (`kgen.random` with seed = index), the same at every
+        epoch."""
+        index = global_rows(ops.shape(x0)[0])
         pairs = ops.stack([index, ops.zeros_like(index)], axis=-1)
         T = self.scheduler.num_train_timesteps
         u = kgen_random.uniform(pairs, (), stream=2)
@@ -199,7 +201,7 @@ class DiffusionModel(EMATrainer, GenerativeModel):
                 )
             labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
             if training and self.label_dropout > 0:
-                drop = keras.random.uniform((ops.shape(x0)[0],), seed=self.seed_generator)
+                drop = self.batch_noise(keras.random.uniform, ops.shape(x0)[0])
                 labels = ops.where(drop < self.label_dropout,
                                    ops.full_like(labels, self.num_classes), labels)
             denoiser_inputs.append(labels)
@@ -220,7 +222,7 @@ class DiffusionModel(EMATrainer, GenerativeModel):
         loss = self.p_losses(y_pred)
         for extra in self.losses:
             loss = loss + ops.cast(extra, loss.dtype)
-        return loss
+        return scale_loss(loss)
 
     # --- sampling ----------------------------------------------------------
 

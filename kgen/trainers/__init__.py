@@ -14,6 +14,14 @@ diffusion model's EMA of its denoiser, `kgen.models.ema`).
   one public `keras.optimizers.MultiOptimizer`.
 - PyTorch: `zero_grad()` / `backward()` per phase, fakes detached for D.
 
+Data parallelism: `replica_position()` says which replica's step is being
+traced and `scale_loss()` divides a loss averaged over one replica's rows by
+the replica count, so that the gradients `tf.distribute` sums across
+replicas are those of the global batch's mean (TensorFlow; JAX's
+`keras.distribution` runs one global program, and PyTorch one device, so
+both are identities there). `kgen.trainers.jax_distribution` makes JAX's
+data-parallel distribution, across processes too.
+
 Sampling loops are compiled per backend in `kgen/inference.py`.
 """
 
@@ -24,6 +32,8 @@ _BACKEND = keras.backend.backend()
 if _BACKEND == "tensorflow":
     from kgen.trainers.stateful import EMATrainer
     from kgen.trainers.tensorflow import GANTrainer
+    from kgen.trainers.tensorflow import replica_position
+    from kgen.trainers.tensorflow import scale_loss
 elif _BACKEND == "jax":
     from kgen.trainers.jax import EMATrainer
     from kgen.trainers.jax import GANTrainer
@@ -33,4 +43,15 @@ elif _BACKEND == "torch":
 else:  # pragma: no cover - Keras itself rejects other backends first
     raise ImportError(f"kgen supports tensorflow, jax and torch, not {_BACKEND}")
 
-__all__ = ["EMATrainer", "GANTrainer"]
+if _BACKEND != "tensorflow":
+
+    def replica_position():
+        """`(0, 1)`: one program computes the whole global batch."""
+        return 0, 1
+
+    def scale_loss(loss):
+        """The loss as it is: gradients are those of the global batch."""
+        return loss
+
+
+__all__ = ["EMATrainer", "GANTrainer", "replica_position", "scale_loss"]
