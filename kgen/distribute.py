@@ -31,6 +31,7 @@ model.fit(dist.distribute_dataset(data.train), epochs=2)
 
 import contextlib
 import json
+import math
 import os
 
 import keras
@@ -134,10 +135,13 @@ def distribution(name="none"):
 
 
 def _jax_data_parallel():
-    """Set Keras' global distribution to data parallelism over every
-    device; returns the device count."""
-    keras.distribution.set_distribution(keras.distribution.DataParallel())
-    return len(keras.distribution.list_devices())
+    """Set Keras' global distribution to data parallelism over every device
+    (of every process, joining their cluster first when it is configured);
+    returns the device count."""
+    from kgen.trainers import jax_distribution
+
+    distribution = jax_distribution.data_parallel()
+    return math.prod(distribution.device_mesh.shape)
 
 
 def cluster_from_env():

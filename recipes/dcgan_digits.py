@@ -11,6 +11,7 @@ from kgen import data, models, networks
 CONFIG = dict(
     data="digits",             # embedded in scikit-learn: no download
     conditional=False,         # True: class-conditional (ask for a digit)
+    conditioning="projection", # how D sees the label: "projection" or "channel"
     latent_dim=32,
     filters=(64, 32),          # generator, one upsampling per entry: 2x2 -> 4x4 -> 8x8
     d_filters=(32, 64),        # discriminator, one stride-2 conv per entry
@@ -47,7 +48,8 @@ def build(config):
         networks.dcgan_generator(config["latent_dim"], ds.image_shape, config["filters"],
                                  num_classes=num_classes),
         networks.dcgan_discriminator(ds.image_shape, config["d_filters"],
-                                     num_classes=num_classes),
+                                     num_classes=num_classes,
+                                     conditioning=config["conditioning"]),
         num_classes=num_classes,
         loss=config["loss"],
         gradient_penalty_weight=config["gradient_penalty_weight"],

@@ -18,7 +18,7 @@ CONFIG = dict(
     ema_decay=0.995,           # sample, export and validate with an EMA of the denoiser
     sampler="dpm_solver",      # generate() and the export's default
     sample_steps=20,           # per-epoch sample grids
-    guidance_scale=2.0,
+    guidance_scale=2.0,        # the samples' guidance: per-epoch grids, val_kid, generate() and the export default
     epochs=100,
     steps_per_epoch=None,      # None: one pass over the training split
     batch_size=64,
@@ -50,7 +50,7 @@ def build(config):
                       num_classes=ds.num_classes),
         scheduler, num_classes=ds.num_classes, label_dropout=config["label_dropout"],
         ema_decay=config["ema_decay"], sampler=config["sampler"],
-        seed=config["seed"],
+        guidance_scale=config["guidance_scale"], seed=config["seed"],
     )
     model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]))
     return model, ds

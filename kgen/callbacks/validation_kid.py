@@ -7,6 +7,10 @@ real images does. `ValidationKID` draws the same `n` samples every epoch
 classes, few diffusion steps), compares their features with those of `n`
 fixed real images, and writes `val_kid` into the epoch's logs, where
 TensorBoard, `HistoryLog` and `Checkpoint(monitor="val_kid")` read it.
+For a class-conditional model judged by a classifier, it also logs
+`val_label_accuracy`: the share of those samples the classifier labels as
+the class they were asked for (`kgen tune --objective val_label_accuracy
+--direction maximize` searches for it).
 """
 
 import keras
@@ -58,6 +62,10 @@ class ValidationKID(keras.callbacks.Callback):
         subsets: KID's random subsets.
         subset_size: KID subset size (default: `min(n, 100)`).
         name: the logged key.
+        classifier: the model whose argmax labels the samples for
+            `val_label_accuracy` (default: the classifier a `.keras` path
+            names; none for a feature model given as a Keras model).
+        accuracy_name: the logged key of the label accuracy.
 
     Example:
 
@@ -69,7 +77,8 @@ class ValidationKID(keras.callbacks.Callback):
     """
 
     def __init__(self, feature_extractor, real_images, n=200, seed=0, every=1,
-                 generate_kwargs=None, subsets=20, subset_size=None, name="val_kid"):
+                 generate_kwargs=None, subsets=20, subset_size=None, name="val_kid",
+                 classifier=None, accuracy_name="val_label_accuracy"):
         super().__init__()
         if isinstance(n, bool) or not isinstance(n, int) or n < 2:
             raise ValueError(f"n={n!r}: val_kid needs at least 2 samples")
@@ -82,7 +91,8 @@ class ValidationKID(keras.callbacks.Callback):
                 f"n={n} images (n, h, w, c)"
             )
         if not isinstance(feature_extractor, keras.Model):
-            _, feature_extractor = load_feature_extractor(feature_extractor)
+            loaded, feature_extractor = load_feature_extractor(feature_extractor)
+            classifier = classifier if classifier is not None else loaded
         expected = tuple(feature_extractor.input_shape[1:])
         if tuple(real_images.shape[1:]) != expected:
             raise ValueError(
@@ -95,10 +105,14 @@ class ValidationKID(keras.callbacks.Callback):
         self.generate_kwargs = dict(generate_kwargs or {})
         self.subsets = subsets
         self.subset_size = subset_size or min(n, 100)
+        self.classifier, self.accuracy_name = classifier, accuracy_name
+        self.last_accuracy = None  # of the last measure(), conditional models only
         self._real_features = None
 
     def measure(self, model=None):
-        """The KID `(mean, std)` of `model`'s fixed samples now."""
+        """The KID `(mean, std)` of `model`'s fixed samples now (and, for a
+        conditional model and a classifier, their label accuracy in
+        `last_accuracy`)."""
         from kgen.metrics import KernelInceptionDistance
 
         model = model or self.model
@@ -110,6 +124,10 @@ class ValidationKID(keras.callbacks.Callback):
             kwargs["labels"] = (self.seed + np.arange(self.n)) % classes
         samples = np.asarray(model.generate(self.n, seed=self.seed, **kwargs), "float32")
         generated = predict_in_batches(self.features, samples)
+        self.last_accuracy = None
+        if classes and self.classifier is not None:
+            predicted = np.argmax(predict_in_batches(self.classifier, samples), axis=-1)
+            self.last_accuracy = float(np.mean(predicted == np.asarray(kwargs["labels"])))
         metric = KernelInceptionDistance(
             num_features=generated.shape[-1], max_samples=self.n,
             subsets=self.subsets, subset_size=self.subset_size)
@@ -120,3 +138,5 @@ class ValidationKID(keras.callbacks.Callback):
         if (epoch + 1) % self.every or logs is None:
             return
         logs[self.name] = self.measure()[0]
+        if self.last_accuracy is not None:
+            logs[self.accuracy_name] = self.last_accuracy

@@ -69,9 +69,12 @@ def default_num_steps(scheduler):
     return T if scheduler.stochastic else min(50, T)
 
 
-def default_guidance_scale(conditional):
-    """Guidance `kgen sample` uses: 2 for a conditional model, else 1 (off)."""
-    return 2.0 if conditional else 1.0
+def default_guidance_scale(conditional, model=None):
+    """Guidance `kgen sample` uses: a conditional model's own
+    `guidance_scale` (2 for an export that does not say), else 1 (off)."""
+    if not conditional:
+        return 1.0
+    return float(getattr(model, "guidance_scale", 2.0))
 
 
 def request_bounds(scheduler, max_rows, max_row_steps=None):
@@ -160,7 +163,7 @@ def metadata(model, scheduler, bounds):
         "max_row_steps": bounds["max_row_steps"],
         "uses_ema_weights": model.ema_denoiser is not None,
         "defaults": {"num_steps": default_num_steps(scheduler),
-                     "guidance_scale": default_guidance_scale(conditional)},
+                     "guidance_scale": default_guidance_scale(conditional, model)},
         "signatures": {
             "generate": (f"{inputs} -> images float32 [batch, h, w, c] in [0, 1]; "
                          f"rows x num_steps <= {bounds['max_row_steps']}"),

@@ -113,7 +113,7 @@ class AudioDiffusionModel(DiffusionModel):
         return self.spectrogram.decode(images, seeds)
 
     def generate(self, n, *, seed=None, labels=None, num_steps=50, scheduler=None,
-                 guidance_scale=1.0):
+                 guidance_scale=None):
         """Draw `n` clips; numpy float32 `(n, length)` in [-1, 1] at
         `sample_rate`.
 

@@ -3,9 +3,11 @@ config."""
 
 import keras
 import numpy as np
+from keras import ops
 
 from kgen import random as kgen_random
 from kgen.trainers import DistributedTrainer
+from kgen.trainers import replica_position
 
 
 class _FunctionCache:
@@ -89,6 +91,26 @@ class GenerativeModel(DistributedTrainer, keras.Model):
         `(batch, 2)` (and labels) -> samples. Traced by the export too."""
         raise NotImplementedError(f"{type(self).__name__} does not implement sample()")
 
+    # --- training noise ------------------------------------------------------
+
+    def batch_noise(self, draw, rows, shape=(), **kwargs):
+        """Training noise for a batch of `rows` rows, one `shape` draw per row:
+        `draw((rows, *shape), seed=self.seed_generator, **kwargs)` with
+        `draw` a `keras.random` function (`normal`, `uniform`, `randint`).
+
+        Under data parallelism a row's noise does not depend on the replica
+        that holds it: each replica draws the noise of the whole global
+        batch from the same seed and keeps its own rows
+        (`kgen.trainers.replica_position`), so two replicas train on the
+        noise one device draws for the same batch.
+        """
+        index, count = replica_position()
+        if count == 1:
+            return draw((rows, *shape), seed=self.seed_generator, **kwargs)
+        noise = draw((rows * count, *shape), seed=self.seed_generator, **kwargs)
+        start = ops.cast(index, "int32") * ops.cast(rows, "int32")
+        return ops.slice(noise, [start] + [0] * len(shape), [rows, *shape])
+
     def row_seeds(self, n, seed=None):
         """int64 seeds `seed, ..., seed + n - 1` (a drawn `seed` when None)."""
         if seed is None:
@@ -160,6 +182,16 @@ class GenerativeModel(DistributedTrainer, keras.Model):
             if isinstance(config.get(key), dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+def global_rows(rows):
+    """int32 `(rows,)`: the positions in the global batch of the rows this
+    replica holds (`arange(rows)` on one device)."""
+    index, count = replica_position()
+    positions = ops.arange(rows, dtype="int32")
+    if count == 1:
+        return positions
+    return positions + ops.cast(index, "int32") * ops.cast(rows, "int32")
 
 
 def batch_images(batch):

@@ -14,7 +14,9 @@ from kgen.api import kgen_export
 from kgen.models import ema
 from kgen.models.base import GenerativeModel
 from kgen.models.base import batch_images
+from kgen.models.base import global_rows
 from kgen.trainers import EMATrainer
+from kgen.trainers import scale_loss
 
 LOSSES = ("mse", "mae")
 
@@ -64,6 +66,11 @@ class DiffusionModel(EMATrainer, GenerativeModel):
         sampler: name of the scheduler `generate()` and the export use by
             default, built from `scheduler`'s config (`"ddpm"`, `"ddim"`,
             `"dpm_solver"`).
+        guidance_scale: the classifier-free guidance weight of labelled
+            samples when none is asked for: `generate()`'s default, and the
+            one `kgen sample`, `kgen evaluate` and the export's `kgen.json`
+            use. The larger, the more class-typical (and the less varied)
+            the samples.
         seed: seed of the training randomness.
 
     Example:
@@ -85,7 +92,7 @@ class DiffusionModel(EMATrainer, GenerativeModel):
 
     def __init__(self, denoiser, scheduler="ddpm", num_classes=None,
                  label_dropout=0.1, loss="mse", ema_decay=0.999,
-                 sampler="ddim", seed=None, **kwargs):
+                 sampler="ddim", guidance_scale=2.0, seed=None, **kwargs):
         if isinstance(scheduler, str):
             scheduler = kgen_schedulers.get(scheduler)()
         if loss not in LOSSES:
@@ -101,6 +108,7 @@ class DiffusionModel(EMATrainer, GenerativeModel):
                 "([images, timesteps] or [images, timesteps, labels])"
             )
         kgen_schedulers.get(sampler)  # fail early on a bad name
+        guidance_scale = _check_guidance(guidance_scale)
         super().__init__(seed=seed, **kwargs)
         # === Layers ===
         self.denoiser = denoiser
@@ -112,6 +120,7 @@ class DiffusionModel(EMATrainer, GenerativeModel):
         self.loss_name = loss
         self.ema_decay = ema_decay
         self.sampler = sampler
+        self.guidance_scale = guidance_scale
         self.image_shape = tuple(denoiser.inputs[0].shape[1:])
         # === State ===
         self.ema_updates = ema.update_counter(self) if ema_decay is not None else None
@@ -156,17 +165,17 @@ class DiffusionModel(EMATrainer, GenerativeModel):
 
     def training_draws(self, x0):
         """Random timesteps `(batch,)` and noise for a training batch."""
-        timesteps = keras.random.randint(
-            (ops.shape(x0)[0],), 0, self.scheduler.num_train_timesteps,
-            dtype="int32", seed=self.seed_generator,
-        )
-        return timesteps, keras.random.normal(ops.shape(x0), seed=self.seed_generator)
+        rows = ops.shape(x0)[0]
+        timesteps = self.batch_noise(
+            keras.random.randint, rows, minval=0,
+            maxval=self.scheduler.num_train_timesteps, dtype="int32")
+        return timesteps, self.batch_noise(keras.random.normal, rows, x0.shape[1:])
 
     def validation_draws(self, x0):
         """Timesteps `(batch,)` and noise fixed by each row's index in the
-        batch (`kgen.random` with seed = index), the same at every epoch."""
-        batch = ops.shape(x0)[0]
-        index = ops.arange(batch, dtype="int32")
+        (global) batch (`kgen.random` with seed = index), the same at every
+        epoch."""
+        index = global_rows(ops.shape(x0)[0])
         pairs = ops.stack([index, ops.zeros_like(index)], axis=-1)
         T = self.scheduler.num_train_timesteps
         u = kgen_random.uniform(pairs, (), stream=2)
@@ -192,7 +201,7 @@ class DiffusionModel(EMATrainer, GenerativeModel):
                 )
             labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
             if training and self.label_dropout > 0:
-                drop = keras.random.uniform((ops.shape(x0)[0],), seed=self.seed_generator)
+                drop = self.batch_noise(keras.random.uniform, ops.shape(x0)[0])
                 labels = ops.where(drop < self.label_dropout,
                                    ops.full_like(labels, self.num_classes), labels)
             denoiser_inputs.append(labels)
@@ -213,7 +222,7 @@ class DiffusionModel(EMATrainer, GenerativeModel):
         loss = self.p_losses(y_pred)
         for extra in self.losses:
             loss = loss + ops.cast(extra, loss.dtype)
-        return loss
+        return scale_loss(loss)
 
     # --- sampling ----------------------------------------------------------
 
@@ -303,7 +312,7 @@ class DiffusionModel(EMATrainer, GenerativeModel):
         return ops.clip((x + 1.0) / 2.0, 0.0, 1.0)
 
     def generate(self, n, *, seed=None, labels=None, num_steps=50, scheduler=None,
-                 guidance_scale=1.0):
+                 guidance_scale=None):
         """Draw `n` images; returns numpy `(n, h, w, c)` in [0, 1].
 
         Row `i` comes from seed `seed + i` alone (`GenerativeModel`), and
@@ -319,17 +328,15 @@ class DiffusionModel(EMATrainer, GenerativeModel):
             num_steps: sampling steps, 1 to `num_train_timesteps`.
             scheduler: a scheduler name or instance (default `sampler`).
             guidance_scale: classifier-free guidance weight (1: plain
-                conditional; larger: more class-typical).
+                conditional; larger: more class-typical); `None`: the
+                model's `guidance_scale`.
         """
         scheduler = self.get_scheduler(scheduler)
         if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
             raise ValueError(f"num_steps={num_steps!r}: must be an int")
         scheduler.check_num_steps(num_steps)
-        if isinstance(guidance_scale, bool) \
-                or not isinstance(guidance_scale, (int, float, np.integer, np.floating)) \
-                or not np.isfinite(guidance_scale):
-            raise ValueError(f"guidance_scale={guidance_scale!r}: must be a finite number")
-        guidance_scale = float(guidance_scale)
+        guidance_scale = _check_guidance(
+            self.guidance_scale if guidance_scale is None else guidance_scale)
         return super().generate(n, seed=seed, labels=labels, num_steps=int(num_steps),
                                 scheduler=scheduler, guidance_scale=guidance_scale)
 
@@ -364,6 +371,7 @@ class DiffusionModel(EMATrainer, GenerativeModel):
             "loss": self.loss_name,
             "ema_decay": self.ema_decay,
             "sampler": self.sampler,
+            "guidance_scale": self.guidance_scale,
         }
 
     @classmethod
@@ -372,3 +380,12 @@ class DiffusionModel(EMATrainer, GenerativeModel):
         if "ema_momentum" in config:  # the name of `ema_decay` in earlier files
             config["ema_decay"] = config.pop("ema_momentum")
         return super().from_config(config)
+
+
+def _check_guidance(guidance_scale):
+    """A finite guidance weight as a float, or a ValueError naming it."""
+    if isinstance(guidance_scale, bool) \
+            or not isinstance(guidance_scale, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(guidance_scale):
+        raise ValueError(f"guidance_scale={guidance_scale!r}: must be a finite number")
+    return float(guidance_scale)

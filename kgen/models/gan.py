@@ -241,16 +241,20 @@ class GAN(GANTrainer, GenerativeModel):
         return real, (ops.cast(labels, "int32") if self.num_classes else None)
 
     def _latents(self, batch_size):
-        return keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
+        return self.batch_noise(keras.random.normal, batch_size, (self.latent_dim,))
 
     # --- losses, in keras.ops, written once ------------------------------
 
-    def discriminator_loss(self, real, labels):
-        """The discriminator's loss on a real batch and fresh fakes (detached)."""
+    def discriminator_loss(self, real, labels, training=True):
+        """The discriminator's loss on a real batch and fresh fakes (detached).
+
+        `training=False` (evaluation) runs both networks in inference mode,
+        so BatchNormalization statistics are read, not updated."""
         batch = ops.shape(real)[0]
-        fake = ops.stop_gradient(self._generate_raw(self._latents(batch), labels, True))
-        real_logits = self._discriminate(real, labels)
-        fake_logits = self._discriminate(fake, labels)
+        fake = ops.stop_gradient(
+            self._generate_raw(self._latents(batch), labels, training))
+        real_logits = self._discriminate(real, labels, training)
+        fake_logits = self._discriminate(fake, labels, training)
         if self.loss_name == "non_saturating":
             loss = ops.mean(ops.softplus(-real_logits)) + ops.mean(ops.softplus(fake_logits))
         elif self.loss_name == "hinge":
@@ -258,9 +262,9 @@ class GAN(GANTrainer, GenerativeModel):
         else:
             loss = ops.mean(fake_logits) - ops.mean(real_logits)
         aux = {"real_score": ops.mean(real_logits), "fake_score": ops.mean(fake_logits)}
-        critic = lambda x: self._discriminate(x, labels)  # noqa: E731
+        critic = lambda x: self._discriminate(x, labels, training)  # noqa: E731
         if self.gradient_penalty_weight:
-            eps = keras.random.uniform((batch, 1, 1, 1), seed=self.seed_generator)
+            eps = self.batch_noise(keras.random.uniform, batch, (1, 1, 1))
             mixed = eps * real + (1.0 - eps) * fake
             grads = self.input_gradients(critic, mixed)
             norm = ops.sqrt(ops.sum(ops.square(grads), axis=(1, 2, 3)) + 1e-12)
@@ -273,10 +277,10 @@ class GAN(GANTrainer, GenerativeModel):
         aux["d_loss"] = loss
         return loss, aux
 
-    def generator_loss(self, real, labels):
+    def generator_loss(self, real, labels, training=True):
         """The generator's loss on a batch of fakes the size of `real`."""
-        fake = self._generate_raw(self._latents(ops.shape(real)[0]), labels, True)
-        logits = self._discriminate(fake, labels)
+        fake = self._generate_raw(self._latents(ops.shape(real)[0]), labels, training)
+        logits = self._discriminate(fake, labels, training)
         if self.loss_name == "non_saturating":
             return ops.mean(ops.softplus(-logits))
         return -ops.mean(logits)
@@ -294,10 +298,14 @@ class GAN(GANTrainer, GenerativeModel):
             tracker.update_state(ops.stop_gradient(d_aux[name]))
         return {m.name: m.result() for m in self.metrics}
 
-    def test_step(self, data):
+    def evaluation_logs(self, data):
+        """Both losses and the scores on one batch, the networks in inference
+        mode: what `evaluate()` and the validation pass log (each backend's
+        `test_step` in `kgen.trainers` runs it); only the metrics change."""
         real, labels = self.unpack(data)
-        _, d_aux = self.discriminator_loss(real, labels)
-        return self.update_metrics(d_aux, self.generator_loss(real, labels))
+        _, d_aux = self.discriminator_loss(real, labels, training=False)
+        return self.update_metrics(
+            d_aux, self.generator_loss(real, labels, training=False))
 
     def _check_phase(self, phase):
         if phase not in PHASES:

@@ -9,6 +9,7 @@ from kgen import random as kgen_random
 from kgen.api import kgen_export
 from kgen.models.base import GenerativeModel
 from kgen.models.base import batch_images
+from kgen.trainers import scale_loss
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -86,7 +87,7 @@ class VAE(GenerativeModel):
     # --- the model ---------------------------------------------------------
 
     def reparameterize(self, mean, log_var):
-        eps = keras.random.normal(ops.shape(mean), seed=self.seed_generator)
+        eps = self.batch_noise(keras.random.normal, ops.shape(mean)[0], mean.shape[1:])
         return mean + ops.exp(0.5 * log_var) * eps
 
     def call(self, images, training=False):
@@ -129,7 +130,7 @@ class VAE(GenerativeModel):
         loss = reconstruction + self.beta * kl
         for extra in self.losses:
             loss = loss + ops.cast(extra, loss.dtype)
-        return loss
+        return scale_loss(loss)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         reconstruction, kl = self.loss_terms(x, y_pred)

@@ -17,6 +17,14 @@ diffusion model's EMA of its denoiser, `kgen.models.ema`).
 `DistributedTrainer` (every kgen model) lets Keras' TensorFlow `fit()` run
 under `MultiWorkerMirroredStrategy`; on JAX and PyTorch it adds nothing.
 
+Data parallelism: `replica_position()` says which replica's step is being
+traced and `scale_loss()` divides a loss averaged over one replica's rows by
+the replica count, so that the gradients `tf.distribute` sums across
+replicas are those of the global batch's mean (TensorFlow; JAX's
+`keras.distribution` runs one global program, and PyTorch one device, so
+both are identities there). `kgen.trainers.jax_distribution` makes JAX's
+data-parallel distribution, across processes too.
+
 Sampling loops are compiled per backend in `kgen/inference.py`.
 """
 
@@ -28,6 +36,8 @@ if _BACKEND == "tensorflow":
     from kgen.trainers.stateful import EMATrainer
     from kgen.trainers.tensorflow import DistributedTrainer
     from kgen.trainers.tensorflow import GANTrainer
+    from kgen.trainers.tensorflow import replica_position
+    from kgen.trainers.tensorflow import scale_loss
 elif _BACKEND == "jax":
     from kgen.trainers.jax import EMATrainer
     from kgen.trainers.jax import GANTrainer
@@ -43,5 +53,14 @@ if _BACKEND != "tensorflow":
         """Keras' own trainer as it is: the multi-worker fix is TensorFlow's
         (`kgen.trainers.tensorflow.DistributedTrainer`)."""
 
+    def replica_position():
+        """`(0, 1)`: one program computes the whole global batch."""
+        return 0, 1
 
-__all__ = ["DistributedTrainer", "EMATrainer", "GANTrainer"]
+    def scale_loss(loss):
+        """The loss as it is: gradients are those of the global batch."""
+        return loss
+
+
+__all__ = ["DistributedTrainer", "EMATrainer", "GANTrainer", "replica_position",
+           "scale_loss"]

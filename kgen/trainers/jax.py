@@ -111,6 +111,20 @@ class GANTrainer:
         metrics_vars = [scope.get_current_value(v) for v in self.metrics_variables]
         return logs, (trainable, non_trainable, optimizer_vars, metrics_vars)
 
+    def test_step(self, state, data):
+        """Keras' stateless `test_step`: the model's `evaluation_logs` with
+        the variables bound to `state`'s values."""
+        trainable, non_trainable, metrics_vars = state
+        variables = (self.trainable_variables, self.non_trainable_variables,
+                     self.metrics_variables)
+        mapping = [pair for vs, values in zip(variables, state)
+                   for pair in zip(vs, values)]
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            logs = self.evaluation_logs(data)
+        non_trainable = [scope.get_current_value(v) for v in self.non_trainable_variables]
+        metrics_vars = [scope.get_current_value(v) for v in self.metrics_variables]
+        return logs, (trainable, non_trainable, metrics_vars)
+
     def train_phase(self, phase, data):
         """Run one `"discriminator"` or `"generator"` update eagerly and
         write the new values back to the variables."""

@@ -26,6 +26,9 @@ class StatefulGANTrainer:
         self.optimizer.iterations.assign_add(1)
         return self.update_metrics(d_aux, g_loss)
 
+    def test_step(self, data):
+        return self.evaluation_logs(data)
+
     def train_phase(self, phase, data):
         """Run one `"discriminator"` or `"generator"` update on `data`."""
         real, labels = self.unpack(data)

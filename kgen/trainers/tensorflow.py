@@ -1,5 +1,8 @@
 """TensorFlow-only pieces of training: the GAN phases (one `tf.GradientTape`
-per phase) and Keras' `fit()` under multi-replica `tf.distribute` strategies."""
+per phase), what a step needs under `tf.distribute` (the replica it runs
+on, the loss scaled for the gradients' sum across replicas, batch
+statistics over the global batch) and Keras' `fit()` under
+`MultiWorkerMirroredStrategy` (`DistributedTrainer`)."""
 
 import contextlib
 
@@ -7,6 +10,59 @@ import keras
 import tensorflow as tf
 
 from kgen.trainers.stateful import StatefulGANTrainer
+
+
+def replica_position():
+    """`(index, count)` of the replica whose step is being traced: under a
+    `tf.distribute` strategy's `run`, this replica's id in the sync group
+    (a Python int or an int32 tensor) and the number of replicas; `(0, 1)`
+    with no strategy or in a cross-replica context.
+
+    Replica `index` holds rows `index * rows ... (index + 1) * rows - 1` of
+    the global batch (`experimental_distribute_dataset` splits each global
+    batch in order).
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return 0, 1
+    return context.replica_id_in_sync_group, context.num_replicas_in_sync
+
+
+def scale_loss(loss):
+    """A loss averaged over this replica's rows, divided by the replica
+    count: `tf.distribute` sums the replicas' gradients (and Keras' trainer
+    multiplies the logged loss back), so the sum is the gradient of the
+    global batch's mean, as on one device."""
+    _, count = replica_position()
+    if count == 1:
+        return loss
+    return loss * tf.cast(1.0 / count, loss.dtype)
+
+
+def _batch_norm_layers(layer):
+    if isinstance(layer, keras.layers.BatchNormalization):
+        yield layer
+    for child in getattr(layer, "layers", ()):
+        yield from _batch_norm_layers(child)
+
+
+@contextlib.contextmanager
+def synchronized_batch_norm(*networks):
+    """While a replica's step is traced, make the networks' BatchNormalization
+    layers take their statistics over the global batch (Keras'
+    `synchronized=True`), as one device does; their configs are left as
+    they were, so a saved model loads on every backend."""
+    _, count = replica_position()
+    layers = [] if count == 1 else [
+        layer for net in networks for layer in _batch_norm_layers(net)
+        if not layer.synchronized]
+    for layer in layers:
+        layer.synchronized = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.synchronized = False
 
 
 class GANTrainer(StatefulGANTrainer):
@@ -19,10 +75,15 @@ class GANTrainer(StatefulGANTrainer):
             y = fn(x)
         return tape.gradient(y, x)
 
+    def train_step(self, data):
+        with synchronized_batch_norm(self.generator, self.discriminator):
+            return super().train_step(data)
+
     def discriminator_phase(self, real, labels):
         variables = self.discriminator.trainable_variables
         with tf.GradientTape() as tape:
             loss, aux = self.discriminator_loss(real, labels)
+            loss = scale_loss(loss)
         self.d_optimizer.apply(tape.gradient(loss, variables), variables)
         return aux
 
@@ -30,7 +91,8 @@ class GANTrainer(StatefulGANTrainer):
         variables = self.generator.trainable_variables
         with tf.GradientTape() as tape:
             loss = self.generator_loss(real, labels)
-        self.g_optimizer.apply(tape.gradient(loss, variables), variables)
+            scaled = scale_loss(loss)
+        self.g_optimizer.apply(tape.gradient(scaled, variables), variables)
         return loss
 
 
@@ -92,7 +154,7 @@ class DistributedTrainer:
             return super()._make_function(step_function)
 
         def distributed_step(data):
-            with _synchronized_batch_norm(self):
+            with synchronized_batch_norm(self):
                 outputs = step_function(data)
             if not multi_worker:
                 return outputs
@@ -104,17 +166,3 @@ class DistributedTrainer:
 
         return super()._make_function(distributed_step)
 
-
-@contextlib.contextmanager
-def _synchronized_batch_norm(model):
-    """Every unsynchronized `BatchNormalization` of `model` synchronized
-    while a step is traced, and as it was afterwards."""
-    layers = [layer for layer in model._flatten_layers(include_self=False)
-              if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized]
-    for layer in layers:
-        layer.synchronized = True
-    try:
-        yield
-    finally:
-        for layer in layers:
-            layer.synchronized = False

@@ -42,6 +42,10 @@ def test_val_kid_is_logged_each_epoch_and_ranks_the_checkpoint(gan_run):
     state = json.loads((run_dir / "state.json").read_text())
     assert state["best"] == pytest.approx(min(values))
     assert "val_kid" in result["logs"]
+    # A conditional model's samples are also labelled by the classifier.
+    with open(run_dir / "history.csv") as f:
+        accuracy = [float(row["val_label_accuracy"]) for row in csv.DictReader(f)]
+    assert len(accuracy) == 2 and all(0 <= a <= 1 for a in accuracy), accuracy
 
 
 def test_val_kid_is_the_same_for_the_same_model(gan_run, classifier):
@@ -53,6 +57,11 @@ def test_val_kid_is_the_same_for_the_same_model(gan_run, classifier):
     first, std = kid.measure(model)
     assert math.isfinite(first) and math.isfinite(std)
     assert kid.measure(model)[0] == first
+    # The label accuracy is the classifier's verdict on those very samples.
+    clf = keras.saving.load_model(classifier)
+    samples = np.asarray(model.generate(16, seed=3, labels=(3 + np.arange(16)) % 10))
+    expected = np.mean(np.argmax(clf.predict(samples, verbose=0), -1) == (3 + np.arange(16)) % 10)
+    assert kid.last_accuracy == pytest.approx(expected)
     other = callbacks.ValidationKID(classifier, real, n=16, seed=3)
     assert other.measure(model)[0] == first
     # Real images against themselves: zero distance in expectation, far

@@ -34,7 +34,7 @@ def exported(tmp_path_factory, mnist_arrays):
         # images that depend on the step count (with epsilon-prediction the
         # clipped x0 saturates every pixel to 0 or 1 whatever the steps).
         DDPMScheduler(100, "cosine", prediction_type="v"), num_classes=10,
-        sampler="ddim", seed=0,
+        sampler="ddim", guidance_scale=3.0, seed=0,
     )
     model.compile(optimizer="adam")
     model.fit({"images": images, "labels": labels[:64]}, batch_size=32, verbose=0)
@@ -50,7 +50,8 @@ def test_metadata(exported):
     assert meta["family"] == "DiffusionModel" and meta["output_kind"] == "images"
     assert meta["image_shape"] == [14, 14, 1] and meta["num_classes"] == 10
     assert meta["scheduler"] == "DDIMScheduler"
-    assert meta["defaults"] == {"num_steps": 50, "guidance_scale": 2.0}
+    # The model's own guidance is the default `kgen sample` asks for.
+    assert meta["defaults"] == {"num_steps": 50, "guidance_scale": 3.0}
     assert meta["max_rows"] == MAX_ROWS and meta["uses_ema_weights"] is True
     # rows x num_steps: max_rows at the default step count
     assert meta["max_row_steps"] == MAX_ROWS * 50

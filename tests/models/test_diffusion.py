@@ -189,6 +189,21 @@ def test_guidance_changes_the_sample(trained):
     assert np.abs(plain - guided).max() > 1e-5
 
 
+def test_the_model_guidance_is_the_default_and_is_saved(trained, tmp_path):
+    model, _ = trained
+    kwargs = dict(seed=3, num_steps=4, scheduler="ddim", labels=[1, 2])
+    model.guidance_scale = 3.5
+    try:
+        np.testing.assert_array_equal(model.generate(2, **kwargs),
+                                      model.generate(2, guidance_scale=3.5, **kwargs))
+        model.save(tmp_path / "m.keras")
+    finally:
+        model.guidance_scale = 2.0
+    assert keras.saving.load_model(tmp_path / "m.keras").guidance_scale == 3.5
+    with pytest.raises(ValueError, match="guidance_scale=inf"):
+        tiny_model(guidance_scale=float("inf"))
+
+
 def test_generate_rejects_bad_arguments(trained):
     model, _ = trained
     for bad, match in [

@@ -20,6 +20,21 @@ def test_discriminator_gives_one_logit_per_image():
     assert tuple(d(np.zeros((5, 8, 8, 3), "float32")).shape) == (5, 1)
 
 
+@pytest.mark.parametrize("conditioning", ["projection", "channel"])
+def test_conditional_discriminator_judges_the_label(conditioning):
+    d = dcgan_discriminator((8, 8, 1), (8, 16), num_classes=10, conditioning=conditioning)
+    images = np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 1)).astype("float32")
+    a = ops.convert_to_numpy(d([images, np.array([0, 1, 2, 3])]))
+    b = ops.convert_to_numpy(d([images, np.array([4, 5, 6, 7])]))
+    assert a.shape == (4, 1)
+    assert not np.allclose(a, b)  # the same images under other labels score otherwise
+
+
+def test_bad_conditioning_is_named():
+    with pytest.raises(ValueError, match=r"conditioning='concat': expected 'projection' or 'channel'"):
+        dcgan_discriminator((8, 8, 1), (8,), num_classes=10, conditioning="concat")
+
+
 def test_bad_upsample_is_named():
     with pytest.raises(ValueError, match=r"upsample='bilinear': expected 'resize' or 'transpose'"):
         dcgan_generator(8, (8, 8, 1), (8,), upsample="bilinear")
