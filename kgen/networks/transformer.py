@@ -158,7 +158,7 @@ class DecoderBlock(layers.Layer):
 
 
 def _dense(x, layer):
-    y = ops.matmul(x, layer.kernel) + layer.bias
+    y = ops.matmul(x, ops.cast(layer.kernel, x.dtype)) + ops.cast(layer.bias, x.dtype)
     return y if layer.activation is None else layer.activation(y)
 
 
@@ -243,12 +243,17 @@ def forward_with_cache(network, token_ids, caches, index):
             makes them.
         index: int scalar (may be a tensor): the first position.
 
+    Sampling runs in float32 whatever the network's dtype policy
+    (`kgen.precision`): the embeddings are cast to float32 and every later
+    matmul reads the float32 weights, so the caches and logits are float32.
+
     Returns:
-        `(logits (batch, t, vocabulary), updated caches)`.
+        `(logits float32 (batch, t, vocabulary), updated caches)`.
     """
     token_embedding = network.get_layer("token_embedding")
-    x = token_embedding(token_ids)
-    x = x + network.get_layer("position_embedding")(x, start_index=index)
+    x = ops.cast(token_embedding(token_ids), "float32")
+    x = x + ops.cast(network.get_layer("position_embedding")(x, start_index=index),
+                     "float32")
     length = ops.shape(token_ids)[1]
     size = caches[0][0].shape[1]
     # Query at position index + i sees cached positions <= index + i (the
@@ -261,7 +266,15 @@ def forward_with_cache(network, token_ids, caches, index):
                                                       visible)
         updated.append((key_cache, value_cache))
     x = _layer_norm(x, network.get_layer("final_norm"))
-    return token_embedding(x, reverse=True), tuple(updated)
+    return _output_logits(x, token_embedding), tuple(updated)
+
+
+def _output_logits(x, token_embedding):
+    """`token_embedding(x, reverse=True)` in the dtype of `x` (the layer
+    call would compute in its policy's compute dtype)."""
+    kernel = (ops.transpose(token_embedding.embeddings) if token_embedding.tie_weights
+              else token_embedding.reverse_embeddings)
+    return ops.matmul(x, ops.cast(kernel, x.dtype))
 
 
 def empty_cache(network, batch_size):

@@ -79,6 +79,12 @@ class GANTrainer:
             (loss, aux), non_trainable = self._bound(
                 run, self._merge(trainable, index, part), non_trainable
             )
+            # Under mixed_float16 a LossScaleOptimizer scales the loss by its
+            # current scale (its variables' traced values) and
+            # `stateless_apply` unscales the gradients; others return it as is.
+            mapping = list(zip(optimizer.variables, optimizer_vars[opt_slice]))
+            with keras.StatelessScope(state_mapping=mapping):
+                loss = optimizer.scale_loss(loss)
             return loss, (aux, non_trainable)
 
         part = self._split(trainable, index)

@@ -1,5 +1,6 @@
 """TensorFlow-only pieces of training: the GAN phases (one `tf.GradientTape`
-per phase)."""
+per phase; the gradient is taken of `optimizer.scale_loss(loss)`, which a
+`LossScaleOptimizer` under `mixed_float16` scales and its `apply` unscales)."""
 
 import tensorflow as tf
 
@@ -20,12 +21,14 @@ class GANTrainer(StatefulGANTrainer):
         variables = self.discriminator.trainable_variables
         with tf.GradientTape() as tape:
             loss, aux = self.discriminator_loss(real, labels)
-        self.d_optimizer.apply(tape.gradient(loss, variables), variables)
+            scaled = self.d_optimizer.scale_loss(loss)
+        self.d_optimizer.apply(tape.gradient(scaled, variables), variables)
         return aux
 
     def generator_phase(self, real, labels):
         variables = self.generator.trainable_variables
         with tf.GradientTape() as tape:
             loss = self.generator_loss(real, labels)
-        self.g_optimizer.apply(tape.gradient(loss, variables), variables)
+            scaled = self.g_optimizer.scale_loss(loss)
+        self.g_optimizer.apply(tape.gradient(scaled, variables), variables)
         return loss
