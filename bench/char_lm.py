@@ -79,6 +79,14 @@ def worker(data_path, iterations, overrides, fit_only=False):
           f"val_bits_per_token={val['bits_per_token']:.3f}", flush=True)
     result = dict(backend=backend, precision=config["precision"],
                   val_loss=float(val["loss"]), wall_s=wall, load=load)
+    if config["precision"] != "float32":
+        # The same trained weights, evaluated with float32 arithmetic.
+        full, _ = recipe.build({**config, "precision": "float32"})
+        full.set_weights(model.get_weights())
+        result["val_loss_float32_eval"] = float(full.evaluate(
+            data.validation, return_dict=True, verbose=0)["loss"])
+        print(f"[{backend} {config['precision']}] the same weights evaluated in float32: "
+              f"val_loss={result['val_loss_float32_eval']:.4f}", flush=True)
     if fit_only:
         print("RESULT " + json.dumps(result), flush=True)
         return
@@ -183,6 +191,8 @@ def main():
     for r in results:
         print(f"char_lm backend={r['backend']} precision={r['precision']} "
               f"val_loss={r['val_loss']:.4f} wall_s={r['wall_s']:.1f} "
+              + (f"(float32 eval {r['val_loss_float32_eval']:.4f}) "
+                 if "val_loss_float32_eval" in r else "") +
               f"load={','.join(f'{x:.2f}' for x in r['load'])}")
 
 

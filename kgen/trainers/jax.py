@@ -121,7 +121,11 @@ class GANTrainer:
         """Run one `"discriminator"` or `"generator"` update eagerly and
         write the new values back to the variables."""
         real, labels = self.unpack(data)
-        phase_fn = jax.jit(functools.partial(self._phase, self._check_phase(phase)))
+        cache = self._compiled_functions.functions  # jitted once per phase
+        key = ("train_phase", self._check_phase(phase))
+        if key not in cache:
+            cache[key] = jax.jit(functools.partial(self._phase, phase))
+        phase_fn = cache[key]
         trainable, non_trainable, optimizer_vars, _ = phase_fn(
             [v.value for v in self.trainable_variables],
             [v.value for v in self.non_trainable_variables],
