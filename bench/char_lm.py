@@ -1,7 +1,9 @@
 """Benchmark: char_lm_shakespeare at nanoGPT's CPU config, once per backend.
 
     python bench/char_lm.py [--data ../shared/data/tinyshakespeare/input.txt]
-                            [--backends tensorflow,jax,torch] [--set KEY=VALUE]...
+                            [--backends tensorflow,jax,torch]
+                            [--precision float32,mixed_bfloat16] [--fit-only]
+                            [--set KEY=VALUE]...
 
 Trains the recipe's defaults (4 layers, 4 heads, 128 dims, context 64,
 batch 12, 2,000 iterations, AdamW 1e-3 with warm-up and cosine decay to
@@ -15,9 +17,13 @@ batch 12, 2,000 iterations, AdamW 1e-3 with warm-up and cosine decay to
 - tokens/s of the exported SavedModel's `generate` vs in-process cached
   generation, same rows (target: export within 1.5x).
 
-Each backend runs in its own process (Keras fixes the backend at import).
-The output ends with one line per backend:
-`char_lm backend=NAME val_loss=FLOAT wall_s=FLOAT`.
+Each backend (and each `--precision`, the recipe's `precision` setting,
+`kgen.precision`) runs in its own process, one after the other (Keras
+fixes the backend at import); `--fit-only` skips the generation and export
+figures. The output ends with one line per run:
+`char_lm backend=NAME precision=P val_loss=FLOAT wall_s=FLOAT load=L1,L5,L15`,
+`load` being `os.getloadavg()` when that run's `fit()` ended (the machine's
+other work skews the figures).
 """
 
 import argparse
@@ -45,7 +51,7 @@ def _best_of(fn, repeats=3):
     return min(times)
 
 
-def worker(data_path, iterations, overrides):
+def worker(data_path, iterations, overrides, fit_only=False):
     import keras
 
     from kgen import config as kgen_config
@@ -65,10 +71,25 @@ def worker(data_path, iterations, overrides):
     model.fit(data.train, epochs=config["epochs"],
               steps_per_epoch=config["steps_per_epoch"], verbose=2)
     wall = time.perf_counter() - start
+    load = os.getloadavg()
     val = model.evaluate(data.validation, return_dict=True, verbose=0)
-    print(f"[{backend}] trained {config['epochs'] * config['steps_per_epoch']} "
-          f"iterations in {wall:.1f}s; val_loss={val['loss']:.4f} "
+    print(f"[{backend} {config['precision']}] trained "
+          f"{config['epochs'] * config['steps_per_epoch']} iterations in {wall:.1f}s "
+          f"(load {load[0]:.2f}); val_loss={val['loss']:.4f} "
           f"val_bits_per_token={val['bits_per_token']:.3f}", flush=True)
+    result = dict(backend=backend, precision=config["precision"],
+                  val_loss=float(val["loss"]), wall_s=wall, load=load)
+    if config["precision"] != "float32":
+        # The same trained weights, evaluated with float32 arithmetic.
+        full, _ = recipe.build({**config, "precision": "float32"})
+        full.set_weights(model.get_weights())
+        result["val_loss_float32_eval"] = float(full.evaluate(
+            data.validation, return_dict=True, verbose=0)["loss"])
+        print(f"[{backend} {config['precision']}] the same weights evaluated in float32: "
+              f"val_loss={result['val_loss_float32_eval']:.4f}", flush=True)
+    if fit_only:
+        print("RESULT " + json.dumps(result), flush=True)
+        return
 
     # --- generation: KV cache vs recomputing the window ---------------------
     def run(batch, use_cache):
@@ -111,8 +132,7 @@ def worker(data_path, iterations, overrides):
             top_k=tf.constant([20]), top_p=tf.constant([1.0]),
             stop_token=tf.constant([""]))["text"].numpy()[0].decode("utf-8")
 
-    result = dict(backend=backend, val_loss=float(val["loss"]), wall_s=wall,
-                  speed=speed, sample=sample, exported_sample=exported_text)
+    result.update(speed=speed, sample=sample, exported_sample=exported_text)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -122,21 +142,29 @@ def main():
     parser.add_argument("--backends", default="tensorflow,jax,torch")
     parser.add_argument("--iterations", type=int,
                         help="override the recipe's 2,000 (for a quick check)")
+    parser.add_argument("--precision", default="float32",
+                        help="comma-separated precision settings to run side by side "
+                             "(float32, mixed_bfloat16, mixed_float16)")
+    parser.add_argument("--fit-only", action="store_true",
+                        help="report the training figures only (no generation, export)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe setting (repeat for more)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.data, args.iterations, args.set)
+        return worker(args.data, args.iterations, args.set, args.fit_only)
 
     results = []
-    for backend in args.backends.split(","):
-        print(f"\n===== KERAS_BACKEND={backend} =====", flush=True)
+    runs = [(b, p) for b in args.backends.split(",") for p in args.precision.split(",")]
+    for backend, precision in runs:
+        print(f"\n===== KERAS_BACKEND={backend} precision={precision} =====", flush=True)
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
         cmd = [sys.executable, __file__, "--worker", "--data", str(args.data)]
         if args.iterations:
             cmd += ["--iterations", str(args.iterations)]
-        for item in args.set:
+        if args.fit_only:
+            cmd += ["--fit-only"]
+        for item in [*args.set, f"precision={precision}"]:
             cmd += ["--set", item]
         proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
         lines = proc.stdout.splitlines()
@@ -148,6 +176,8 @@ def main():
             continue
         r = found[0]
         results.append(r)
+        if "speed" not in r:
+            continue
         print(f"sample ({backend}, top_k=20, temperature=0.8):\n{r['sample']}\n")
         v = r["speed"]
         for batch in BATCHES:
@@ -159,8 +189,11 @@ def main():
                   f"exported_tok_s={exported:.0f} in_process/exported={cached / exported:.2f}")
     print()
     for r in results:
-        print(f"char_lm backend={r['backend']} val_loss={r['val_loss']:.4f} "
-              f"wall_s={r['wall_s']:.1f}")
+        print(f"char_lm backend={r['backend']} precision={r['precision']} "
+              f"val_loss={r['val_loss']:.4f} wall_s={r['wall_s']:.1f} "
+              + (f"(float32 eval {r['val_loss_float32_eval']:.4f}) "
+                 if "val_loss_float32_eval" in r else "") +
+              f"load={','.join(f'{x:.2f}' for x in r['load'])}")
 
 
 if __name__ == "__main__":

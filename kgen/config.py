@@ -13,6 +13,11 @@ class ConfigError(ValueError):
     """A recipe name or a `--set` value is wrong; the message names it."""
 
 
+# Settings every recipe takes (a recipe's CONFIG may give its own default):
+# `precision` is the Keras dtype policy its model is built under
+# (`kgen.precision`).
+COMMON = {"precision": "float32"}
+
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 _NONE = {"none", "null"}
@@ -107,7 +112,9 @@ def _load_recipe_file(path):
 
 class Recipe:
     """A loaded recipe: reads fall through to its module; `build(config)`
-    runs the recipe's `build` and reports a setting the model refuses.
+    runs the recipe's `build` under the dtype policy of the config's
+    `precision` (`kgen.precision.policy_scope`; float32 when unset) and
+    reports a setting the model refuses.
 
     Model constructors raise `ValueError` (or Keras a `TypeError`) naming
     their own argument; `build` turns that into a `ConfigError` naming the
@@ -124,8 +131,11 @@ class Recipe:
         return getattr(self.module, attr)
 
     def build(self, config):
+        from kgen import precision
+
         try:
-            return self.module.build(config)
+            with precision.policy_scope(config.get("precision")):
+                return self.module.build(config)
         except ConfigError:
             raise
         except (ValueError, TypeError) as e:
@@ -214,8 +224,16 @@ def _coerce(key, text, default):
     return text
 
 
+def with_common(defaults):
+    """A recipe's CONFIG with the settings every recipe takes (`COMMON`)
+    added where it does not set them."""
+    return {**COMMON, **defaults}
+
+
 def apply_overrides(defaults, sets):
-    """A copy of `defaults` with `sets` (strings) coerced to their types."""
+    """A copy of `defaults` (and `COMMON`) with `sets` (strings) coerced to
+    their types."""
+    defaults = with_common(defaults)
     config = dict(defaults)
     for key, text in sets.items():
         if key not in defaults:
@@ -249,4 +267,8 @@ def validate(config):
     _require(config, "sample_count", lambda v: is_int(v) and v >= 1, "an integer >= 1")
     _require(config, "validation_fraction",
              lambda v: isinstance(v, (int, float)) and 0 < v < 1, "in (0, 1)")
+    if "precision" in config:
+        from kgen import precision
+
+        precision.check(config["precision"])
     return config

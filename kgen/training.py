@@ -259,6 +259,8 @@ def _check_earlier_run(run_dir, settings, overwrite):
     when `overwrite` removed it); a ConfigError for a run with other
     settings, or for leftovers of an unknown one, unless `overwrite`."""
     previous = _read_json(run_dir / "config.json")
+    if previous is not None:  # a run from before a common setting existed
+        previous["config"] = kgen_config.with_common(previous.get("config") or {})
     if previous is not None and previous != settings and not overwrite:
         raise ConfigError(
             f"{run_dir} holds a run with other settings "

@@ -511,7 +511,8 @@ def best_line(study, sets):
 def _search(args):
     sets = kgen_config.parse_sets(args.sets)
     module = kgen_config.load_recipe(args.recipe)
-    space = parse_space(args.space, module.CONFIG, module.RECIPE_NAME, sets)
+    space = parse_space(args.space, kgen_config.with_common(module.CONFIG),
+                        module.RECIPE_NAME, sets)
     kgen_config.apply_overrides(module.CONFIG, sets)  # a bad --set is named now
     directory = pathlib.Path(args.dir or pathlib.Path("tunes") / module.RECIPE_NAME)
     storage = args.storage or f"sqlite:///{directory.resolve() / 'study.db'}"

@@ -15,7 +15,11 @@ A data set with no stand-in (`fsdd`), or a test of the published data set
 itself (`real_data()`), skips with a reason saying how to get it.
 
 The backend under test is the one in KERAS_BACKEND (the README's test
-command runs the suite once per backend).
+command runs the suite once per backend). `KGEN_TEST_PRECISION=mixed_bfloat16`
+(or `mixed_float16`) builds every model of the session under that Keras
+dtype policy (`kgen.precision`), to run a module's tests on a
+mixed-precision model (e.g. `tests/export/`); tests that check the global
+policy itself (`tests/test_precision.py`) expect float32.
 """
 
 import gzip
@@ -137,8 +141,21 @@ def shared(name, *parts):
     return path
 
 
+def pytest_configure(config):
+    policy = os.environ.get("KGEN_TEST_PRECISION")
+    if policy:
+        import keras
+
+        from kgen import precision
+
+        keras.config.set_dtype_policy(precision.check(policy, "KGEN_TEST_PRECISION"))
+
+
 def pytest_report_header(config):
     lines = []
+    if os.environ.get("KGEN_TEST_PRECISION"):
+        lines.append(f"  models built under {os.environ['KGEN_TEST_PRECISION']} "
+                     "(KGEN_TEST_PRECISION)")
     for name in SOURCES:
         if has_real(name):
             lines.append(f"  {name}: {data_root() / name}")

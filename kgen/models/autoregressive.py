@@ -91,7 +91,9 @@ class CausalLM(GenerativeModel):
         pass
 
     def call(self, token_ids, training=False):
-        return self.network(token_ids, training=training)
+        # float32 logits whatever the network computes in (`kgen.precision`):
+        # the softmax of the loss and metrics runs in float32.
+        return ops.cast(self.network(token_ids, training=training), "float32")
 
     # --- the sampling computation (keras.ops, traced by the export) -----------
 

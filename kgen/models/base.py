@@ -6,6 +6,7 @@ import numpy as np
 from keras import ops
 
 from kgen import random as kgen_random
+from kgen.precision import global_policy
 from kgen.trainers import DistributedTrainer
 from kgen.trainers import replica_position
 
@@ -177,11 +178,15 @@ class GenerativeModel(DistributedTrainer, keras.Model):
 
     @classmethod
     def from_config(cls, config):
+        """Rebuild the model under its own saved dtype policy
+        (`kgen.precision`), so layers its networks create in their
+        constructors get the policy they trained with."""
         config = dict(config)
-        for key in cls.nested_config_keys:
-            if isinstance(config.get(key), dict):
-                config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
+        with global_policy(config.get("dtype")):
+            for key in cls.nested_config_keys:
+                if isinstance(config.get(key), dict):
+                    config[key] = keras.saving.deserialize_keras_object(config[key])
+            return cls(**config)
 
 
 def global_rows(rows):

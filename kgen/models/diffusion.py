@@ -15,6 +15,7 @@ from kgen.models import ema
 from kgen.models.base import GenerativeModel
 from kgen.models.base import batch_images
 from kgen.models.base import global_rows
+from kgen.precision import to_float32
 from kgen.trainers import EMATrainer
 from kgen.trainers import scale_loss
 
@@ -205,7 +206,7 @@ class DiffusionModel(EMATrainer, GenerativeModel):
                 labels = ops.where(drop < self.label_dropout,
                                    ops.full_like(labels, self.num_classes), labels)
             denoiser_inputs.append(labels)
-        prediction = denoiser(denoiser_inputs, training=training)
+        prediction = to_float32(denoiser(denoiser_inputs, training=training))
         return {
             "prediction": prediction,
             "target": self.scheduler.training_target(x0, noise, timesteps),
@@ -251,7 +252,8 @@ class DiffusionModel(EMATrainer, GenerativeModel):
         `guidance_scale` a scalar or one value per row.
         """
         batch = ops.shape(x)[0]
-        denoiser = self.sampling_denoiser
+        denoiser = lambda inputs, training: to_float32(  # noqa: E731
+            self.sampling_denoiser(inputs, training=training))
         if self.num_classes is None:
             t = ops.full((batch,), timestep, dtype="int32")
             return denoiser([x, t], training=False)

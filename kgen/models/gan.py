@@ -8,6 +8,8 @@ from kgen.api import kgen_export
 from kgen.models import ema
 from kgen.models.base import GenerativeModel
 from kgen.models.base import batch_images
+from kgen.precision import to_float32
+from kgen.precision import uses_loss_scaling
 from kgen.trainers import GANTrainer
 
 LOSSES = ("non_saturating", "hinge", "wasserstein")
@@ -142,22 +144,44 @@ class GAN(GANTrainer, GenerativeModel):
         Both are built here, on the caller's distribution strategy scope, and
         carried as the sub-optimizers of one `keras.optimizers.MultiOptimizer`
         so checkpoints, `BackupAndRestore` and the JAX trainer state hold both.
+
+        A GAN built under `mixed_float16` (`kgen.precision`) wraps each in a
+        `keras.optimizers.LossScaleOptimizer` (each phase scales its own
+        loss); the `MultiOptimizer` routes the variables to the inner
+        optimizers (it refuses loss-scale ones) and then holds the two
+        wrappers in their place, so their loss scales are saved and travel
+        in the JAX trainer state as well.
         """
         g_optimizer = keras.optimizers.get(g_optimizer)
         d_optimizer = keras.optimizers.get(d_optimizer)
         if g_optimizer is d_optimizer:
             raise ValueError("g_optimizer and d_optimizer must be two optimizers")
+        if uses_loss_scaling(self):
+            g_optimizer, d_optimizer = (
+                opt if isinstance(opt, keras.optimizers.LossScaleOptimizer)
+                else keras.optimizers.LossScaleOptimizer(opt, name=f"{which}_loss_scale")
+                for which, opt in (("generator", g_optimizer),
+                                   ("discriminator", d_optimizer)))
+        g_inner, d_inner = (getattr(opt, "inner_optimizer", opt)
+                            for opt in (g_optimizer, d_optimizer))
         generator_ids = {id(v) for v in self.generator.trainable_variables}
         optimizer = keras.optimizers.MultiOptimizer(
-            lambda v: g_optimizer if id(v) in generator_ids else d_optimizer
+            lambda v: g_inner if id(v) in generator_ids else d_inner
         )
         if jit_compile is None:
             jit_compile = keras.backend.backend() == "jax"
-        super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
+        # The phases scale their own losses: Keras must not wrap the whole.
+        super().compile(optimizer=optimizer, jit_compile=jit_compile,
+                        auto_scale_loss=False, **kwargs)
         self.g_optimizer = g_optimizer
         self.d_optimizer = d_optimizer
         self._compile_settings = {"jit_compile": jit_compile}
         optimizer.build(self.trainable_variables)
+        for i, (inner, outer) in enumerate(((g_inner, g_optimizer), (d_inner, d_optimizer))):
+            if outer is not inner:
+                outer.build(self.generator.trainable_variables if i == 0
+                            else self.discriminator.trainable_variables)
+                optimizer.optimizers[optimizer.optimizers.index(inner)] = outer
         self._index_state()
 
     def _index_state(self):
@@ -216,14 +240,18 @@ class GAN(GANTrainer, GenerativeModel):
             inputs = [inputs, self._cycle_labels(ops.shape(inputs)[0])]
         return self.generator(inputs, training=training)
 
+    # Both networks' outputs are cast to float32 (`kgen.precision`): the
+    # losses, penalties and samples are computed in float32.
+
     def _generate_raw(self, latents, labels, training, net=None):
         net = net or self.generator
-        return net([latents, labels] if self.num_classes else latents, training=training)
+        return to_float32(
+            net([latents, labels] if self.num_classes else latents, training=training))
 
     def _discriminate(self, images, labels, training=True):
-        return self.discriminator(
+        return to_float32(self.discriminator(
             [images, labels] if self.num_classes else images, training=training
-        )
+        ))
 
     def unpack(self, data):
         """A `{"images", "labels"}` batch (or images alone for an

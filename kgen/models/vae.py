@@ -9,6 +9,7 @@ from kgen import random as kgen_random
 from kgen.api import kgen_export
 from kgen.models.base import GenerativeModel
 from kgen.models.base import batch_images
+from kgen.precision import to_float32
 from kgen.trainers import scale_loss
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -92,9 +93,11 @@ class VAE(GenerativeModel):
 
     def call(self, images, training=False):
         images = batch_images(images)
-        mean, log_var = self.encoder(images, training=training)
+        # float32 whatever the networks compute in (`kgen.precision`): the
+        # noise, the log-variance's exp, the likelihood and the KL.
+        mean, log_var = to_float32(self.encoder(images, training=training))
         z = self.reparameterize(mean, log_var)
-        logits = self.decoder(z, training=training)
+        logits = to_float32(self.decoder(z, training=training))
         return {"z_mean": mean, "z_log_var": log_var, "z": z, "logits": logits}
 
     def example_terms(self, images, outputs):
@@ -141,12 +144,12 @@ class VAE(GenerativeModel):
     # --- inference ---------------------------------------------------------
 
     def encode(self, images):
-        """Images in [0, 1] -> `(mean, log_var)` of the posterior."""
-        return self.encoder(images, training=False)
+        """Images in [0, 1] -> float32 `(mean, log_var)` of the posterior."""
+        return to_float32(self.encoder(images, training=False))
 
     def decode(self, latents):
-        """Latents -> images in [0, 1] (the likelihood's mean)."""
-        return ops.sigmoid(self.decoder(latents, training=False))
+        """Latents -> float32 images in [0, 1] (the likelihood's mean)."""
+        return ops.sigmoid(to_float32(self.decoder(latents, training=False)))
 
     def sample(self, seeds, labels=None):
         """Decode one prior draw per row: int32 seed pairs `(batch, 2)` ->

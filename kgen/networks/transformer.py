@@ -37,6 +37,11 @@ class DecoderBlock(layers.Layer):
     attention causal. Every sublayer is a public attribute, so a cached
     decoding step (`cached_call`) reads the same weights.
 
+    Under a mixed dtype policy (`kgen.precision`) the residual stream `x`
+    stays in the variable dtype (float32), as in mixed-precision GPT
+    training: the block does not cast its input to the compute dtype, and
+    only its sublayers (the matmuls) compute in bfloat16 or float16.
+
     Args:
         num_heads: attention heads (`hidden_dim` must divide by it).
         intermediate_dim: width of the feed-forward layer.
@@ -55,6 +60,7 @@ class DecoderBlock(layers.Layer):
 
     def __init__(self, num_heads, intermediate_dim, dropout=0.0, activation="gelu",
                  layer_norm_epsilon=1e-5, kernel_initializer="glorot_uniform", **kwargs):
+        kwargs.setdefault("autocast", False)  # the residual stream stays float32
         super().__init__(**kwargs)
         # === Config ===
         self.num_heads = int(num_heads)
@@ -99,14 +105,16 @@ class DecoderBlock(layers.Layer):
         return self.attention_output.kernel.shape[0] // self.num_heads
 
     def call(self, x, training=False):
+        x = ops.cast(x, self.variable_dtype)
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         query, key, value = self._split_heads(self.query_key_value(self.attention_norm(x)))
         attended = ops.dot_product_attention(
             query, key, value, is_causal=True, scale=self.head_dim ** -0.5)
         attended = ops.reshape(attended, (batch, length, -1))
-        x = x + self.output_dropout(self.attention_output(attended), training=training)
+        h = self.output_dropout(self.attention_output(attended), training=training)
+        x = x + ops.cast(h, x.dtype)
         h = self.feedforward_output(self.feedforward_intermediate(self.feedforward_norm(x)))
-        return x + self.output_dropout(h, training=training)
+        return x + ops.cast(self.output_dropout(h, training=training), x.dtype)
 
     def cached_call(self, x, key_cache, value_cache, index, visible):
         """The block over tokens at positions `index ...`, attending to the
@@ -158,7 +166,7 @@ class DecoderBlock(layers.Layer):
 
 
 def _dense(x, layer):
-    y = ops.matmul(x, layer.kernel) + layer.bias
+    y = ops.matmul(x, ops.cast(layer.kernel, x.dtype)) + ops.cast(layer.bias, x.dtype)
     return y if layer.activation is None else layer.activation(y)
 
 
@@ -243,12 +251,17 @@ def forward_with_cache(network, token_ids, caches, index):
             makes them.
         index: int scalar (may be a tensor): the first position.
 
+    Sampling runs in float32 whatever the network's dtype policy
+    (`kgen.precision`): the embeddings are cast to float32 and every later
+    matmul reads the float32 weights, so the caches and logits are float32.
+
     Returns:
-        `(logits (batch, t, vocabulary), updated caches)`.
+        `(logits float32 (batch, t, vocabulary), updated caches)`.
     """
     token_embedding = network.get_layer("token_embedding")
-    x = token_embedding(token_ids)
-    x = x + network.get_layer("position_embedding")(x, start_index=index)
+    x = ops.cast(token_embedding(token_ids), "float32")
+    x = x + ops.cast(network.get_layer("position_embedding")(x, start_index=index),
+                     "float32")
     length = ops.shape(token_ids)[1]
     size = caches[0][0].shape[1]
     # Query at position index + i sees cached positions <= index + i (the
@@ -261,7 +274,15 @@ def forward_with_cache(network, token_ids, caches, index):
                                                       visible)
         updated.append((key_cache, value_cache))
     x = _layer_norm(x, network.get_layer("final_norm"))
-    return token_embedding(x, reverse=True), tuple(updated)
+    return _output_logits(x, token_embedding), tuple(updated)
+
+
+def _output_logits(x, token_embedding):
+    """`token_embedding(x, reverse=True)` in the dtype of `x` (the layer
+    call would compute in its policy's compute dtype)."""
+    kernel = (ops.transpose(token_embedding.embeddings) if token_embedding.tie_weights
+              else token_embedding.reverse_embeddings)
+    return ops.matmul(x, ops.cast(kernel, x.dtype))
 
 
 def empty_cache(network, batch_size):

@@ -79,6 +79,12 @@ class GANTrainer:
             (loss, aux), non_trainable = self._bound(
                 run, self._merge(trainable, index, part), non_trainable
             )
+            # Under mixed_float16 a LossScaleOptimizer scales the loss by its
+            # current scale (its variables' traced values) and
+            # `stateless_apply` unscales the gradients; others return it as is.
+            mapping = list(zip(optimizer.variables, optimizer_vars[opt_slice]))
+            with keras.StatelessScope(state_mapping=mapping):
+                loss = optimizer.scale_loss(loss)
             return loss, (aux, non_trainable)
 
         part = self._split(trainable, index)
@@ -129,7 +135,11 @@ class GANTrainer:
         """Run one `"discriminator"` or `"generator"` update eagerly and
         write the new values back to the variables."""
         real, labels = self.unpack(data)
-        phase_fn = jax.jit(functools.partial(self._phase, self._check_phase(phase)))
+        cache = self._compiled_functions.functions  # jitted once per phase
+        key = ("train_phase", self._check_phase(phase))
+        if key not in cache:
+            cache[key] = jax.jit(functools.partial(self._phase, phase))
+        phase_fn = cache[key]
         trainable, non_trainable, optimizer_vars, _ = phase_fn(
             [v.value for v in self.trainable_variables],
             [v.value for v in self.non_trainable_variables],

@@ -1,8 +1,10 @@
 """TensorFlow-only pieces of training: the GAN phases (one `tf.GradientTape`
-per phase), what a step needs under `tf.distribute` (the replica it runs
-on, the loss scaled for the gradients' sum across replicas, batch
-statistics over the global batch) and Keras' `fit()` under
-`MultiWorkerMirroredStrategy` (`DistributedTrainer`)."""
+per phase; the gradient is taken of `optimizer.scale_loss(loss)`, which a
+`LossScaleOptimizer` under `mixed_float16` scales and its `apply` unscales),
+what a step needs under `tf.distribute` (the replica it runs on, the loss
+scaled for the gradients' sum across replicas, batch statistics over the
+global batch) and Keras' `fit()` under `MultiWorkerMirroredStrategy`
+(`DistributedTrainer`)."""
 
 import contextlib
 
@@ -83,15 +85,16 @@ class GANTrainer(StatefulGANTrainer):
         variables = self.discriminator.trainable_variables
         with tf.GradientTape() as tape:
             loss, aux = self.discriminator_loss(real, labels)
-            loss = scale_loss(loss)
-        self.d_optimizer.apply(tape.gradient(loss, variables), variables)
+            # Per global batch under tf.distribute, then the float16 loss scale.
+            scaled = self.d_optimizer.scale_loss(scale_loss(loss))
+        self.d_optimizer.apply(tape.gradient(scaled, variables), variables)
         return aux
 
     def generator_phase(self, real, labels):
         variables = self.generator.trainable_variables
         with tf.GradientTape() as tape:
             loss = self.generator_loss(real, labels)
-            scaled = scale_loss(loss)
+            scaled = self.g_optimizer.scale_loss(scale_loss(loss))
         self.g_optimizer.apply(tape.gradient(scaled, variables), variables)
         return loss
 

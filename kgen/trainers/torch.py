@@ -1,5 +1,7 @@
-"""GAN phases on PyTorch: `zero_grad()` / `backward()` per phase; the
-discriminator loss detaches the fakes (`ops.stop_gradient`)."""
+"""GAN phases on PyTorch: `zero_grad()` / `backward()` per phase (of
+`optimizer.scale_loss(loss)`, which a `LossScaleOptimizer` under
+`mixed_float16` scales and its `apply` unscales); the discriminator loss
+detaches the fakes (`ops.stop_gradient`)."""
 
 import torch
 
@@ -17,7 +19,7 @@ class GANTrainer(StatefulGANTrainer):
 
     def _apply(self, optimizer, loss, variables):
         self.zero_grad()
-        loss.backward()
+        optimizer.scale_loss(loss).backward()
         grads = [v.value.grad for v in variables]
         with torch.no_grad():
             optimizer.apply(grads, variables)

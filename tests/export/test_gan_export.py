@@ -14,6 +14,7 @@ from tests.export.helpers import FORBIDDEN_OPS
 from tests.export.helpers import graph_op_types
 from tests.export.helpers import run_without_kgen
 from tests.export.helpers import saved_model_cli
+from tests.export.helpers import tolerance
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,8 @@ def test_exported_images_match_the_ema_generator(exported):
     gan = exported["model"]
     local = ops.convert_to_numpy(gan.ema_generator(
         [latents, ops.convert_to_tensor([2], "int32")], training=False))
-    np.testing.assert_allclose(served, np.clip((local + 1) / 2, 0, 1), atol=1e-5)
+    np.testing.assert_allclose(served, np.clip((local + 1) / 2, 0, 1),
+                               atol=tolerance(gan, 1e-5))
 
 
 NO_KGEN = textwrap.dedent("""

@@ -18,6 +18,7 @@ from tests.export.helpers import FORBIDDEN_OPS
 from tests.export.helpers import graph_op_types
 from tests.export.helpers import run_without_kgen
 from tests.export.helpers import saved_model_cli
+from tests.export.helpers import tolerance
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +117,7 @@ def test_exported_generate_matches_the_model_decoder(exported):
     latents = np.random.default_rng(0).normal(size=(2, 3)).astype("float32")
     served = loaded.signatures["decode"](latents=tf.constant(latents))["images"].numpy()
     local = keras.ops.convert_to_numpy(exported["model"].decode(latents))
-    np.testing.assert_allclose(served, local, atol=1e-5)
+    np.testing.assert_allclose(served, local, atol=tolerance(exported["model"], 1e-5))
 
 
 def test_graph_has_only_core_ops(exported):
