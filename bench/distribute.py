@@ -39,7 +39,7 @@ def data_setting(recipe, data_root):
     if recipe.endswith("_mnist"):
         return str(pathlib.Path(data_root) / "mnist")
     if recipe == "char_lm_shakespeare":
-        return str(pathlib.Path(data_root) / "tiny_shakespeare" / "input.txt")
+        return str(pathlib.Path(data_root) / "tinyshakespeare" / "input.txt")
     return None
 
 
@@ -115,7 +115,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"),
-                        help="the folder holding mnist/ and tiny_shakespeare/")
+                        help="the folder holding mnist/ and tinyshakespeare/")
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--configs", default=",".join(CONFIGS),
                         help=f"a subset of {','.join(CONFIGS)}")
