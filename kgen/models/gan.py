@@ -177,10 +177,10 @@ class GAN(GANTrainer, GenerativeModel):
         self.d_optimizer = d_optimizer
         self._compile_settings = {"jit_compile": jit_compile}
         optimizer.build(self.trainable_variables)
-        for i, (inner, outer) in enumerate(((g_inner, g_optimizer), (d_inner, d_optimizer))):
+        for inner, outer, net in ((g_inner, g_optimizer, self.generator),
+                                  (d_inner, d_optimizer, self.discriminator)):
             if outer is not inner:
-                outer.build(self.generator.trainable_variables if i == 0
-                            else self.discriminator.trainable_variables)
+                outer.build(net.trainable_variables)
                 optimizer.optimizers[optimizer.optimizers.index(inner)] = outer
         self._index_state()
 
