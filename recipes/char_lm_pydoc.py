@@ -9,6 +9,12 @@ CONFIG = dict(
     SHAKESPEARE,
     data="pydoc",              # pydoc_data.topics.topics, shipped inside CPython
     sample_prompts=("The ", "class "),
+    # nanoGPT's schedule: 2,000 iterations of 12 windows at 1e-3
+    epochs=10,
+    steps_per_epoch=200,
+    batch_size=12,
+    learning_rate=1e-3,
+    min_learning_rate=1e-4,
 )
 
 

@@ -1,8 +1,9 @@
-"""Character Transformer LM on tiny Shakespeare, nanoGPT's CPU config: `--set data=PATH/input.txt`."""
+"""Character Transformer LM on tiny Shakespeare (nanoGPT's CPU network, trained
+for time: 900 iterations of 16 windows): `--set data=PATH/input.txt`."""
 
 import keras
 
-from kgen import data, metrics, models, networks
+from kgen import data, metrics, models, networks, trainers
 
 CONFIG = dict(
     data=None,                 # tinyshakespeare/input.txt (or any UTF-8 text file)
@@ -13,11 +14,11 @@ CONFIG = dict(
     hidden_dim=128,
     dropout=0.0,
     tie_weights=True,
-    epochs=10,                 # 10 x 200 = nanoGPT's 2,000 iterations
-    steps_per_epoch=200,
-    batch_size=12,
-    learning_rate=1e-3,        # AdamW, linear warm-up, cosine decay to min_learning_rate
-    min_learning_rate=1e-4,
+    epochs=9,                  # 9 x 100 iterations: val loss ~1.87 in ~45 s of fit() on TF
+    steps_per_epoch=100,       # (nanoGPT's own: --set epochs=10 steps_per_epoch=200
+    batch_size=16,             #  batch_size=12 learning_rate=1e-3 min_learning_rate=1e-4)
+    learning_rate=6e-3,        # AdamW, linear warm-up, cosine decay to min_learning_rate
+    min_learning_rate=3e-4,
     warmup_steps=100,
     beta_2=0.99,
     weight_decay=0.1,
@@ -82,6 +83,7 @@ def build_char_lm(config, text):
         metrics=[metrics.BitsPerToken(), metrics.Perplexity()],
         steps_per_execution=config["steps_per_execution"],
     )
+    trainers.prefer_xla(model)  # TensorFlow's step: 30 ms instead of 65 here
     return model, ds
 
 

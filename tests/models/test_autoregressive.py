@@ -196,3 +196,21 @@ def test_network_without_kgen_decoder_blocks_is_refused():
     network = keras.Model(tokens, keras.layers.Dense(10)(x))
     with pytest.raises(ValueError, match="network: decoder_0 is a TransformerDecoder"):
         CausalLM(network, CharTokenizer("abcdefgh \n"))
+
+
+def test_prefer_xla_trains_with_xla_and_saves_a_portable_compile_config(
+        trained, tmp_path):
+    from kgen.trainers import prefer_xla
+
+    data = trained["data"]
+    lm = compile_lm(tiny_lm(data.tokenizer))
+    saved_setting = lm.get_compile_config()["jit_compile"]  # Keras' resolved "auto"
+    backend = keras.backend.backend()
+    assert prefer_xla(lm) is (backend in ("tensorflow", "jax"))
+    history = lm.fit(data.train, epochs=1, steps_per_epoch=3, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+    lm.save(tmp_path / "lm.keras")
+    # the file keeps what compile() chose: prefer_xla changes this run only
+    assert lm.get_compile_config()["jit_compile"] == saved_setting
+    loaded = keras.saving.load_model(tmp_path / "lm.keras")
+    assert loaded.jit_compile == saved_setting
