@@ -14,6 +14,7 @@ CONFIG = dict(
     num_train_timesteps=1000,
     beta_schedule="cosine",
     prediction_type="epsilon",
+    min_snr_gamma=None,        # None: every timestep alike; 5: Min-SNR-gamma loss weights
     label_dropout=0.1,         # classifier-free guidance trains the "no label" class
     ema_decay=0.995,           # sample, export and validate with an EMA of the denoiser
     sampler="dpm_solver",      # generate() and the export's default
@@ -50,7 +51,8 @@ def build(config):
                       num_classes=ds.num_classes),
         scheduler, num_classes=ds.num_classes, label_dropout=config["label_dropout"],
         ema_decay=config["ema_decay"], sampler=config["sampler"],
-        guidance_scale=config["guidance_scale"], seed=config["seed"],
+        guidance_scale=config["guidance_scale"], min_snr_gamma=config["min_snr_gamma"],
+        seed=config["seed"],
     )
     model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]))
     return model, ds

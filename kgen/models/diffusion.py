@@ -63,6 +63,13 @@ class DiffusionModel(EMATrainer, GenerativeModel):
         num_classes: number of classes of a conditional model, else `None`.
         label_dropout: probability of dropping a label while training.
         loss: `"mse"` or `"mae"`.
+        min_snr_gamma: `None` (every timestep counts alike, Ho et al.) or
+            gamma > 0: Min-SNR-gamma weighting (Hang et al., 2023), each
+            row's loss times `min(SNR_t, gamma) / SNR_t` for epsilon
+            prediction (`/ (SNR_t + 1)` for v, `min(SNR_t, gamma)` for the
+            sample), so the nearly clean timesteps, whose targets are easy
+            and whose gradients conflict with the noisy ones, weigh less;
+            the paper's gamma is 5. The validation loss is weighted alike.
         ema_decay: EMA decay of the sampling weights in [0, 1), or `None`.
         sampler: name of the scheduler `generate()` and the export use by
             default, built from `scheduler`'s config (`"ddpm"`, `"ddim"`,
@@ -93,7 +100,8 @@ class DiffusionModel(EMATrainer, GenerativeModel):
 
     def __init__(self, denoiser, scheduler="ddpm", num_classes=None,
                  label_dropout=0.1, loss="mse", ema_decay=0.999,
-                 sampler="ddim", guidance_scale=2.0, seed=None, **kwargs):
+                 sampler="ddim", guidance_scale=2.0, min_snr_gamma=None, seed=None,
+                 **kwargs):
         if isinstance(scheduler, str):
             scheduler = kgen_schedulers.get(scheduler)()
         if loss not in LOSSES:
@@ -110,6 +118,12 @@ class DiffusionModel(EMATrainer, GenerativeModel):
             )
         kgen_schedulers.get(sampler)  # fail early on a bad name
         guidance_scale = _check_guidance(guidance_scale)
+        if min_snr_gamma is not None and (
+                isinstance(min_snr_gamma, bool)
+                or not isinstance(min_snr_gamma, (int, float))
+                or not 0.0 < float(min_snr_gamma) < float("inf")):
+            raise ValueError(
+                f"min_snr_gamma={min_snr_gamma!r}: must be a number > 0, or None")
         super().__init__(seed=seed, **kwargs)
         # === Layers ===
         self.denoiser = denoiser
@@ -122,6 +136,7 @@ class DiffusionModel(EMATrainer, GenerativeModel):
         self.ema_decay = ema_decay
         self.sampler = sampler
         self.guidance_scale = guidance_scale
+        self.min_snr_gamma = None if min_snr_gamma is None else float(min_snr_gamma)
         self.image_shape = tuple(denoiser.inputs[0].shape[1:])
         # === State ===
         self.ema_updates = ema.update_counter(self) if ema_decay is not None else None
@@ -207,16 +222,34 @@ class DiffusionModel(EMATrainer, GenerativeModel):
                                    ops.full_like(labels, self.num_classes), labels)
             denoiser_inputs.append(labels)
         prediction = to_float32(denoiser(denoiser_inputs, training=training))
-        return {
+        outputs = {
             "prediction": prediction,
             "target": self.scheduler.training_target(x0, noise, timesteps),
         }
+        if self.min_snr_gamma is not None:
+            outputs["weight"] = self.loss_weights(timesteps)
+        return outputs
+
+    def loss_weights(self, timesteps):
+        """Min-SNR-gamma weights `(batch,)` of `timesteps` for the model's
+        `prediction_type` (see `min_snr_gamma`)."""
+        a = self.scheduler.alpha_bar(timesteps)
+        snr = a / ops.maximum(1.0 - a, 1e-12)
+        gamma = ops.cast(self.min_snr_gamma, snr.dtype)
+        kind = self.scheduler.prediction_type
+        if kind == "epsilon":  # min(snr, gamma) / snr, safe at snr -> 0
+            return ops.minimum(gamma / ops.maximum(snr, 1e-12), 1.0)
+        if kind == "v_prediction":
+            return ops.minimum(snr, gamma) / (snr + 1.0)
+        return ops.minimum(snr, gamma)
 
     def p_losses(self, outputs):
         diff = outputs["prediction"] - ops.cast(outputs["target"], outputs["prediction"].dtype)
-        if self.loss_name == "mae":
-            return ops.mean(ops.abs(diff))
-        return ops.mean(ops.square(diff))
+        error = ops.abs(diff) if self.loss_name == "mae" else ops.square(diff)
+        if "weight" not in outputs:
+            return ops.mean(error)
+        per_row = ops.mean(error, axis=tuple(range(1, len(error.shape))))
+        return ops.mean(per_row * ops.cast(outputs["weight"], per_row.dtype))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
                      training=True):
@@ -374,6 +407,7 @@ class DiffusionModel(EMATrainer, GenerativeModel):
             "ema_decay": self.ema_decay,
             "sampler": self.sampler,
             "guidance_scale": self.guidance_scale,
+            "min_snr_gamma": self.min_snr_gamma,
         }
 
     @classmethod

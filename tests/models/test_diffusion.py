@@ -76,6 +76,37 @@ def test_call_returns_prediction_and_target(prediction_type):
         np.testing.assert_allclose(to_numpy(out["target"]), images * 2 - 1, atol=1e-6)
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v", "sample"])
+def test_min_snr_gamma_weights_each_row_by_its_timestep(prediction_type):
+    """Min-SNR-gamma: the loss is the mean of each row's error times
+    min(SNR, 5) / SNR (epsilon), / (SNR + 1) (v) or min(SNR, 5) (sample),
+    with SNR = alpha_bar / (1 - alpha_bar) of the row's timestep."""
+    scheduler = DDPMScheduler(100, "cosine", prediction_type=prediction_type)
+    images = np.random.default_rng(0).uniform(size=(16, 8, 8, 1)).astype("float32")
+    model = tiny_model(scheduler=scheduler, num_classes=None, min_snr_gamma=5)
+    out = model(images, training=False)
+    assert set(out) == {"prediction", "target", "weight"}
+    timesteps, _ = model.validation_draws(images)
+    a = scheduler.alphas_cumprod[to_numpy(timesteps)]
+    snr = a / (1 - a)
+    expected_weight = {"epsilon": np.minimum(snr, 5) / snr,
+                       "v": np.minimum(snr, 5) / (snr + 1),
+                       "sample": np.minimum(snr, 5)}[prediction_type]
+    np.testing.assert_allclose(to_numpy(out["weight"]), expected_weight, rtol=1e-4)
+    assert len(set(np.round(expected_weight, 4))) > 1  # rows weigh differently
+    per_row = np.mean((to_numpy(out["prediction"]) - to_numpy(out["target"])) ** 2,
+                      axis=(1, 2, 3))
+    np.testing.assert_allclose(to_numpy(model.compute_loss(images, None, out)),
+                               np.mean(per_row * expected_weight), rtol=1e-5)
+    assert DiffusionModel.from_config(model.get_config()).min_snr_gamma == 5.0
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, "5", True, float("inf")])
+def test_min_snr_gamma_must_be_positive(bad):
+    with pytest.raises(ValueError, match=f"min_snr_gamma={bad!r}"):
+        tiny_model(min_snr_gamma=bad)
+
+
 def test_ema_follows_the_trained_weights(trained):
     model, before = trained
     assert float(to_numpy(model.ema_updates)) == 4.0  # 2 epochs x 2 steps
