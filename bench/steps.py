@@ -1,0 +1,89 @@
+"""Benchmark: a recipe's training step time under a few settings, side by side.
+
+    python bench/steps.py RECIPE [--set KEY=VALUE]... [--vary KEY=V1,V2,...]
+                          [--steps 60] [--backend tensorflow]
+
+Builds RECIPE with its defaults plus `--set` overrides, once per value of
+`--vary` (e.g. `--vary precision=float32,mixed_bfloat16`), each in its own
+process one after the other, runs `fit()` for `--steps` steps and prints
+the median and 90th-percentile milliseconds per step (the first 10 steps,
+compilation included, are left out) with `os.getloadavg()`: the figures
+behind "N ms a step instead of M" in the README. Run it alone: other work
+on the machine skews it.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def worker(recipe_name, sets, steps):
+    import keras
+    import numpy as np
+
+    from kgen import config as kgen_config
+
+    recipe = kgen_config.load_recipe(recipe_name)
+    config = kgen_config.apply_overrides(recipe.CONFIG, sets)
+    keras.utils.set_random_seed(config["seed"])
+    model, data = recipe.build(config)
+    ends = []
+
+    class StepEnds(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            ends.append(time.perf_counter())
+
+    model.fit(data.train, epochs=1, steps_per_epoch=steps, verbose=0,
+              callbacks=[StepEnds()])
+    ms = np.diff(ends[10:]) * 1000
+    print(json.dumps({"median_ms": float(np.median(ms)),
+                      "p90_ms": float(np.percentile(ms, 90)),
+                      "load": os.getloadavg()[0]}), flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("recipe")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--vary", default=None, metavar="KEY=V1,V2",
+                        help="one run per value (default: one run)")
+    parser.add_argument("--steps", type=int, default=60,
+                        help="steps per run, at least 12 (default %(default)s)")
+    parser.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "tensorflow"),
+                        choices=("tensorflow", "jax", "torch"))
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    from kgen import config as kgen_config
+
+    if args.steps < 12:
+        parser.error(f"--steps {args.steps}: at least 12 (the first 10 are left out)")
+    sets = kgen_config.parse_sets(args.set)
+    if args.worker is not None:
+        return worker(args.recipe, {**sets, **json.loads(args.worker)}, args.steps)
+    runs = [{}]
+    if args.vary:
+        key, sep, values = args.vary.partition("=")
+        if not sep or not key or not values:
+            parser.error(f"--vary {args.vary!r}: expected KEY=V1,V2,...")
+        runs = [{key: v} for v in values.split(",")]
+    for extra in runs:
+        env = {**os.environ, "KERAS_BACKEND": args.backend}
+        cmd = [sys.executable, __file__, args.recipe, "--steps", str(args.steps),
+               "--worker", json.dumps(extra)] + [f"--set={s}" for s in args.set]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+        label = " ".join(f"{k}={v}" for k, v in extra.items()) or "defaults"
+        if out.returncode or not lines:
+            print(f"{args.recipe} {label}: failed\n{out.stderr[-2000:]}", flush=True)
+            continue
+        r = json.loads(lines[-1])
+        print(f"{args.recipe} backend={args.backend} {label}: "
+              f"{r['median_ms']:.1f} ms/step median, {r['p90_ms']:.1f} p90 "
+              f"({args.steps} steps) load={r['load']:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
