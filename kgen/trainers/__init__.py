@@ -65,8 +65,6 @@ if _BACKEND != "tensorflow":
         return loss
 
 
-
-
 def prefer_xla(model):
     """Run a compiled `model`'s train, test and predict steps with XLA on
     TensorFlow, outside a `tf.distribute` strategy; elsewhere leave Keras'
