@@ -118,12 +118,7 @@ class DiffusionModel(EMATrainer, GenerativeModel):
             )
         kgen_schedulers.get(sampler)  # fail early on a bad name
         guidance_scale = _check_guidance(guidance_scale)
-        if min_snr_gamma is not None and (
-                isinstance(min_snr_gamma, bool)
-                or not isinstance(min_snr_gamma, (int, float))
-                or not 0.0 < float(min_snr_gamma) < float("inf")):
-            raise ValueError(
-                f"min_snr_gamma={min_snr_gamma!r}: must be a number > 0, or None")
+        min_snr_gamma = _check_min_snr_gamma(min_snr_gamma)
         super().__init__(seed=seed, **kwargs)
         # === Layers ===
         self.denoiser = denoiser
@@ -136,7 +131,7 @@ class DiffusionModel(EMATrainer, GenerativeModel):
         self.ema_decay = ema_decay
         self.sampler = sampler
         self.guidance_scale = guidance_scale
-        self.min_snr_gamma = None if min_snr_gamma is None else float(min_snr_gamma)
+        self.min_snr_gamma = min_snr_gamma
         self.image_shape = tuple(denoiser.inputs[0].shape[1:])
         # === State ===
         self.ema_updates = ema.update_counter(self) if ema_decay is not None else None
@@ -418,10 +413,26 @@ class DiffusionModel(EMATrainer, GenerativeModel):
         return super().from_config(config)
 
 
+def _finite_number(name, value, requirement="must be a finite number"):
+    """`value` as a float if it is a finite number, or a ValueError naming
+    `name`, the value and `requirement`."""
+    if isinstance(value, bool) \
+            or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value):
+        raise ValueError(f"{name}={value!r}: {requirement}")
+    return float(value)
+
+
 def _check_guidance(guidance_scale):
     """A finite guidance weight as a float, or a ValueError naming it."""
-    if isinstance(guidance_scale, bool) \
-            or not isinstance(guidance_scale, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(guidance_scale):
-        raise ValueError(f"guidance_scale={guidance_scale!r}: must be a finite number")
-    return float(guidance_scale)
+    return _finite_number("guidance_scale", guidance_scale)
+
+
+def _check_min_snr_gamma(gamma):
+    """`None`, or a finite gamma > 0 as a float; else a ValueError naming it."""
+    if gamma is None:
+        return None
+    requirement = "must be a number > 0, or None"
+    if _finite_number("min_snr_gamma", gamma, requirement) <= 0:
+        raise ValueError(f"min_snr_gamma={gamma!r}: {requirement}")
+    return float(gamma)
