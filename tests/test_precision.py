@@ -349,7 +349,7 @@ def test_export_of_a_bfloat16_model_is_float32(family, tmp_path):
 
 
 # Recipes whose own default is not float32 (measured faster on this CPU).
-RECIPE_PRECISION = {"ddpm_mnist": BF16}
+RECIPE_PRECISION = {"ddpm_mnist": BF16, "audio_fsdd": BF16}
 
 
 def test_every_recipe_takes_the_setting():
