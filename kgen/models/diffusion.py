@@ -433,6 +433,7 @@ def _check_min_snr_gamma(gamma):
     if gamma is None:
         return None
     requirement = "must be a number > 0, or None"
-    if _finite_number("min_snr_gamma", gamma, requirement) <= 0:
+    value = _finite_number("min_snr_gamma", gamma, requirement)
+    if value <= 0:
         raise ValueError(f"min_snr_gamma={gamma!r}: {requirement}")
-    return float(gamma)
+    return value
