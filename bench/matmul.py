@@ -54,7 +54,8 @@ def main():
                   f"{'xla' if jit else 'tensorflow'}: "
                   f"{gflops:.0f} GFLOP/s load={load}", flush=True)
             rows.append((f"{m}x{k} @ {k}x{n}", dtype.name,
-                         "XLA" if jit else "TensorFlow (oneDNN)", f"{gflops:.1f}", load))
+                         "XLA" if jit else "TensorFlow (oneDNN)", f"{gflops:.1f}",
+                         load.replace(",", "/")))
     _results.report("matmul", ("matmul", "dtype", "kernels", "GFLOP/s", "load (1, 5, 15 min)"),
                     rows, args, note=f"{args.repeats} repeats per row, after one warm-up call.")
 
