@@ -106,3 +106,36 @@ def test_the_real_machine_line_has_every_field():
         assert match["cpu"] == machine.cpu_model()
         assert (match["bf16"] == "yes") == machine.cpu_has_bf16()[0]
     assert machine.load() is None or len(machine.load()) == 3
+
+
+def _bench_results():
+    """bench/_results.py, the bench scripts' shared table writer."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "_results.py"
+    spec = importlib.util.spec_from_file_location("bench_results", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_results_replace_only_their_own_section(tmp_path):
+    results = _bench_results()
+    page = tmp_path / "results.md"
+    page.write_text("# Results\n\nintro\n\n<!-- bench:a start -->\nold a\n<!-- bench:a end -->\n\n"
+                    "between\n\n<!-- bench:b start -->\nold b\n<!-- bench:b end -->\nend\n")
+    body = results.section(("x", "y"), [(1, "p|q")], note="a note",
+                           argv=[str(results.REPO / "bench" / "a.py"), "--n", "3", "--write-results",
+                                 "--results-file", str(page)])
+    results.write_section(page, "a", body)
+    text = page.read_text()
+    assert "old a" not in text and "old b" in text
+    assert text.startswith("# Results\n\nintro\n\n<!-- bench:a start -->\n- Command: "
+                           "`python bench/a.py --n 3`\n")
+    assert "\nbetween\n" in text and text.endswith("<!-- bench:b end -->\nend\n")
+    assert "| x | y |\n|---|---|\n| 1 | p\\|q |" in text
+    assert "- Machine: `machine: " in text and "a note\n<!-- bench:a end -->" in text
+    results.write_section(page, "c", "new c")
+    assert page.read_text().endswith("## `bench/c.py`\n\n<!-- bench:c start -->\nnew c\n"
+                                     "<!-- bench:c end -->\n")
