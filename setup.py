@@ -62,6 +62,8 @@ setup(
         # through SQLAlchemy; any database Optuna supports for shared studies).
         "tune": ["optuna>=5,<6", "sqlalchemy>=2"],
         "test": ["pytest>=8"],
+        # The documentation site: `mkdocs build --strict` (mkdocs.yml, docs/).
+        "docs": ["mkdocs-material>=9.5"],
     },
     entry_points={"console_scripts": ["kgen=kgen.cli:main"]},
 )

@@ -14,7 +14,8 @@ its own process (Keras fixes its backend at import). Times exclude the first
 SavedModel figures come from the TensorFlow process (exports are TensorFlow
 graphs whatever backend trained the model). `os.getloadavg()` is printed
 beside each backend's figures: on a shared machine they are only as good
-as the load was low.
+as the load was low. `--write-results` also writes the table into
+docs/results.md.
 """
 
 import argparse
@@ -25,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import _results
 
 DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
 
@@ -95,12 +98,14 @@ def main():
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a recipe setting (repeatable)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    _results.add_arguments(parser)
     args = parser.parse_args()
     if not args.data.is_dir():
         parser.error(f"--data {args.data}: no such folder (the FSDD's recordings/)")
     args.rows = [int(r) for r in args.rows.split(",")]
     if args.one:
         return run_one(args)
+    _results.start()
     table = []
     for backend in args.backends.split(","):
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
@@ -128,6 +133,14 @@ def main():
         print(f"{key:36}{cells}")
     print(f"{'load average (1, 5, 15 min)':36}"
           + "".join(f"{'/'.join(f'{x:.1f}' for x in r['loadavg']):>12}" for r in table))
+    rows = [[key] + [f"{r[key]:.2f}" if key in r else "-" for r in table] for key in keys]
+    rows.append(["load average (1, 5, 15 min)"]
+                + ["/".join(f"{x:.1f}" for x in r["loadavg"]) for r in table])
+    _results.report("audio", ["figure"] + [r["backend"] for r in table], rows, args,
+                    note=f"`audio_fsdd` model {' '.join(args.set) or '(defaults)'}, batch "
+                         f"{args.batch_size}, {args.num_steps} guided steps + Griffin-Lim per "
+                         "clip; audio seconds per second of compute (>= 1: faster than "
+                         "real time). Training steps/s include the first steps' warm-up.")
 
 
 if __name__ == "__main__":

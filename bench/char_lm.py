@@ -26,7 +26,8 @@ fixes the backend at import); `--fit-only` skips the generation and export
 figures. The output ends with one line per run:
 `char_lm backend=NAME precision=P val_loss=FLOAT wall_s=FLOAT load=L1,L5,L15`,
 `load` being `os.getloadavg()` when that run's `fit()` ended (the machine's
-other work skews the figures).
+other work skews the figures). `--write-results` also writes the tables
+into docs/results.md.
 """
 
 import argparse
@@ -37,6 +38,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import _results
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -153,9 +156,11 @@ def main():
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe setting (repeat for more)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    _results.add_arguments(parser)
     args = parser.parse_args()
     if args.worker:
         return worker(args.data, args.iterations, args.set, args.fit_only)
+    _results.start()
 
     results = []
     runs = [(b, p) for b in args.backends.split(",") for p in args.precision.split(",")]
@@ -191,12 +196,32 @@ def main():
                   f"cache_speedup={cached / uncached:.1f}x "
                   f"exported_tok_s={exported:.0f} in_process/exported={cached / exported:.2f}")
     print()
+    rows = []
     for r in results:
         print(f"char_lm backend={r['backend']} precision={r['precision']} "
               f"val_loss={r['val_loss']:.4f} wall_s={r['wall_s']:.1f} "
               + (f"(float32 eval {r['val_loss_float32_eval']:.4f}) "
                  if "val_loss_float32_eval" in r else "") +
               f"load={','.join(f'{x:.2f}' for x in r['load'])}")
+        row = [r["backend"], r["precision"], f"{r['val_loss']:.4f}",
+               f"{r['val_loss_float32_eval']:.4f}"
+               if "val_loss_float32_eval" in r else "", f"{r['wall_s']:.1f}"]
+        for batch in BATCHES:
+            v = r.get("speed")
+            row.append(" / ".join(f"{v[f'{kind}_b{batch}']:.0f}"
+                                  for kind in ("cached", "uncached", "exported"))
+                       if v else "")
+        rows.append(row + ["/".join(f"{x:.2f}" for x in r["load"])])
+    _results.report(
+        "char_lm", ["backend", "precision", "val loss", "val loss, float32 eval",
+                    "fit() wall s"]
+        + [f"{NEW_TOKENS} tokens, {b} row{'s' if b > 1 else ''}: cached / recomputed / "
+           "exported tok/s" for b in BATCHES] + ["load after fit()"], rows, args,
+        note="`char_lm_shakespeare` at its defaults"
+             + (f" plus {' '.join('--set ' + s for s in args.set)}" if args.set else "")
+             + (f", {args.iterations} iterations" if args.iterations else "")
+             + "; validation loss over 200 fixed held-out batches."
+             + (" Generation figures not measured (--fit-only)." if args.fit_only else ""))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ For one recipe per family (`vae_digits`, `dcgan_digits`, `ddpm_digits`,
 
 and prints, per family and backend, the largest absolute difference between
 a row and its one-row draw, and between a row and the export's row (for the
-language model: whether the texts are identical).
+language model: whether the texts are identical). `--write-results` also
+writes the table into docs/results.md.
 """
 
 import argparse
@@ -27,6 +28,8 @@ import sys
 import tempfile
 
 import numpy as np
+
+import _results
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -94,15 +97,20 @@ def main():
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--meta", help=argparse.SUPPRESS)
+    _results.add_arguments(parser)
     args, rest = parser.parse_known_args()
     if args.worker:
         args.out = rest[0] if rest else None
         return worker(args)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    _results.start()
     work = args.out or pathlib.Path(tempfile.mkdtemp(prefix="kgen-contract-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"load average {os.getloadavg()}; seed {args.seed}, n {args.n}; work dir {work}")
     print(f"{'recipe':<14} {'backend':<11} {'row i vs generate(1, seed+i)':>30} "
           f"{'row i vs kgen sample (export)':>31}")
+    table = []
     for recipe, sets in RECIPES.items():
         settings = {"epochs": "1", "steps_per_epoch": str(args.steps), **sets}
         flags = [f for k, v in settings.items() for f in ("--set", f"{k}={v}")]
@@ -127,10 +135,18 @@ def main():
                 same_one = "identical" if got["rows"] == got["ones"] else "DIFFERENT"
                 same_export = "identical" if got["rows"] == served else "DIFFERENT"
                 print(f"{recipe:<14} {backend:<11} {same_one:>30} {same_export:>31}")
+                table.append((recipe, backend, same_one, same_export))
                 continue
             rows, ones = np.load(rows_file)
             print(f"{recipe:<14} {backend:<11} {np.abs(rows - ones).max():>30.2e} "
                   f"{np.abs(rows - served).max():>31.2e}")
+            table.append((recipe, backend, f"{np.abs(rows - ones).max():.2g}",
+                          f"{np.abs(rows - served).max():.2g}"))
+    _results.report(
+        "contract", ("recipe", "backend", f"row i of generate({args.n}, seed={args.seed}) "
+                     "vs generate(1, seed+i)", "row i vs kgen sample (export)"), table, args,
+        note=f"Largest absolute difference over the rows; each recipe trained {args.steps} "
+             "steps on TensorFlow, its .keras file loaded on each backend.")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ The model is a class-conditional U-Net on the 8x8 digits; sampling is guided
 (two denoiser passes per step). Times exclude the first (compiling) call;
 torch runs eagerly, so it gets no warm-up call.
 The SavedModel figures come from the TensorFlow process (exports are
-TensorFlow graphs whatever backend trained the model).
+TensorFlow graphs whatever backend trained the model). `--write-results`
+also writes the table into docs/results.md.
 """
 
 import argparse
@@ -21,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import _results
 
 SAMPLERS = (("ddpm", 1000), ("ddim", 50), ("dpm_solver", 20))
 
@@ -77,6 +80,7 @@ def run_one(args):
                 generate(**inputs)["images"].numpy()
                 result[f"savedmodel_{name}_{steps}_images_per_s"] = (
                     args.n / (time.perf_counter() - start))
+    result["loadavg"] = [round(x, 2) for x in os.getloadavg()]
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -88,10 +92,12 @@ def main():
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--filters", default="16,32", help="U-Net channels per level")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    _results.add_arguments(parser)
     args = parser.parse_args()
     args.filters = tuple(int(w) for w in args.filters.split(","))
     if args.one:
         return run_one(args)
+    _results.start()
     rows = []
     for backend in args.backends.split(","):
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
@@ -115,6 +121,12 @@ def main():
     for key in keys:
         cells = "".join(f"{r[key]:12.2f}" if key in r else f"{'-':>12}" for r in rows)
         print(f"{key:40}{cells}")
+    table = [[key] + [f"{r[key]:.2f}" if key in r else "-" for r in rows] for key in keys]
+    table.append(["load average (1, 5, 15 min)"]
+                 + ["/".join(f"{x:.1f}" for x in r["loadavg"]) for r in rows])
+    _results.report("diffusion", ["figure"] + [r["backend"] for r in rows], table, args,
+                    note=f"U-Net filters {args.filters}, 8x8 digits, batch {args.batch_size}, "
+                         f"{args.n} guided images per sampling call.")
 
 
 if __name__ == "__main__":

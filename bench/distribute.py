@@ -18,6 +18,7 @@ Each configuration runs in fresh processes (TensorFlow fixes its devices
 when it starts): a 3-step `fit()` compiles the step, then `--steps` steps
 are timed. A worker pair runs at once; the chief's figure is printed. The
 load average is printed beside every figure: compare figures of one run.
+`--write-results` also writes the table into docs/results.md.
 """
 
 import argparse
@@ -28,6 +29,8 @@ import socket
 import subprocess
 import sys
 import time
+
+import _results
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = ("none", "mirrored1", "mirrored2", "worker1", "worker2", "bf16")
@@ -123,6 +126,7 @@ def main():
     parser.add_argument("--recipe", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--data-setting", help=argparse.SUPPRESS)
+    _results.add_arguments(parser)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
@@ -130,6 +134,8 @@ def main():
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         parser.error(f"--configs {','.join(unknown)}: expected some of {','.join(CONFIGS)}")
+    _results.start()
+    table = []
     for recipe in args.recipes.split(","):
         baseline = None
         for config in configs:
@@ -138,12 +144,19 @@ def main():
             if "error" in result:
                 print(f"distribute recipe={recipe} config={config} error={result['error']!r}",
                       flush=True)
+                table.append((recipe, config, "", "", f"error: {result['error']}", "", load))
                 continue
             rate = result["steps_per_s"]
             baseline = baseline or rate
             print(f"distribute recipe={recipe} config={config} replicas={result['replicas']} "
                   f"batch={result['batch']} steps_per_s={rate:.2f} "
                   f"vs_first={rate / baseline:.2f}x load={load}", flush=True)
+            table.append((recipe, config, result["replicas"], result["batch"], f"{rate:.2f}",
+                          f"{rate / baseline:.2f}x", load))
+    _results.report("distribute", ("recipe", "config", "replicas", "global batch", "steps/s",
+                                   "vs first config", "load after"), table, args,
+                    note=f"TensorFlow; {args.steps} timed steps after a 3-step warm-up, each "
+                         "configuration in fresh processes.")
 
 
 if __name__ == "__main__":

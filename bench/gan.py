@@ -6,7 +6,8 @@ and without `jit_compile`, measured side by side in one run.
 
 Each (backend, jit_compile) pair runs in its own process (Keras fixes its
 backend at import): one warm-up epoch compiles the step, a second is timed.
-On PyTorch, jit_compile=True means torch.compile.
+On PyTorch, jit_compile=True means torch.compile. `--write-results` also
+writes the table into docs/results.md.
 """
 
 import argparse
@@ -16,6 +17,8 @@ import pathlib
 import subprocess
 import sys
 import time
+
+import _results
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -46,10 +49,13 @@ def main():
     parser.add_argument("--backends", default="tensorflow,jax,torch")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--jit", default="false", help=argparse.SUPPRESS)
+    _results.add_arguments(parser)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
+    _results.start()
     results = []
+    rows = []
     for backend in args.backends.split(","):
         for jit in ("false", "true"):
             env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
@@ -59,14 +65,22 @@ def main():
                 env=env, capture_output=True, text=True, cwd=REPO,
             )
             if proc.returncode:
-                line = f"gan backend={backend} jit_compile={jit} error={proc.stderr.strip().splitlines()[-1]!r}"
+                error = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+                line = f"gan backend={backend} jit_compile={jit} error={error!r}"
+                rows.append((backend, jit, f"error: {error}", "", ""))
             else:
                 out = json.loads(proc.stdout.strip().splitlines()[-1])
                 line = (f"gan backend={backend} jit_compile={jit} "
                         f"steps_per_s={out['steps_per_s']:.2f} "
                         f"images_per_s={out['steps_per_s'] * out['batch']:.0f}")
+                rows.append((backend, jit, f"{out['steps_per_s']:.2f}",
+                             f"{out['steps_per_s'] * out['batch']:.0f}",
+                             "/".join(f"{x:.2f}" for x in os.getloadavg())))
             print(line, flush=True)
             results.append(line)
+    _results.report("gan", ("backend", "jit_compile", "steps/s", "images/s", "load after"),
+                    rows, args, note=f"`dcgan_mnist` at its defaults, {args.steps} timed "
+                                     "steps after a 3-step warm-up epoch.")
 
 
 if __name__ == "__main__":

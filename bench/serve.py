@@ -22,6 +22,7 @@ the in-process answer, and ends with one line per model:
 `serve model=NAME inprocess_rps=F batched_rps=F unbatched_rps=F
 batched_vs_inprocess=F batched_p99_over_p50=F errors=N`.
 Targets: batched_vs_inprocess >= 0.8 and p99 < 5 x p50, with zero errors.
+`--write-results` also writes the table into docs/results.md.
 """
 
 import argparse
@@ -39,6 +40,8 @@ import threading
 import time
 
 import numpy as np
+
+import _results
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LM_SETTINGS = {"prompt": "ROMEO:", "max_new_tokens": 32, "temperature": 0.8, "top_k": 20,
@@ -203,7 +206,9 @@ def main():
     parser.add_argument("--lm", type=pathlib.Path, help="an exported CausalLM's base path")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--batch-wait-ms", type=float, default=2.0)
+    _results.add_arguments(parser)
     args = parser.parse_args()
+    _results.start()
 
     with tempfile.TemporaryDirectory() as tmp:
         tree = pathlib.Path(tmp) / "saved_models"
@@ -242,6 +247,7 @@ def main():
     print(f"{'model':6} {'run':10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  "
           f"load average before (1, 5, 15 min)")
     summary = []
+    table = []
     for kind, r in results.items():
         rps = {}
         for run in ("inprocess", "batched", "unbatched"):
@@ -252,6 +258,8 @@ def main():
             res["p50"], res["p99"] = p50, p99
             print(f"{kind:6} {run:10} {rps[run]:8.1f} {p50 * 1e3:8.2f} {p99 * 1e3:8.2f} "
                   f"{len(res.get('errors', [])):6d}  {', '.join(f'{x:.2f}' for x in load_avg)}")
+            table.append((kind, run, f"{rps[run]:.1f}", f"{p50 * 1e3:.2f}", f"{p99 * 1e3:.2f}",
+                          len(res.get("errors", [])), "/".join(f"{x:.2f}" for x in load_avg)))
         errors = len(r["batched"]["errors"]) + len(r["unbatched"]["errors"])
         mismatched = sum(not same(kind, r[run]["answers"][i], r["inprocess"]["answers"][i])
                          for run in ("batched", "unbatched")
@@ -266,6 +274,11 @@ def main():
             f"errors={errors} mismatched={mismatched}")
     print()
     print("\n".join(summary))
+    _results.report("serve", ("model", "run", "requests/s", "p50 ms", "p99 ms", "errors",
+                              "load before"), table, args,
+                    note=f"{args.requests} requests of {args.rows} row(s), {args.clients} "
+                         f"clients, batching up to {args.batch_size} rows / "
+                         f"{args.batch_wait_ms:g} ms. " + " ".join(summary))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ Builds RECIPE with its defaults plus `--set` overrides, once per value of
 process one after the other, runs `fit()` for `--steps` steps and prints
 the median and 90th-percentile milliseconds per step (the first 10 steps,
 compilation included, are left out) with `os.getloadavg()`: the figures
-behind "N ms a step instead of M" in the README. Run it alone: other work
-on the machine skews it.
+behind "N ms a step instead of M" in docs/results.md. Run it alone: other
+work on the machine skews it. `--write-results` also writes the table into
+docs/results.md.
 """
 
 import argparse
@@ -18,6 +19,8 @@ import os
 import subprocess
 import sys
 import time
+
+import _results
 
 
 def worker(recipe_name, sets, steps):
@@ -55,6 +58,7 @@ def main():
     parser.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "tensorflow"),
                         choices=("tensorflow", "jax", "torch"))
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    _results.add_arguments(parser)
     args = parser.parse_args()
     from kgen import config as kgen_config
 
@@ -69,6 +73,8 @@ def main():
         if not sep or not key or not values:
             parser.error(f"--vary {args.vary!r}: expected KEY=V1,V2,...")
         runs = [{key: v} for v in values.split(",")]
+    _results.start()
+    rows = []
     for extra in runs:
         env = {**os.environ, "KERAS_BACKEND": args.backend}
         cmd = [sys.executable, __file__, args.recipe, "--steps", str(args.steps),
@@ -78,11 +84,19 @@ def main():
         label = " ".join(f"{k}={v}" for k, v in extra.items()) or "defaults"
         if out.returncode or not lines:
             print(f"{args.recipe} {label}: failed\n{out.stderr[-2000:]}", flush=True)
+            rows.append((args.recipe, args.backend, label, "failed", "", args.steps, ""))
             continue
         r = json.loads(lines[-1])
         print(f"{args.recipe} backend={args.backend} {label}: "
               f"{r['median_ms']:.1f} ms/step median, {r['p90_ms']:.1f} p90 "
               f"({args.steps} steps) load={r['load']:.2f}", flush=True)
+        rows.append((args.recipe, args.backend, label, f"{r['median_ms']:.1f}",
+                     f"{r['p90_ms']:.1f}", args.steps, f"{r['load']:.2f}"))
+    sets = " ".join(f"--set {s}" for s in args.set)
+    _results.report("steps", ("recipe", "backend", "setting", "median ms/step", "p90 ms/step",
+                              "steps", "load (1 min)"), rows, args,
+                    note="The first 10 steps (compilation included) are left out"
+                         + (f"; recipe defaults plus {sets}." if sets else "; recipe defaults."))
 
 
 if __name__ == "__main__":

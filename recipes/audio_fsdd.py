@@ -3,8 +3,8 @@
 A class-conditional U-Net learns 32 mel bands x 64 frames images of
 one-second 8 kHz clips (`kgen.audio.LogMel`); sampling runs the diffusion
 loop and Griffin-Lim in one graph, so `generate()` and the export return
-waveforms. About 17 minutes on 2 CPU cores (TensorFlow); each epoch logs
-one clip per digit to TensorBoard and as WAV files.
+waveforms. Each epoch logs one clip per digit to TensorBoard and as WAV
+files; training time and scores at the defaults are in docs/results.md.
 """
 
 import keras
@@ -27,12 +27,12 @@ CONFIG = dict(
     beta_schedule="cosine",
     prediction_type="epsilon",
     label_dropout=0.1,         # classifier-free guidance trains the "no label" class
-    min_snr_gamma=5.0,         # Min-SNR-gamma loss weights: 87% vs 39% digit accuracy at 30 epochs
-    precision="mixed_bfloat16",  # 1.2x the float32 steps/s on this CPU (TensorFlow)
+    min_snr_gamma=5.0,         # Min-SNR-gamma loss weights: class-typical clips sooner
+    precision="mixed_bfloat16",  # fast only where bfloat16 is native (docs/precision.md)
     ema_decay=0.995,
     sampler="dpm_solver",      # generate() and the export's default
     sample_steps=25,           # per-epoch clips
-    guidance_scale=5.0,        # the default of generate() and the export: 39% vs 22% digit accuracy at 2.0
+    guidance_scale=5.0,        # the default of generate() and the export (docs/results.md)
     sample_count=10,           # one clip per digit each epoch
     epochs=30,
     steps_per_epoch=None,      # None: one pass over the training split

@@ -14,7 +14,7 @@ CONFIG = dict(
     hidden_dim=128,
     dropout=0.0,
     tie_weights=True,
-    epochs=9,                  # 9 x 100 iterations: val loss ~1.87 in ~45 s of fit() on TF
+    epochs=9,                  # 9 x 100 iterations (its figures: docs/results.md)
     steps_per_epoch=100,       # (nanoGPT's own: --set epochs=10 steps_per_epoch=200
     batch_size=16,             #  batch_size=12 learning_rate=1e-3 min_learning_rate=1e-4)
     learning_rate=6e-3,        # AdamW, linear warm-up, cosine decay to min_learning_rate
@@ -83,7 +83,7 @@ def build_char_lm(config, text):
         metrics=[metrics.BitsPerToken(), metrics.Perplexity()],
         steps_per_execution=config["steps_per_execution"],
     )
-    trainers.prefer_xla(model)  # TensorFlow's step: 30 ms instead of 65 here
+    trainers.prefer_xla(model)  # XLA on TensorFlow too: the step is many small ops
     return model, ds
 
 

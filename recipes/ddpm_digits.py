@@ -1,4 +1,4 @@
-"""Class-conditional DDPM on scikit-learn's 8x8 digits: embedded data, a few minutes on 2 cores.
+"""Class-conditional DDPM on scikit-learn's 8x8 digits: embedded data, no argument needed.
 
 This file holds the diffusion recipes' one `build`; `ddpm_mnist` is settings for it.
 """

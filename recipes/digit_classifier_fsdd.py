@@ -4,7 +4,7 @@ The judge `kgen.metrics.score_audio` loads to hear generated digits.
 
 Trains on takes 5-49 of every digit and speaker, validates on takes 0-4
 (the FSDD's own test split), and keeps the best epoch as
-`runs/digit_classifier_fsdd/best.keras`. About two minutes on 2 CPU cores.
+`runs/digit_classifier_fsdd/best.keras`.
 """
 
 import dataclasses

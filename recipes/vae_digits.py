@@ -1,4 +1,4 @@
-"""VAE on scikit-learn's 8x8 digits: embedded data, about a minute on 2 cores.
+"""VAE on scikit-learn's 8x8 digits: embedded data, no argument needed.
 
 This file holds the VAE recipes' one `build`; `vae_mnist` is settings for it.
 """
