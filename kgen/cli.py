@@ -17,8 +17,9 @@ kgen evaluate saved_models/NAME|MODEL.keras --data ... [--version N] [--n 1000]
 
 One error style: a user mistake (an argument, a setting, a path, a data or
 model file: a `kgen.errors.UserError`, or an `OSError` naming a path) ends
-in one line, `kgen: error: ...`, naming the bad value, and exit status 2; any other failure in one line, `kgen: internal error: ...`,
-and exit status 1. `--debug` adds the traceback and TensorFlow's own log
+in one line, `kgen: error: ...`, naming the bad value, and exit status 2;
+any other failure in one line, `kgen: internal error: ...`, and exit
+status 1. `--debug` adds the traceback and TensorFlow's own log
 lines, which are silenced otherwise.
 
 The Keras backend is chosen before Keras is imported, so nothing at the top

@@ -65,7 +65,7 @@ from kgen.config import format_value
 from kgen.errors import UserError
 from kgen.errors import first_line
 
-# The optional hooks: name -> what the recipe's function returns.
+# The optional functions of a recipe, each `f(config) -> dict` of generate options.
 HOOKS = ("sample_kwargs", "val_kid_kwargs")
 
 
