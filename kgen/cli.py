@@ -16,9 +16,10 @@ kgen evaluate saved_models/NAME|MODEL.keras --data ... [--version N] [--n 1000]
 ```
 
 One error style: a user mistake (an argument, a setting, a path, a data or
-model file) ends in one line, `kgen: error: ...`, naming the bad value, and
-exit status 2; any other failure in one line, `kgen: internal error: ...`,
-and exit status 1. `--debug` adds the traceback and TensorFlow's own log
+model file: a `kgen.errors.UserError`, or an `OSError` naming a path) ends
+in one line, `kgen: error: ...`, naming the bad value, and exit status 2;
+any other failure in one line, `kgen: internal error: ...`, and exit
+status 1. `--debug` adds the traceback and TensorFlow's own log
 lines, which are silenced otherwise.
 
 The Keras backend is chosen before Keras is imported, so nothing at the top
@@ -30,12 +31,15 @@ import os
 import pathlib
 import sys
 
+from kgen.errors import UserError
+from kgen.errors import first_line
+
 BACKENDS = ("tensorflow", "jax", "torch")
 # Commands that import TensorFlow (to train, export or run a SavedModel).
 _TENSORFLOW_COMMANDS = ("train", "export", "sample", "tune", "evaluate")
 
 
-class CommandError(ValueError):
+class CommandError(UserError, ValueError):
     """A command-line argument is wrong; the message names it."""
 
 
@@ -435,12 +439,12 @@ def _select_backend(name):
 
 
 def _cmd_recipes(args):
-    from kgen import config
+    from kgen import recipe
 
-    names = config.recipe_names()
+    names = recipe.names()
     width = max(map(len, names), default=0)
     for name in names:
-        print(f"{name:<{width}}  {config.recipe_summary(name)}")
+        print(f"{name:<{width}}  {recipe.summary(name)}")
 
 
 def _cmd_train(args):
@@ -477,9 +481,9 @@ def _recipe_stem(recipe):
 def _default_export(recipe):
     """`saved_models/<recipe>`, or None for a recipe whose model is not
     served (`EXPORT = False`: a classifier, kept as its `.keras` file)."""
-    from kgen import config
+    from kgen import recipe as kgen_recipe
 
-    if not getattr(config.load_recipe(recipe), "EXPORT", True):
+    if not kgen_recipe.load(recipe).EXPORT:
         return None
     return pathlib.Path("saved_models") / _recipe_stem(recipe)
 
@@ -548,15 +552,11 @@ def _cmd_deploy(args):
 
 
 def _cmd_serve(args):
-    from kgen.serving.tree import ServeError
     from kgen.serving.tree import check_tree
 
     if args.no_batching and args.batch_wait_ms is not None:
         _fail("--batch-wait-ms: not with --no-batching (nothing waits)")
-    try:
-        check_tree(args.root)  # before TensorFlow and KServe load: fails fast
-    except ServeError as e:
-        _fail(_message(e))
+    check_tree(args.root)  # before TensorFlow and KServe load: fails fast
     if not args.debug:
         _quiet_tensorflow()
     from kgen.serving.server import serve
@@ -576,7 +576,11 @@ def _cmd_serve(args):
 def _cmd_tune(args):
     from kgen import tune
 
-    tune.tune(args, args.argv)
+    tune.tune(args.recipe, args.space, args.objective, args.trials,
+              direction=args.direction, sets=_parse_sets(args.sets), directory=args.dir,
+              storage=args.storage, study=args.study, pruner=args.pruner,
+              pruner_startup=args.pruner_startup, workers=args.workers,
+              timeout=args.timeout, worker_index=args.worker_index)
 
 
 def _input_settings(items):
@@ -617,37 +621,27 @@ def _fail(message, status=2):
     sys.exit(status)
 
 
+# Mistakes in a path the user gave, which Python names with the path.
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError,
+                NotADirectoryError, PermissionError)
+
+
 def _user_errors():
-    """The exceptions that mean a user mistake: each message names the value."""
-    from kgen.config import ConfigError
+    """The exceptions that mean a user mistake: each message names the value.
+    (`kgen.io.DamagedFileError` and `kgen.media.OutputError` are listed
+    beside `UserError` as they do not derive from it.)"""
     from kgen.io import DamagedFileError
-    from kgen.export.sample import SampleError
     from kgen.media import OutputError
 
-    # A diverged run is named by kgen.callbacks, which loads Keras: only
-    # look for it when it can have been raised.
-    diverged = (sys.modules["kgen.callbacks"].NonFiniteError,) if "kgen.callbacks" in sys.modules else ()
-    # ServeError's module is light; DataError's loads Keras, so it is looked
-    # for only where it was loaded (a `kgen deploy` mistake loads no Keras),
-    # as are kgen deploy's, the client's and kgen evaluate's errors.
-    from kgen.serving.tree import ServeError
-    loaded = tuple(getattr(sys.modules[module], name)
-                   for module, name in (("kgen.data.errors", "DataError"),
-                                        ("kgen.serving.deploy", "DeployError"),
-                                        ("kgen.serving.client", "ServerError"),
-                                        ("kgen.evaluate", "EvaluateError"))
-                   if module in sys.modules)
-    return (CommandError, ConfigError, SampleError, OutputError,
-            DamagedFileError, ServeError, *diverged, *loaded,
-            FileNotFoundError, FileExistsError, IsADirectoryError,
-            NotADirectoryError, PermissionError)
+    return (UserError, DamagedFileError, OutputError, *_PATH_ERRORS)
 
 
 def _message(error):
+    """The one line a failure is shown as: a path error's path and reason,
+    else the first line of the message."""
     if isinstance(error, OSError) and error.filename and error.strerror:
         return f"{error.filename}: {error.strerror}"
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    return first_line(error)
 
 
 def _quiet_tensorflow():
@@ -687,7 +681,6 @@ def _quiet_tensorflow():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
-    args.argv = argv
     debug = getattr(args, "debug", False)
     try:
         # Before anything from kgen that may import Keras. An export is

@@ -1,15 +1,16 @@
-"""Recipes and their settings: loading, `--set key=value`, validation."""
+"""A recipe's settings: `--set key=value`, their types, validation.
+
+Recipes themselves (what a recipe file holds, loading one) are
+`kgen.recipe`'s.
+"""
 
 import ast
-import importlib
 import math
-import pathlib
-import pkgutil
-import re
-import types
+
+from kgen.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A recipe name or a `--set` value is wrong; the message names it."""
 
 
@@ -24,144 +25,25 @@ _NONE = {"none", "null"}
 
 
 def recipe_names():
-    """Names of the recipes that ship with kgen, sorted."""
-    import kgen.recipes
+    """Names of the recipes that ship with kgen (`kgen.recipe.names`)."""
+    from kgen import recipe
 
-    return sorted(
-        m.name for m in pkgutil.iter_modules(kgen.recipes.__path__)
-        if not m.name.startswith("_")
-    )
+    return recipe.names()
 
 
 def recipe_summary(name):
-    """First line of a recipe's docstring, read without importing it."""
-    import kgen.recipes
+    """First line of a shipped recipe's docstring (`kgen.recipe.summary`)."""
+    from kgen import recipe
 
-    for folder in kgen.recipes.__path__:
-        path = pathlib.Path(folder) / f"{name}.py"
-        if path.is_file():
-            doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
-            return (doc or "").strip().splitlines()[0] if doc else ""
-    return ""
+    return recipe.summary(name)
 
 
 def load_recipe(name_or_path):
-    """Import a recipe by name (`vae_digits`) or by path (`my_recipe.py`).
+    """A recipe by name or path, checked: a `kgen.recipe.Recipe`
+    (`kgen.recipe.load`)."""
+    from kgen import recipe
 
-    A path runs that file's Python code, as `python my_recipe.py` would:
-    load only recipes you trust.
-
-    Returns:
-        A `Recipe`: the module's attributes, with a `build` that reports a
-        setting the model refuses as a `ConfigError`.
-    """
-    text = str(name_or_path)
-    if text.endswith(".py") or "/" in text or pathlib.Path(text).is_file():
-        module = _load_recipe_file(pathlib.Path(text))
-        name = module.RECIPE_NAME = pathlib.Path(text).stem
-    else:
-        if text not in recipe_names():
-            raise ConfigError(
-                f"unknown recipe {text!r}; available: {', '.join(recipe_names())}"
-            )
-        module = importlib.import_module(f"kgen.recipes.{text}")
-        name = module.RECIPE_NAME = text
-    for attr in ("CONFIG", "build"):
-        if not hasattr(module, attr):
-            raise ConfigError(f"recipe {text!r} has no {attr}")
-    if not isinstance(module.CONFIG, dict):
-        raise ConfigError(f"recipe {text!r}: CONFIG must be a dict, found "
-                          f"{type(module.CONFIG).__name__}")
-    return Recipe(module, name)
-
-
-def _load_recipe_file(path):
-    if not path.exists():
-        raise ConfigError(f"recipe file {path} does not exist")
-    if not path.is_file():
-        raise ConfigError(f"recipe file {path}: is a directory, expected a .py file")
-    if path.suffix != ".py":
-        raise ConfigError(
-            f"recipe file {path}: expected a Python file ending in .py "
-            "(or a recipe name; see `kgen recipes`)"
-        )
-    try:
-        source = path.read_bytes()
-        code = compile(source, str(path), "exec")
-    except SyntaxError as e:
-        if e.lineno is None:  # null bytes: a binary file
-            raise ConfigError(
-                f"recipe file {path}: not a readable Python file ({e.msg})"
-            ) from None
-        raise ConfigError(
-            f"recipe file {path}: not valid Python (line {e.lineno}: {e.msg})"
-        ) from None
-    except (ValueError, OSError) as e:  # null bytes, unreadable
-        raise ConfigError(f"recipe file {path}: not a readable Python file ({e})") from None
-    module = types.ModuleType(f"kgen_recipe_{path.stem}")
-    module.__file__ = str(path)
-    try:
-        exec(code, module.__dict__)
-    except Exception as e:
-        raise ConfigError(
-            f"recipe file {path}: its code failed ({type(e).__name__}: "
-            f"{_first_line(e)}; --debug shows where)"
-        ) from e
-    return module
-
-
-class Recipe:
-    """A loaded recipe: reads fall through to its module; `build(config)`
-    runs the recipe's `build` under the dtype policy of the config's
-    `precision` (`kgen.precision.policy_scope`; float32 when unset) and
-    reports a setting the model refuses.
-
-    Model constructors raise `ValueError` (or Keras a `TypeError`) naming
-    their own argument; `build` turns that into a `ConfigError` naming the
-    `--set` value that caused it: the setting the message names, else the
-    settings that differ from the recipe's defaults. With no such setting
-    the error is the recipe's own and is raised unchanged.
-    """
-
-    def __init__(self, module, name):
-        self.module = module
-        self.RECIPE_NAME = name
-
-    def __getattr__(self, attr):
-        return getattr(self.module, attr)
-
-    def build(self, config):
-        from kgen import precision
-
-        try:
-            with precision.policy_scope(config.get("precision")):
-                return self.module.build(config)
-        except ConfigError:
-            raise
-        except (ValueError, TypeError) as e:
-            if _is_data_error(e):
-                raise
-            changed = {k: v for k, v in config.items()
-                       if k in self.module.CONFIG and v != self.module.CONFIG[k]}
-            if not changed:
-                raise
-            message = _first_line(e)
-            named = [k for k in sorted(changed, key=len, reverse=True)
-                     if re.search(rf"(?<![\w]){re.escape(k)}(?![\w])", message)]
-            culprits = named[:1] or sorted(changed)
-            sets = " ".join(f"--set {k}={format_value(changed[k])}" for k in culprits)
-            raise ConfigError(f"{sets}: {message}") from e
-
-
-def _is_data_error(error):
-    from kgen.data.errors import DataError
-
-    return isinstance(error, DataError)
-
-
-def _first_line(error):
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    return recipe.load(name_or_path)
 
 
 def format_value(value):

@@ -45,6 +45,9 @@ import sys
 
 import numpy as np
 
+from kgen.errors import UserError
+from kgen.errors import first_line
+
 # The held-out share of the data: the recipes' and the classifiers' own
 # validation split (the last 10%).
 HELD_OUT_FRACTION = 0.1
@@ -53,7 +56,7 @@ AUDIO_FAMILIES = ("AudioDiffusionModel",)
 TEXT_FAMILIES = ("CausalLM",)
 
 
-class EvaluateError(ValueError):
+class EvaluateError(UserError, ValueError):
     """A `kgen evaluate` argument does not fit the model or the data."""
 
 
@@ -181,7 +184,7 @@ class _KerasSource(_Source):
         try:
             samples = self.keras_model.generate(count, seed=start, **kwargs)
         except TypeError as e:
-            raise EvaluateError(f"--set: {_first_line(e)}") from None
+            raise EvaluateError(f"--set: {first_line(e)}") from None
         return np.asarray(samples, "float32")
 
 
@@ -270,9 +273,9 @@ def _feature_extractor(classifier, features, inception_weights, image_shape):
         try:
             model, feature_model = load_feature_extractor(classifier)
         except FileNotFoundError as e:
-            raise EvaluateError(f"--classifier {classifier}: {_first_line(e)}") from None
+            raise EvaluateError(f"--classifier {classifier}: {first_line(e)}") from None
         except ValueError as e:
-            raise EvaluateError(f"--classifier {classifier}: {_first_line(e)}") from None
+            raise EvaluateError(f"--classifier {classifier}: {first_line(e)}") from None
         expected = tuple(model.input_shape[1:])
         if tuple(image_shape) != expected:
             raise EvaluateError(
@@ -283,7 +286,7 @@ def _feature_extractor(classifier, features, inception_weights, image_shape):
         try:
             feature_model = inception_feature_extractor(image_shape, inception_weights)
         except FileNotFoundError as e:
-            raise EvaluateError(f"--features inception: {_first_line(e)}") from None
+            raise EvaluateError(f"--features inception: {first_line(e)}") from None
     elif features != "classifier":
         raise EvaluateError(f"--features {features}: expected classifier or inception")
     elif model is None:
@@ -310,10 +313,6 @@ def _sample_rows(source, n, seed, batch, settings, progress):
                                 "float32"))
         bar.add(count)
     return np.concatenate(parts)
-
-
-def _first_line(error):
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _distances(real_features, other_features):
@@ -486,7 +485,7 @@ def _evaluate_audio(source, data, n, classifier, seed, batch, settings, progress
     try:
         model = load_classifier(classifier)
     except (FileNotFoundError, ValueError) as e:
-        raise EvaluateError(f"--classifier {classifier}: {_first_line(e)}") from None
+        raise EvaluateError(f"--classifier {classifier}: {first_line(e)}") from None
     length = int(model.input_shape[-1])
     rate = source.sample_rate
     real, real_labels = _load_real_audio(data, rate, length)
@@ -539,7 +538,7 @@ def _evaluate_text(source, data, n, seed, batch, keras_path, progress):
     try:
         ids = np.asarray(model.tokenizer.encode(held_text, name="the held-out text"), "int32")
     except (DataError, ValueError) as e:
-        raise EvaluateError(f"--data {data}: {_first_line(e)}") from None
+        raise EvaluateError(f"--data {data}: {first_line(e)}") from None
     context = model.context
     windows = (len(ids) - 1) // context
     if windows < 1:

@@ -38,6 +38,7 @@ from kgen import callbacks as kgen_callbacks
 from kgen import config as kgen_config
 from kgen import distribute as kgen_distribute
 from kgen import io as kgen_io
+from kgen import recipe as kgen_recipe
 from kgen.callbacks.checkpoints import NonFiniteError  # noqa: F401  (part of the API)
 from kgen.config import ConfigError
 
@@ -51,10 +52,10 @@ def strategy_scope(name):
     return kgen_distribute.distribution(name).scope()
 
 
-def _settings(module, config, strategy):
+def _settings(recipe, config, strategy):
     """What decides a run's result, as `config.json` records it."""
     return json.loads(json.dumps(
-        {"recipe": module.RECIPE_NAME, "backend": keras.backend.backend(),
+        {"recipe": recipe.name, "backend": keras.backend.backend(),
          "strategy": strategy, "config": config}, default=str))
 
 
@@ -169,21 +170,21 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
         NonFiniteError: the loss or a weight stopped being finite; the last
             finite checkpoint stays and nothing is exported.
     """
-    module = kgen_config.load_recipe(recipe)
-    config = kgen_config.apply_overrides(module.CONFIG, sets or {})
-    if export_to and not getattr(module, "EXPORT", True):
+    recipe = kgen_recipe.load(recipe)
+    config = kgen_config.apply_overrides(recipe.CONFIG, sets or {})
+    if export_to and not recipe.EXPORT:
         raise ConfigError(
-            f"--export {export_to}: recipe {module.RECIPE_NAME} trains a model "
+            f"--export {export_to}: recipe {recipe.name} trains a model "
             f"that is not exported (no generate signature); it is kept as its "
             f".keras file"
         )
-    run_dir = pathlib.Path(run_dir or pathlib.Path("runs") / module.RECIPE_NAME)
+    run_dir = pathlib.Path(run_dir or pathlib.Path("runs") / recipe.name)
     # Made before any other TensorFlow work: a multi-worker strategy must
     # configure the collectives at program start.
     dist = kgen_distribute.distribution(strategy)
-    settings = _settings(module, config, strategy)
+    settings = _settings(recipe, config, strategy)
     if not dist.is_chief:
-        return _train_worker(module, config, run_dir, settings, dist, verbose,
+        return _train_worker(recipe, config, run_dir, settings, dist, verbose,
                              overwrite, callbacks)
     previous = _check_earlier_run(run_dir, settings, overwrite)
     if previous is not None:
@@ -197,14 +198,14 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
     # recipe refuses leaves nothing on disk.
     keras.utils.set_random_seed(config.get("seed", 0))
     with dist.scope():
-        model, data = module.build(config)
-    kid = _validation_kid(model, data, module, config)
+        model, data = recipe.build(config)
+    kid = _validation_kid(model, data, recipe, config)
     if previous is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         kgen_io.write_text(run_dir / "config.json", json.dumps(settings, indent=2))
         _write_state(run_dir, {"status": "training"})
 
-    run = _Run(run_dir, model, data, module, config, verbose, callbacks, kid=kid,
+    run = _Run(run_dir, model, data, recipe, config, verbose, callbacks, kid=kid,
                dist=dist)
     wall = run.fit()
     state = {"status": "trained", "checkpoint": run.checkpoint_path.name,
@@ -219,7 +220,7 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
     return result
 
 
-def _train_worker(module, config, run_dir, settings, dist, verbose, overwrite, callbacks):
+def _train_worker(recipe, config, run_dir, settings, dist, verbose, overwrite, callbacks):
     """A non-chief worker of a multi-worker run (`dist.is_chief` false).
 
     It trains in step with the chief (the same callbacks, so the same
@@ -242,11 +243,11 @@ def _train_worker(module, config, run_dir, settings, dist, verbose, overwrite, c
         return result
     keras.utils.set_random_seed(config.get("seed", 0))
     with dist.scope():
-        model, data = module.build(config)
-    kid = _validation_kid(model, data, module, config)
+        model, data = recipe.build(config)
+    kid = _validation_kid(model, data, recipe, config)
     scratch = pathlib.Path(tempfile.mkdtemp(prefix="kgen-worker-"))
     try:
-        run = _Run(scratch, model, data, module, config, verbose, callbacks, kid=kid,
+        run = _Run(scratch, model, data, recipe, config, verbose, callbacks, kid=kid,
                    dist=dist, restore_dir=None if overwrite else run_dir / "backup")
         result.update(wall_s=run.fit(), logs=run.history_log.last_logs, up_to_date=False)
     finally:
@@ -285,7 +286,7 @@ class _Run:
     """One `fit()` of a run: its checkpoint, backup, history and sample
     callbacks, resumed from the newest good backup."""
 
-    def __init__(self, run_dir, model, data, module, config, verbose, extra=(), kid=None,
+    def __init__(self, run_dir, model, data, recipe, config, verbose, extra=(), kid=None,
                  dist=None, restore_dir=None):
         self.model, self.config, self.verbose = model, config, verbose
         dist = dist or kgen_distribute.Distribution("none")
@@ -336,7 +337,7 @@ class _Run:
             self.callbacks.append(kgen_callbacks.SampleLogger(
                 run_dir / "logs", n=config.get("sample_count", 16),
                 seed=config.get("sample_seed", 0), out_dir=run_dir / "samples",
-                generate_kwargs=getattr(module, "sample_kwargs", lambda c: {})(config),
+                generate_kwargs=recipe.sample_kwargs(config),
             ))
         self.callbacks.extend(extra)
 
@@ -358,7 +359,7 @@ class _Run:
         return time.time() - start
 
 
-def _validation_kid(model, data, module, config):
+def _validation_kid(model, data, recipe, config):
     """The `ValidationKID` callback a run's `val_kid` setting asks for
     (`None` when it is unset): `val_kid_n` samples, drawn with
     `val_kid_kwargs(config)` of the recipe (e.g. few diffusion steps),
@@ -368,7 +369,7 @@ def _validation_kid(model, data, module, config):
         return None
     if not hasattr(model, "generate") or getattr(model, "output_kind", "images") != "images":
         raise ConfigError(
-            f"--set val_kid={path}: recipe {module.RECIPE_NAME} does not generate images"
+            f"--set val_kid={path}: recipe {recipe.name} does not generate images"
         )
     n = config.get("val_kid_n", 100)
     source = data.validation if data.validation is not None else data.train
@@ -376,7 +377,7 @@ def _validation_kid(model, data, module, config):
         real = kgen_callbacks.take_images(source, n)
         return kgen_callbacks.ValidationKID(
             path, real, n=n, seed=config.get("sample_seed", 0),
-            generate_kwargs=getattr(module, "val_kid_kwargs", lambda c: {})(config),
+            generate_kwargs=recipe.val_kid_kwargs(config),
         )
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(f"--set val_kid={path}: {e}") from None

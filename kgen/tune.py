@@ -7,6 +7,15 @@ kgen tune RECIPE --space key=SPEC... --objective NAME --trials N
                  [--workers N] [--set key=value]... [--timeout S]
 ```
 
+From Python, the same search is one call with plain arguments:
+
+```python
+from kgen.tune import tune
+
+tune("vae_digits", ["learning_rate=float:1e-4:1e-2:log"], "val_loss", 20,
+     sets={"epochs": 10})
+```
+
 Each trial is a normal kgen run (`kgen.training.train`, the code path of
 `kgen train`: config.json, state.json, checkpoints, backups, history and
 TensorBoard logs) in its own run directory `DIR/trial-0007/`, with the
@@ -65,7 +74,9 @@ import time
 
 from kgen import config as kgen_config
 from kgen import io as kgen_io
+from kgen import recipe as kgen_recipe
 from kgen.config import ConfigError
+from kgen.errors import first_line
 
 PRUNERS = ("median", "hyperband", "none")
 DIRECTIONS = ("minimize", "maximize")
@@ -216,8 +227,7 @@ def _storage(url):
     try:
         return optuna.storages.RDBStorage(url, **kwargs)
     except Exception as e:  # SQLAlchemy: no such driver, host or database
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TuneError(f"--storage {url}: cannot open it ({message})") from None
+        raise TuneError(f"--storage {url}: cannot open it ({first_line(e)})") from None
 
 
 def make_pruner(name, n_startup_trials=None):
@@ -396,8 +406,7 @@ def run_trial(study, trial, search, fault_index, verbose):
         study.tell(trial, state=TrialState.FAIL)
         return TrialState.FAIL
     except BaseException as e:
-        trial.set_user_attr("error", str(e).strip().splitlines()[0] if str(e).strip()
-                            else type(e).__name__)
+        trial.set_user_attr("error", first_line(e))
         study.tell(trial, state=TrialState.FAIL)
         raise
     values = _values(_history(run_dir), search["objective"])
@@ -508,67 +517,140 @@ def best_line(study, sets):
 # === The search ===
 
 
-def _search(args):
-    sets = kgen_config.parse_sets(args.sets)
-    module = kgen_config.load_recipe(args.recipe)
-    space = parse_space(args.space, kgen_config.with_common(module.CONFIG),
-                        module.RECIPE_NAME, sets)
-    kgen_config.apply_overrides(module.CONFIG, sets)  # a bad --set is named now
-    directory = pathlib.Path(args.dir or pathlib.Path("tunes") / module.RECIPE_NAME)
-    storage = args.storage or f"sqlite:///{directory.resolve() / 'study.db'}"
-    return {"recipe": args.recipe, "recipe_name": module.RECIPE_NAME, "sets": sets,
-            "space": space, "dir": directory, "storage": storage,
-            "study": args.study or directory.name, "objective": args.objective,
-            "direction": args.direction}
+def _search(recipe, space, objective, direction, sets, directory, storage, study):
+    loaded = kgen_recipe.load(recipe)
+    params = parse_space(space, kgen_config.with_common(loaded.CONFIG), loaded.name, sets)
+    kgen_config.apply_overrides(loaded.CONFIG, sets)  # a bad --set is named now
+    directory = pathlib.Path(directory or pathlib.Path("tunes") / loaded.name)
+    storage = storage or f"sqlite:///{directory.resolve() / 'study.db'}"
+    return {"recipe": str(recipe), "recipe_name": loaded.name, "sets": sets,
+            "space": params, "dir": directory, "storage": storage,
+            "study": study or directory.name, "objective": objective,
+            "direction": direction}
 
 
-def tune(args, argv):
-    """`kgen tune`: run the search (or start its workers), print results."""
+def tune(recipe, space, objective, trials, *, direction="minimize", sets=None,
+         directory=None, storage=None, study=None, pruner="median",
+         pruner_startup=None, workers=1, timeout=None, worker_index=None):
+    """Run a search over a recipe's settings and print its results.
+
+    Each trial is a `kgen.training.train` run in `DIRECTORY/trial-NNNN/`
+    (see the module docstring); the best settings are printed and written
+    to `DIRECTORY/best.txt` as a `--set` line. `kgen tune` calls this with
+    its arguments.
+
+    Args:
+        recipe: a recipe name or path (`kgen.recipe.load`).
+        space: the settings to search: `"KEY=SPEC"` items (`parse_spec`),
+            e.g. `["learning_rate=float:1e-4:1e-2:log"]`, or a dict
+            `{KEY: SPEC}`.
+        objective: the logged value to optimize (`"val_loss"`).
+        trials: trials in the whole search, those of an earlier run of the
+            same search included (>= 1).
+        direction: `"minimize"` or `"maximize"` the objective.
+        sets: `{key: value}` fixed settings for every trial; a string is
+            read as `--set` reads it.
+        directory: the search's directory (default `tunes/<recipe name>`).
+        storage: an Optuna database URL (default
+            `sqlite:///DIRECTORY/study.db`).
+        study: the study's name in the storage (default: the directory's).
+        pruner: `"median"`, `"hyperband"` or `"none"`.
+        pruner_startup: the median pruner's startup trials (Optuna's
+            `n_startup_trials`); `None` for Optuna's default.
+        workers: processes on this machine sharing the study; this one is
+            worker 0 and starts the others as `kgen tune` processes with
+            the same arguments.
+        timeout: start no new trial after this many seconds (`None`: no
+            limit).
+        worker_index: set in the processes that `workers` starts: run
+            trials only, without the header and the results.
+
+    Raises:
+        TuneError: an argument is wrong (named), Optuna is not installed, or
+            a worker process failed.
+        ConfigError: a `sets` value the recipe refuses.
+    """
     try:
         import optuna
     except ImportError:
         raise TuneError("kgen tune needs Optuna: pip install 'kgen[tune]'") from None
 
+    if isinstance(space, str):
+        space = [space]
+    elif isinstance(space, dict):
+        space = [f"{key}={spec}" for key, spec in space.items()]
+    space = list(space or ())
+    sets = {key: value if isinstance(value, str) else kgen_config.format_value(value)
+            for key, value in (sets or {}).items()}
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise TuneError(f"--trials {trials}: expected an integer >= 1")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise TuneError(f"--workers {workers}: expected an integer >= 1")
+    if direction not in DIRECTIONS:
+        raise TuneError(f"--direction {direction}: expected one of {', '.join(DIRECTIONS)}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # kgen prints its own lines
-    search = _search(args)
-    if not args.objective or not args.objective.strip():
+    search = _search(recipe, space, objective, direction, sets, directory, storage, study)
+    if not objective or not objective.strip():
         raise TuneError("--objective: give the logged value to optimize, e.g. val_loss")
     search["dir"].mkdir(parents=True, exist_ok=True)
-    if args.pruner_startup is not None and args.pruner != "median":
-        raise TuneError(f"--pruner-startup {args.pruner_startup}: only the median pruner "
-                        f"has startup trials (got --pruner {args.pruner})")
-    pruner = make_pruner(args.pruner, args.pruner_startup)
+    if pruner_startup is not None and pruner != "median":
+        raise TuneError(f"--pruner-startup {pruner_startup}: only the median pruner "
+                        f"has startup trials (got --pruner {pruner})")
+    made_pruner = make_pruner(pruner, pruner_startup)
     attrs = _search_attrs(search["recipe_name"], search["objective"], search["space"],
                           search["sets"])
-    study = open_study(_storage(search["storage"]), search["study"], search["direction"],
-                       pruner, attrs)
-    if args.worker_index is None:
+    opened = open_study(_storage(search["storage"]), search["study"], search["direction"],
+                        made_pruner, attrs)
+    if worker_index is None:
         write_hparams_config(search)
-        print(f"study {search['study']!r} in {search['storage']}: {args.trials} trials "
+        print(f"study {search['study']!r} in {search['storage']}: {trials} trials "
               f"of {search['recipe_name']}, {search['direction']} {search['objective']}, "
               f"run directories under {search['dir']}/", flush=True)
     try:
-        if args.workers > 1:
+        if workers > 1:
             # This process is worker 0; the others are started beside it.
-            _run_workers(args, argv, lambda: worker(study, search, args.trials,
-                                                    args.timeout, index=0))
+            command = _worker_command(search, space, trials, pruner, pruner_startup, timeout)
+            _run_workers(command, workers, lambda: worker(opened, search, trials,
+                                                          timeout, index=0))
         else:
-            worker(study, search, args.trials, args.timeout, args.worker_index)
+            worker(opened, search, trials, timeout, worker_index)
     except KeyboardInterrupt:
-        if args.worker_index is None:
+        if worker_index is None:
             print(f"\nstopped: the trial in progress is enqueued again; run the same "
                   f"command to continue the search in {search['dir']}", file=sys.stderr)
         raise
-    if args.worker_index is None:
-        _report(study, search)
+    if worker_index is None:
+        _report(opened, search)
 
 
-def _run_workers(args, argv, run_here):
-    """Start workers 1..N-1 as `kgen tune` processes, run `run_here()` as
-    worker 0, and wait for the others."""
-    command = [sys.executable, "-m", "kgen", *argv]
-    processes = [subprocess.Popen([*command, "--workers", "1", "--worker-index", str(i)])
-                 for i in range(1, args.workers)]
+def _worker_command(search, space, trials, pruner, pruner_startup, timeout):
+    """The `kgen tune` command line of one more worker of this search
+    (without `--worker-index`)."""
+    command = [sys.executable, "-m", "kgen", "tune", search["recipe"],
+               "--objective", search["objective"], "--direction", search["direction"],
+               "--trials", str(trials), "--dir", str(search["dir"]),
+               "--storage", search["storage"], "--study", search["study"],
+               "--pruner", pruner, "--workers", "1"]
+    for item in space:
+        command += ["--space", item]
+    for key, value in search["sets"].items():
+        command += ["--set", f"{key}={value}"]
+    if pruner_startup is not None:
+        command += ["--pruner-startup", str(pruner_startup)]
+    if timeout is not None:
+        command += ["--timeout", repr(float(timeout))]
+    return command
+
+
+def _run_workers(command, workers, run_here):
+    """Start workers 1..N-1 (`command` with `--worker-index i`) with this
+    process's Keras backend, run `run_here()` as worker 0, and wait for the
+    others."""
+    import keras
+
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
+    processes = [subprocess.Popen([*command, "--worker-index", str(i)], env=env)
+                 for i in range(1, workers)]
     try:
         run_here()
         codes = [p.wait() for p in processes]

@@ -443,6 +443,20 @@ def test_internal_error_is_one_line_with_a_hint(capfd, cwd, tmp_path):
                            "(run again with --debug for the traceback)")
 
 
+def test_any_user_error_is_one_error_line(capfd, cwd, tmp_path):
+    """A `kgen.errors.UserError` raised anywhere (here by a recipe's own
+    build) is a user mistake: its first line after `kgen: error:`, status 2."""
+    recipe = tmp_path / "strict.py"
+    recipe.write_text(
+        "from kgen.errors import UserError\n\n\nclass StrictError(UserError):\n"
+        "    pass\n\n\nCONFIG = dict(epochs=1, width=3)\n\n\ndef build(config):\n"
+        "    raise StrictError('--set width=3: this recipe needs an even width\\n"
+        "more detail')\n")
+    line = assert_refused(capfd, [cwd], ["train", recipe, "--no-export",
+                                         "--run-dir", tmp_path / "run"], "--set width=3")
+    assert line == "kgen: error: --set width=3: this recipe needs an even width"
+
+
 def test_gzip_helper_writes_a_real_bomb(tmp_path):
     """The bomb is what it claims: 4 GiB of zeros behind its header."""
     path = write_gzip_bomb(tmp_path / "b.gz", b"head", 4 << 30)

@@ -1,7 +1,9 @@
 import pytest
 
 from kgen import config
+from kgen import recipe as kgen_recipe
 from kgen.config import ConfigError
+from kgen.recipe import Recipe
 
 DEFAULTS = dict(data=None, epochs=10, steps_per_epoch=None, learning_rate=1e-3,
                 filters=(32, 64), likelihood="bernoulli", augment=False, seed=0)
@@ -62,8 +64,12 @@ def test_unknown_recipe_lists_the_known_ones():
 def test_recipe_from_a_path(tmp_path):
     path = tmp_path / "mine.py"
     path.write_text("CONFIG = dict(epochs=1)\n\ndef build(config):\n    return None, None\n")
-    module = config.load_recipe(path)
-    assert module.RECIPE_NAME == "mine" and module.CONFIG == {"epochs": 1}
+    recipe = config.load_recipe(path)
+    assert isinstance(recipe, Recipe)
+    assert recipe.name == "mine" and recipe.CONFIG == {"epochs": 1}
+    # The optional parts, with their defaults.
+    assert recipe.EXPORT is True
+    assert recipe.sample_kwargs({}) == {} and recipe.val_kid_kwargs({}) == {}
 
 
 def test_recipe_path_that_is_not_python(tmp_path):
@@ -79,6 +85,65 @@ def test_recipe_path_that_is_not_python(tmp_path):
     (tmp_path / "fails.py").write_text("CONFIG = {}\nraise RuntimeError('boom')\n")
     with pytest.raises(ConfigError, match=r"fails\.py: its code failed \(RuntimeError: boom"):
         config.load_recipe(tmp_path / "fails.py")
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("def build(config):\n    return None, None\n",
+         r"^recipe '.*r\.py' has no CONFIG \(a recipe defines CONFIG, a dict of settings, "
+         r"and build\(config\)"),
+        ("CONFIG = {}\n", r"^recipe '.*r\.py' has no build \("),
+        ("X = 1\n", r"^recipe '.*r\.py' has no CONFIG and no build \("),
+        ("CONFIG = [('epochs', 1)]\ndef build(c):\n    pass\n",
+         r"^recipe '.*r\.py': CONFIG must be a dict, found list$"),
+        ("CONFIG = {}\nbuild = 3\n",
+         r"^recipe '.*r\.py': build must be a function of the config, found int$"),
+        ("CONFIG = {}\ndef build(c):\n    pass\nsample_kwargs = {'num_steps': 2}\n",
+         r"^recipe '.*r\.py': sample_kwargs must be a function of the config, found dict$"),
+        ("CONFIG = {}\ndef build(c):\n    pass\nEXPORT = 'no'\n",
+         r"^recipe '.*r\.py': EXPORT must be True or False, found 'no'$"),
+    ],
+)
+def test_a_recipe_that_breaks_the_protocol_is_named(tmp_path, source, message):
+    (tmp_path / "r.py").write_text(source)
+    with pytest.raises(ConfigError, match=message):
+        kgen_recipe.load(tmp_path / "r.py")
+
+
+def test_optional_parts_of_a_recipe(tmp_path):
+    (tmp_path / "r.py").write_text(
+        "CONFIG = dict(steps=4)\nEXPORT = False\n\ndef build(config):\n    pass\n\n"
+        "def sample_kwargs(config):\n    return dict(num_steps=config['steps'])\n\n"
+        "def val_kid_kwargs(config):\n    return [1]\n")
+    recipe = kgen_recipe.load(tmp_path / "r.py")
+    assert recipe.EXPORT is False
+    assert recipe.sample_kwargs({"steps": 2}) == {"num_steps": 2}
+    with pytest.raises(ConfigError, match=r"^recipe r: val_kid_kwargs\(config\) must "
+                                          r"return a dict of generate options, got list$"):
+        recipe.val_kid_kwargs({})
+
+
+def test_shipped_recipes_follow_the_protocol():
+    """Each shipped recipe loads, and its hooks give dicts for its defaults."""
+    for name in kgen_recipe.names():
+        recipe = kgen_recipe.load(name)
+        assert recipe.name == name and isinstance(recipe.EXPORT, bool)
+        defaults = config.apply_overrides(recipe.CONFIG, {})
+        assert isinstance(recipe.sample_kwargs(defaults), dict)
+        assert isinstance(recipe.val_kid_kwargs(defaults), dict)
+    assert kgen_recipe.load("digits_classifier").EXPORT is False
+    assert kgen_recipe.load("ddpm_digits").val_kid_kwargs(
+        config.apply_overrides(kgen_recipe.load("ddpm_digits").CONFIG, {}))
+
+
+def test_the_recipe_example_is_a_recipe(tmp_path):
+    """The recipe file in `kgen.recipe`'s docstring loads and builds."""
+    example = kgen_recipe.__doc__.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "my_vae.py").write_text(example)
+    recipe = kgen_recipe.load(tmp_path / "my_vae.py")
+    model, data = recipe.build(config.apply_overrides(recipe.CONFIG, {}))
+    assert hasattr(model, "generate") and data.train is not None
 
 
 RECIPE = '''

@@ -287,3 +287,48 @@ def test_a_diverged_trial_fails_and_the_search_goes_on(tmp_path, capsys, monkeyp
     assert "trial #1 FAIL: training diverged" in out
     assert "no trial completed: no best settings" in out
     assert not (tmp_path / "t" / "best.txt").exists()
+
+
+# === The Python call: plain arguments ===
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"trials": 0}, r"^--trials 0: expected an integer >= 1$"),
+    ({"workers": 0}, r"^--workers 0: expected an integer >= 1$"),
+    ({"direction": "up"}, r"^--direction up: expected one of minimize, maximize$"),
+    ({"space": {}}, r"^give at least one --space KEY=SPEC to search$"),
+    ({"space": {"widht": "int:1:4"}}, r"^--space widht=int:1:4: 'widht' is not a setting "
+                                      r"of recipe vae_digits"),
+    ({"pruner": "none", "pruner_startup": 2},
+     r"^--pruner-startup 2: only the median pruner has startup trials"),
+])
+def test_tune_call_names_a_bad_argument(tmp_path, kwargs, message):
+    from kgen import tune
+
+    arguments = {"recipe": "vae_digits", "space": {"beta": "float:0.5:2"},
+                 "objective": "val_loss", "trials": 1, "directory": tmp_path / "t",
+                 **kwargs}
+    with pytest.raises(tune.TuneError, match=message):
+        tune.tune(**arguments)
+
+
+def test_worker_command_is_the_same_search(tmp_path):
+    """The command line a worker process runs parses back to the search's
+    arguments (the recipe, space, sets, study and limits)."""
+    from kgen import cli
+    from kgen import tune
+
+    search = tune._search("vae_digits", ["beta=float:0.5:2", "latent_dim=int:4:8:2"],
+                          "val_loss", "maximize", {"epochs": "1", "data": "a=b"},
+                          tmp_path / "t", None, "s")
+    command = tune._worker_command(search, ["beta=float:0.5:2", "latent_dim=int:4:8:2"],
+                                   5, "median", 2, 30.0)
+    assert command[1:3] == ["-m", "kgen"]
+    args = cli._parser().parse_args(command[3:] + ["--worker-index", "1"])
+    assert (args.recipe, args.space, args.objective, args.direction, args.trials) == (
+        "vae_digits", ["beta=float:0.5:2", "latent_dim=int:4:8:2"], "val_loss",
+        "maximize", 5)
+    assert args.sets == ["epochs=1", "data=a=b"] and args.dir == tmp_path / "t"
+    assert (args.storage, args.study) == (search["storage"], "s")
+    assert (args.pruner, args.pruner_startup, args.timeout) == ("median", 2, 30.0)
+    assert (args.workers, args.worker_index) == (1, 1)

@@ -24,9 +24,10 @@ import keras
 import numpy as np
 
 from kgen import io as kgen_io
+from kgen.errors import UserError
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(UserError, RuntimeError):
     """A loss, metric or weight became NaN or infinite; the message says
     which value, at which epoch and batch."""
 

@@ -1,7 +1,9 @@
 """The error every loader raises for bad input data."""
 
+from kgen.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """A data file or setting is missing, malformed or out of range.
 
     The message starts with the file (or setting) and says what was

@@ -2,6 +2,8 @@
 
 import re
 
+from kgen.errors import first_line
+
 _NOISE = ("Graph execution error", "Detected at node", "<stack traces", "[[{{node")
 
 
@@ -12,6 +14,5 @@ def graph_reason(message, default="INVALID_ARGUMENT"):
     found = re.search(r"assertion failed: \[(.*?)\](?= \[|\s*$)", message, re.MULTILINE)
     if found:
         return found.group(1)
-    lines = [line.strip() for line in message.splitlines()
-             if line.strip() and not line.strip().startswith(_NOISE)]
-    return lines[0] if lines else default
+    kept = [line for line in message.splitlines() if not line.strip().startswith(_NOISE)]
+    return first_line("\n".join(kept), default)

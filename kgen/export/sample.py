@@ -25,6 +25,7 @@ import re
 import numpy as np
 
 from kgen import media
+from kgen.errors import UserError
 from kgen.export import METADATA_FILE
 from kgen.export.messages import graph_reason
 from kgen.random import MAX_SEED
@@ -34,7 +35,7 @@ from kgen.random import MIN_SEED
 _PLAIN_VERSION = re.compile(r"(0|[1-9][0-9]*)\Z")
 
 
-class SampleError(ValueError):
+class SampleError(UserError, ValueError):
     """A `kgen sample` argument does not fit the exported model."""
 
 

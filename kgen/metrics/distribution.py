@@ -40,15 +40,16 @@ import keras
 from keras import ops
 
 from kgen.api import kgen_export
+from kgen.errors import UserError
 
 SETS = ("real", "generated")
 
 
-class SampleBufferFull(ValueError):
+class SampleBufferFull(UserError, ValueError):
     """More samples were fed than a metric's `max_samples` buffer holds."""
 
 
-class TooFewSamples(ValueError):
+class TooFewSamples(UserError, ValueError):
     """A set holds too few samples for the statistic asked of it."""
 
 

@@ -34,13 +34,16 @@ import urllib.parse
 
 import numpy as np
 
+from kgen.errors import UserError
+from kgen.errors import first_line
+
 DEFAULT_TIMEOUT = 120.0
 # gRPC's default message limit is 4 MB; a batch of images can be larger.
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 PROTOCOLS = ("rest", "grpc")
 
 
-class ServerError(RuntimeError):
+class ServerError(UserError, RuntimeError):
     """A server refused a request or could not be reached.
 
     Attributes:
@@ -255,7 +258,7 @@ class Client:
                               "there?)", url) from None
         except requests.RequestException as e:
             raise ServerError(model, None, f"cannot reach the server ({type(e).__name__}: "
-                              f"{_first_line(e)})", url) from None
+                              f"{first_line(e)})", url) from None
         try:
             doc = answer.json()
         except ValueError:
@@ -263,7 +266,7 @@ class Client:
         if answer.status_code >= 400 or not isinstance(doc, dict):
             message = doc.get("error") if isinstance(doc, dict) else None
             raise ServerError(model, answer.status_code,
-                              message or _first_line(answer.text) or answer.reason, url)
+                              message or first_line(answer.text) or answer.reason, url)
         if "error" in doc:
             raise ServerError(model, answer.status_code, doc["error"], url)
         return doc
@@ -468,8 +471,3 @@ def _ragged(value):
     except ValueError:
         return True
     return False
-
-
-def _first_line(error):
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else ""

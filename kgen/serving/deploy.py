@@ -34,6 +34,7 @@ import re
 import shutil
 
 from kgen import io as kgen_io
+from kgen.errors import UserError
 from kgen.export.warmup import WARMUP_FILE
 
 # A version folder as TF Serving reads it: a plain whole number.
@@ -48,7 +49,7 @@ DEFAULT_IMAGE = "tensorflow/serving:latest"
 DEFAULT_STORAGE_URI = "s3://REPLACE-WITH-YOUR-BUCKET/saved_models"
 
 
-class DeployError(ValueError):
+class DeployError(UserError, ValueError):
     """A `kgen deploy` argument or input tree is wrong; the message names it."""
 
 

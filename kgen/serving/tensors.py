@@ -30,6 +30,8 @@ import math
 import numpy as np
 import orjson
 
+from kgen.errors import UserError
+
 # TF Serving's name for each dtype the exports use (DataType enum names).
 DT_NAMES = {
     "float32": "DT_FLOAT", "float64": "DT_DOUBLE", "int8": "DT_INT8",
@@ -41,7 +43,7 @@ DT_NAMES = {
 BYTES_SUFFIX = "_bytes"
 
 
-class TensorError(ValueError):
+class TensorError(UserError, ValueError):
     """A request's tensor cannot be read as the signature expects."""
 
 

@@ -7,11 +7,13 @@ served is refused before the server's libraries load.
 import pathlib
 import re
 
+from kgen.errors import UserError
+
 # A version folder as TF Serving reads it: a plain whole number.
 PLAIN_VERSION = re.compile(r"(0|[1-9][0-9]*)\Z")
 
 
-class ServeError(ValueError):
+class ServeError(UserError, ValueError):
     """A `kgen serve` argument or tree cannot be served; names the value."""
 
 
