@@ -1,10 +1,10 @@
 """Nothing lost: `kgen train` killed at each write point, then run again.
 
 Real tiny runs of the `vae_digits` recipe (embedded data) through the
-`kgen` command in a subprocess. The kill comes from kgen's fault-injection
-hook (`KGEN_FAULT=POINT:N`, see `kgen/io.py`): the process sends itself
-SIGKILL at that write point, after the temporary has been partly written
-and before the rename. The same command is then run again, and the run must
+`kgen` command in a subprocess. The kill comes from the test runner
+`python -m tests.faults POINT:N -m kgen ...` (see `tests/faults.py`): the
+process is sent SIGKILL at that write point, after the temporary has been
+partly written and before the rename. The same command is then run again, and the run must
 end exactly as a run that was never killed: the same `best.keras` weights,
 the same validation loss per epoch, each epoch once in `history.csv`, and
 (when exported) one complete export version with no temporaries left.
@@ -16,12 +16,14 @@ import json
 import re
 import shutil
 import signal
+import subprocess
 import zipfile
 
 import h5py
 import numpy as np
 import pytest
 
+from tests import faults
 from tests.conftest import backend
 from tests.conftest import kgen_env
 from tests.conftest import run_kgen
@@ -36,8 +38,10 @@ def train_args(run, export=None, settings=SETTINGS, extra=()):
 
 
 def kill_at(fault, args, cwd):
-    """Run `kgen` with the fault-injection hook armed at `fault`."""
-    return run_kgen(*args, cwd=cwd, check=False, env=kgen_env(KGEN_FAULT=fault))
+    """Run `kgen` with `fault` (`POINT:N`, see `tests/faults.py`) armed."""
+    return subprocess.run(faults.command(fault, "-m", "kgen", *args), cwd=cwd,
+                          env=faults.environment(kgen_env()), capture_output=True,
+                          text=True, timeout=900)
 
 
 def history(run):
@@ -193,7 +197,7 @@ def test_diverging_run_fails_named_and_exports_nothing(tmp_path):
 def test_non_finite_weights_keep_the_last_finite_checkpoint(tmp_path, clean):
     run, base = tmp_path / "run", tmp_path / "export"
     args = train_args(run, base)
-    # The hook sets a weight to NaN as epoch 2 begins, as a diverged step would.
+    # A weight is set to NaN as epoch 2 begins, as a diverged step would.
     failed = kill_at("nonfinite:2", args, tmp_path)
     assert failed.returncode != 0
     # A NaN weight shows in the next batch's losses, or else in the weight
