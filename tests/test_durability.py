@@ -253,3 +253,90 @@ def test_export_refuses_non_finite_and_damaged_models(tmp_path, clean):
     assert refused.returncode != 0
     assert f"{cut}: damaged .keras file" in refused.stderr
     assert export_versions(base) == []
+
+
+# === The one atomic writer (kgen.io) and the fault runner (tests/faults.py) ===
+
+
+def test_a_directory_replaces_another_whole_or_not_at_all(tmp_path):
+    from kgen import io as kgen_io
+
+    out = tmp_path / "deploy"
+    for name in ("a", "b"):
+        with kgen_io.atomic_path(out) as tmp:
+            tmp.mkdir()
+            (tmp / name).write_text(name)
+    assert sorted(p.name for p in out.iterdir()) == ["b"]
+    with pytest.raises(RuntimeError, match="cut short"):
+        with kgen_io.atomic_path(out) as tmp:
+            tmp.mkdir()
+            (tmp / "c").write_text("c")
+            raise RuntimeError("cut short")
+    assert sorted(p.name for p in out.iterdir()) == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy"]
+
+
+def test_a_new_directory_takes_the_next_name_when_one_is_taken(tmp_path):
+    from kgen import io as kgen_io
+
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "saved_model.pb").write_bytes(b"another writer's")
+    names = iter(["1", "2"])
+    made = kgen_io.atomic_directory(
+        tmp_path, lambda d: (d.mkdir(), (d / "saved_model.pb").write_bytes(b"mine")),
+        lambda: next(names))
+    assert made == tmp_path / "2"
+    assert (made / "saved_model.pb").read_bytes() == b"mine"
+    assert (tmp_path / "1" / "saved_model.pb").read_bytes() == b"another writer's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "2"]
+
+
+def _killed(fault, code, cwd):
+    return subprocess.run(faults.command(fault, "-c", code), cwd=cwd,
+                          env=faults.environment(kgen_env()), capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_a_writer_killed_before_its_rename_leaves_the_old_file_and_a_stale_temporary(tmp_path):
+    from kgen import io as kgen_io
+
+    state = tmp_path / "state.json"
+    kgen_io.write_text(state, json.dumps({"status": "training"}))
+    code = ("from kgen import io; "
+            "io.write_text('state.json', '{\"status\": \"trained\", \"pad\": \"%s\"}')"
+            % ("x" * 1000))
+    killed = _killed("state:1", code, tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert json.loads(state.read_text()) == {"status": "training"}
+    [left] = temporaries(tmp_path)
+    assert left.name.startswith("state.json.tmp-") and 0 < left.stat().st_size < 1000
+    assert kgen_io.clean_stale_temporaries(tmp_path) == [left]
+    assert not temporaries(tmp_path)
+
+
+def test_an_export_killed_before_its_rename_is_cleaned_by_the_next(tmp_path):
+    from kgen.export.publish import publish
+    from kgen.export.publish import versions
+
+    base = tmp_path / "export"
+    code = ("from kgen.export.publish import publish; "
+            "publish('export', lambda d: (d.mkdir(), (d / 'saved_model.pb')"
+            ".write_bytes(b'x' * 1000)))")
+    killed = _killed("export:1", code, tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert versions(base) == []
+    [left] = temporaries(base)
+    assert (left / "saved_model.pb").stat().st_size == 500  # cut mid-write
+    made = publish(base, lambda d: (d.mkdir(), (d / "saved_model.pb").write_bytes(b"whole")))
+    assert made == base / "1" and not temporaries(base)
+
+
+def test_production_code_holds_no_fault_injection():
+    """Faults come from tests/faults.py through real seams; kgen itself
+    never kills its own process or poisons its weights."""
+    from tests.conftest import REPO
+
+    for path in sorted((REPO / "kgen").rglob("*.py")):
+        text = path.read_text()
+        for word in ("SIGKILL", "KGEN_FAULT", "fault_point", "poison"):
+            assert word not in text, f"{path.relative_to(REPO)} holds {word!r}"
