@@ -1,34 +1,36 @@
 """Writing files so that a kill at any instant leaves the previous good one.
 
-Every file a run or an export writes goes to a temporary sibling first and
-is then renamed over its final name (`os.replace`, atomic within one file
-system). A temporary's name holds the writer's process id, so a later
-process can tell an abandoned temporary (its writer is gone) from one that
-is still being written, and remove only the former.
+kgen has one way to write a file (or a directory) it must not lose: write
+it to a temporary sibling, flush it to disk, and rename it over its final
+name (`os.replace`, atomic within one file system). `atomic_path` is that
+writer; `atomic_write` and `write_text` are its short forms, and
+`atomic_directory` its form for a new directory whose name is chosen when
+it is renamed (a model's next export version). Every rename goes through
+`move_into_place`.
 
-Fault injection (for tests only): when the environment variable
-`KGEN_FAULT` is `POINT:N` (e.g. `checkpoint:2`), the process kills itself
-with SIGKILL at that write point, the N-th time it is reached (for
-per-epoch points, N is the 1-based epoch). At a file write point the
-temporary has been written and cut to half its size first, so the kill
-leaves exactly what a kill in the middle of the write would leave. The
-points are `epoch` (after the first batch of an epoch), `checkpoint`,
-`history`, `backup` (per epoch), `state`, `export` (the N-th export) and
-`trial` (`kgen tune`: after the first epoch, backup included, of the N-th
-trial the process runs).
-One point does not kill: `nonfinite:N` sets a weight to NaN as epoch N
-begins, as a diverged update would.
+A temporary's name (`temporary_sibling`) holds `.tmp-` and the writer's
+process id, so a later process can tell an abandoned temporary (its writer
+is gone) from one still being written, and `clean_stale_temporaries`
+removes only the former.
+
+Example:
+
+```python
+from kgen import io as kgen_io
+
+with kgen_io.atomic_path("runs/x/best.keras", suffix=".keras") as tmp:
+    model.save(tmp)
+kgen_io.write_text("runs/x/state.json", '{"status": "trained"}')
+```
 """
 
 import contextlib
 import os
 import pathlib
 import shutil
-import signal
 import time
 import uuid
 
-FAULT_ENV = "KGEN_FAULT"
 _TMP = ".tmp-"
 _PROCESS_START = time.time()
 
@@ -50,14 +52,47 @@ def temporary_sibling(path, suffix=None):
     return path.with_name(name)
 
 
-def atomic_write(path, write, fault=None, suffix=None):
-    """Write `path` through `write(tmp_path)`, then rename the temporary.
+@contextlib.contextmanager
+def atomic_path(path, suffix=None):
+    """Yield a temporary sibling of `path` to write; rename it into place.
+
+    The caller writes the complete file (or directory) at the yielded path.
+    When the block ends normally, it is flushed to disk and renamed over
+    `path` (`move_into_place`); when the block raises, it is removed and
+    `path` is left as it was.
+
+    Args:
+        path: the final path; its parent directories are made.
+        suffix: appended to the temporary's name (see `temporary_sibling`).
+
+    Yields:
+        The temporary path (a `pathlib.Path` that does not exist yet).
+
+    Example:
+
+    ```python
+    with atomic_path("runs/x/backup/epoch-0002.weights.h5", suffix=".weights.h5") as tmp:
+        model.save_weights(tmp)
+    ```
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(path, suffix)
+    try:
+        yield tmp
+        _sync(tmp)
+        move_into_place(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def atomic_write(path, write, suffix=None):
+    """Write `path` through `write(tmp_path)` (`atomic_path` as a call).
 
     Args:
         path: the final path.
         write: a callable that writes the complete file at the path it is
             given.
-        fault: `(point, index)` naming this write for `KGEN_FAULT`.
         suffix: see `temporary_sibling`.
 
     Returns:
@@ -69,28 +104,96 @@ def atomic_write(path, write, fault=None, suffix=None):
     atomic_write("runs/x/best.keras", model.save, suffix=".keras")
     ```
     """
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path, suffix)
+    with atomic_path(path, suffix) as tmp:
+        write(tmp)
+    return pathlib.Path(path)
+
+
+def write_text(path, text):
+    """Write `text` to `path` as UTF-8, atomically; returns the path."""
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def atomic_directory(parent, write, name):
+    """Write a new directory under `parent` and rename it to `parent / name()`.
+
+    The directory is written by `write(tmp)` into a temporary sibling (a
+    hidden `.new.tmp-PID-HEX`, which `clean_stale_temporaries(parent)`
+    removes once its writer is gone), flushed to disk, and renamed to the
+    name `name()` gives at that moment. A name another writer took
+    meanwhile (its directory exists and is not empty) is asked for again.
+
+    Args:
+        parent: the directory that receives the new one; it is made.
+        write: a callable that writes the complete directory at the path it
+            is given (which does not exist yet).
+        name: a callable returning the name to take (e.g. the next free
+            version number), called before each rename.
+
+    Returns:
+        The new directory's path.
+
+    Example:
+
+    ```python
+    atomic_directory("saved_models/vae", archive.write_out,
+                     lambda: str(next_version("saved_models/vae")))
+    ```
+    """
+    parent = pathlib.Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(parent / ".new")
     try:
         write(tmp)
-        _fsync(tmp)
-        if fault:
-            fault_point(*fault, partial=tmp)
-        os.replace(tmp, path)
-        _fsync(path.parent)
+        _sync(tmp)
+        while True:
+            target = parent / str(name())
+            try:
+                move_into_place(tmp, target, replace=False)
+                return target
+            except OSError:
+                if not target.exists():
+                    raise
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            if tmp.is_dir():
-                shutil.rmtree(tmp)
-            else:
-                tmp.unlink()
-    return path
+        _remove(tmp)
 
 
-def write_text(path, text, fault=None):
-    """`atomic_write` of a UTF-8 text file."""
-    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"), fault)
+def move_into_place(tmp, path, replace=True):
+    """Rename the written temporary `tmp` to `path`: the commit of every
+    atomic write.
+
+    A file replaces `path` in one rename. A directory that replaces an
+    existing directory takes two: the old one is moved aside first (and put
+    back if the second rename fails), then removed. With `replace=False` an
+    existing non-empty directory at `path` is never replaced: the rename
+    fails with `OSError`.
+    """
+    tmp, path = pathlib.Path(tmp), pathlib.Path(path)
+    if replace and tmp.is_dir() and path.is_dir() and not path.is_symlink():
+        old = temporary_sibling(path)
+        os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            os.replace(old, path)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    elif replace:
+        os.replace(tmp, path)
+    else:
+        os.rename(tmp, path)
+    _fsync(path.parent)
+
+
+def _sync(path):
+    """Flush `path` (a file, or every file and folder under a directory)."""
+    if path.is_dir():
+        for root, _, files in os.walk(path):
+            for name in files:
+                _fsync(os.path.join(root, name))
+            _fsync(root)
+    else:
+        _fsync(path)
 
 
 def _fsync(path):
@@ -100,6 +203,15 @@ def _fsync(path):
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _remove(path):
+    """Remove `path` (a file or a directory) if it exists."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _writer_alive(name):
@@ -152,40 +264,3 @@ def clean_stale_temporaries(directory):
                 path.unlink()
         removed.append(path)
     return removed
-
-
-# === Fault injection (tests only) ===
-
-
-def fault_point(point, index=1, partial=None, poison=None):
-    """Kill this process with SIGKILL if `KGEN_FAULT` names `point:index`.
-
-    A fault-injection hook for the durability tests: it does nothing unless
-    the environment variable is set. With `partial`, that file (or the
-    largest file under that directory) is first cut to half its size, so
-    the kill leaves a partly written temporary. With `poison`, that callable
-    runs instead of the kill.
-    """
-    wanted = os.environ.get(FAULT_ENV)
-    if not wanted:
-        return
-    name, _, number = wanted.partition(":")
-    if name != point or int(number or 1) != int(index):
-        return
-    if poison is not None:
-        poison()
-        return
-    if partial is not None:
-        _truncate_half(pathlib.Path(partial))
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _truncate_half(path):
-    if path.is_dir():
-        files = [p for p in path.rglob("*") if p.is_file()]
-        if not files:
-            return
-        path = max(files, key=lambda p: p.stat().st_size)
-    size = path.stat().st_size
-    with open(path, "r+b") as f:
-        f.truncate(size // 2)

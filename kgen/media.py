@@ -1,18 +1,19 @@
 """Results a person can look at: image grids as PNG, text, WAV audio.
 
 numpy, Pillow and the standard library's `wave` only, so `kgen sample` shows an exported model's output
-without importing Keras or any model code. Every file is written to a
-temporary sibling and renamed into place, so a failed write leaves the
-previous file; a path that cannot be written raises `OutputError` naming it.
+without importing Keras or any model code. Every file is written by
+`kgen.io.atomic_path` (a temporary sibling renamed into place), so a failed
+write leaves the previous file; a path that cannot be written raises `OutputError` naming it.
 """
 
 import contextlib
 import math
 import os
 import pathlib
-import uuid
 
 import numpy as np
+
+from kgen import io as kgen_io
 
 
 class OutputError(ValueError):
@@ -59,18 +60,12 @@ def check_writable(path, directory=False):
 
 @contextlib.contextmanager
 def _atomic(path):
-    """Yield a temporary sibling of `path` to write; rename it into place."""
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    """`kgen.io.atomic_path`, with a failed write raised as `OutputError`."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        yield tmp
-        os.replace(tmp, path)
+        with kgen_io.atomic_path(path) as tmp:
+            yield tmp
     except OSError as e:
         raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def image_grid(images, columns=None, padding=1):

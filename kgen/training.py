@@ -384,8 +384,7 @@ def _validation_kid(model, data, recipe, config):
 
 
 def _write_state(run_dir, state):
-    fault = ("state", 1) if state["status"] == "trained" else None
-    kgen_io.write_text(run_dir / "state.json", json.dumps(state, indent=2), fault=fault)
+    kgen_io.write_text(run_dir / "state.json", json.dumps(state, indent=2))
 
 
 def _finished(run_dir, state, export_to, verbose):

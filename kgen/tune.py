@@ -330,7 +330,7 @@ def _file_lock(path):
 # === One trial ===
 
 
-def _objective_callback(trial, objective, fault_index):
+def _objective_callback(trial, objective):
     import keras
 
     class ReportObjective(keras.callbacks.Callback):
@@ -340,14 +340,9 @@ def _objective_callback(trial, objective, fault_index):
         def __init__(self):
             super().__init__()
             self.pruned_at = None
-            self.first_epoch = None
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
-            if self.first_epoch is None:
-                self.first_epoch = epoch
-                # Tests only: a kill after this trial's first epoch is backed up.
-                kgen_io.fault_point("trial", fault_index)
             if objective not in logs:
                 raise TuneError(
                     f"--objective {objective}: not logged by this recipe; the logged "
@@ -378,7 +373,7 @@ def _values(rows, objective):
     return found
 
 
-def run_trial(study, trial, search, fault_index, verbose):
+def run_trial(study, trial, search, verbose):
     """Train one trial; tells the study how it ended. Returns its state."""
     import json
 
@@ -392,7 +387,7 @@ def run_trial(study, trial, search, fault_index, verbose):
     # A retried trial's run resumes: the pruner sees its earlier epochs too.
     for epoch, value in _values(_history(run_dir), search["objective"]):
         trial.report(value, epoch)
-    callback = _objective_callback(trial, search["objective"], fault_index)
+    callback = _objective_callback(trial, search["objective"])
     try:
         training.train(search["recipe"], sets=sets, run_dir=run_dir, export_to=None,
                        verbose=verbose, callbacks=[callback])
@@ -704,8 +699,7 @@ def worker(study, search, n_trials, timeout=None, index=None):
         print(f"{prefix}trial {position} of {n_trials} (#{trial.number}, "
               f"{search['dir'] / run_dir}): {params}", flush=True)
         ran += 1
-        state = run_trial(study, trial, search, fault_index=ran,
-                          verbose=2 if index is None else 0)
+        state = run_trial(study, trial, search, verbose=2 if index is None else 0)
         frozen = study.get_trials(deepcopy=False)[trial.number]
         write_hparams(search, frozen)
         value = "" if frozen.value is None else f" {search['objective']}={frozen.value:.4g}"

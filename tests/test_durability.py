@@ -1,10 +1,10 @@
 """Nothing lost: `kgen train` killed at each write point, then run again.
 
 Real tiny runs of the `vae_digits` recipe (embedded data) through the
-`kgen` command in a subprocess. The kill comes from kgen's fault-injection
-hook (`KGEN_FAULT=POINT:N`, see `kgen/io.py`): the process sends itself
-SIGKILL at that write point, after the temporary has been partly written
-and before the rename. The same command is then run again, and the run must
+`kgen` command in a subprocess. The kill comes from the test runner
+`python -m tests.faults POINT:N -m kgen ...` (see `tests/faults.py`): the
+process is sent SIGKILL at that write point, after the temporary has been
+partly written and before the rename. The same command is then run again, and the run must
 end exactly as a run that was never killed: the same `best.keras` weights,
 the same validation loss per epoch, each epoch once in `history.csv`, and
 (when exported) one complete export version with no temporaries left.
@@ -16,12 +16,14 @@ import json
 import re
 import shutil
 import signal
+import subprocess
 import zipfile
 
 import h5py
 import numpy as np
 import pytest
 
+from tests import faults
 from tests.conftest import backend
 from tests.conftest import kgen_env
 from tests.conftest import run_kgen
@@ -36,8 +38,10 @@ def train_args(run, export=None, settings=SETTINGS, extra=()):
 
 
 def kill_at(fault, args, cwd):
-    """Run `kgen` with the fault-injection hook armed at `fault`."""
-    return run_kgen(*args, cwd=cwd, check=False, env=kgen_env(KGEN_FAULT=fault))
+    """Run `kgen` with `fault` (`POINT:N`, see `tests/faults.py`) armed."""
+    return subprocess.run(faults.command(fault, "-m", "kgen", *args), cwd=cwd,
+                          env=faults.environment(kgen_env()), capture_output=True,
+                          text=True, timeout=900)
 
 
 def history(run):
@@ -193,7 +197,7 @@ def test_diverging_run_fails_named_and_exports_nothing(tmp_path):
 def test_non_finite_weights_keep_the_last_finite_checkpoint(tmp_path, clean):
     run, base = tmp_path / "run", tmp_path / "export"
     args = train_args(run, base)
-    # The hook sets a weight to NaN as epoch 2 begins, as a diverged step would.
+    # A weight is set to NaN as epoch 2 begins, as a diverged step would.
     failed = kill_at("nonfinite:2", args, tmp_path)
     assert failed.returncode != 0
     # A NaN weight shows in the next batch's losses, or else in the weight
@@ -249,3 +253,90 @@ def test_export_refuses_non_finite_and_damaged_models(tmp_path, clean):
     assert refused.returncode != 0
     assert f"{cut}: damaged .keras file" in refused.stderr
     assert export_versions(base) == []
+
+
+# === The one atomic writer (kgen.io) and the fault runner (tests/faults.py) ===
+
+
+def test_a_directory_replaces_another_whole_or_not_at_all(tmp_path):
+    from kgen import io as kgen_io
+
+    out = tmp_path / "deploy"
+    for name in ("a", "b"):
+        with kgen_io.atomic_path(out) as tmp:
+            tmp.mkdir()
+            (tmp / name).write_text(name)
+    assert sorted(p.name for p in out.iterdir()) == ["b"]
+    with pytest.raises(RuntimeError, match="cut short"):
+        with kgen_io.atomic_path(out) as tmp:
+            tmp.mkdir()
+            (tmp / "c").write_text("c")
+            raise RuntimeError("cut short")
+    assert sorted(p.name for p in out.iterdir()) == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy"]
+
+
+def test_a_new_directory_takes_the_next_name_when_one_is_taken(tmp_path):
+    from kgen import io as kgen_io
+
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "saved_model.pb").write_bytes(b"another writer's")
+    names = iter(["1", "2"])
+    made = kgen_io.atomic_directory(
+        tmp_path, lambda d: (d.mkdir(), (d / "saved_model.pb").write_bytes(b"mine")),
+        lambda: next(names))
+    assert made == tmp_path / "2"
+    assert (made / "saved_model.pb").read_bytes() == b"mine"
+    assert (tmp_path / "1" / "saved_model.pb").read_bytes() == b"another writer's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "2"]
+
+
+def _killed(fault, code, cwd):
+    return subprocess.run(faults.command(fault, "-c", code), cwd=cwd,
+                          env=faults.environment(kgen_env()), capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_a_writer_killed_before_its_rename_leaves_the_old_file_and_a_stale_temporary(tmp_path):
+    from kgen import io as kgen_io
+
+    state = tmp_path / "state.json"
+    kgen_io.write_text(state, json.dumps({"status": "training"}))
+    code = ("from kgen import io; "
+            "io.write_text('state.json', '{\"status\": \"trained\", \"pad\": \"%s\"}')"
+            % ("x" * 1000))
+    killed = _killed("state:1", code, tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert json.loads(state.read_text()) == {"status": "training"}
+    [left] = temporaries(tmp_path)
+    assert left.name.startswith("state.json.tmp-") and 0 < left.stat().st_size < 1000
+    assert kgen_io.clean_stale_temporaries(tmp_path) == [left]
+    assert not temporaries(tmp_path)
+
+
+def test_an_export_killed_before_its_rename_is_cleaned_by_the_next(tmp_path):
+    from kgen.export.publish import publish
+    from kgen.export.publish import versions
+
+    base = tmp_path / "export"
+    code = ("from kgen.export.publish import publish; "
+            "publish('export', lambda d: (d.mkdir(), (d / 'saved_model.pb')"
+            ".write_bytes(b'x' * 1000)))")
+    killed = _killed("export:1", code, tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert versions(base) == []
+    [left] = temporaries(base)
+    assert (left / "saved_model.pb").stat().st_size == 500  # cut mid-write
+    made = publish(base, lambda d: (d.mkdir(), (d / "saved_model.pb").write_bytes(b"whole")))
+    assert made == base / "1" and not temporaries(base)
+
+
+def test_production_code_holds_no_fault_injection():
+    """Faults come from tests/faults.py through real seams; kgen itself
+    never kills its own process or poisons its weights."""
+    from tests.conftest import REPO
+
+    for path in sorted((REPO / "kgen").rglob("*.py")):
+        text = path.read_text()
+        for word in ("SIGKILL", "KGEN_FAULT", "fault_point", "poison"):
+            assert word not in text, f"{path.relative_to(REPO)} holds {word!r}"

@@ -41,3 +41,43 @@ def test_wav_is_16_bit_pcm_at_the_rate_and_written_atomically(tmp_path):
         media.save_wav(path, clip, 0)
     assert path.read_bytes() == before
     assert sorted(p.name for p in path.parent.iterdir()) == ["x.wav"]
+
+
+def test_a_failed_write_is_named_and_leaves_the_previous_file(tmp_path, monkeypatch):
+    import pytest
+
+    from kgen import io as kgen_io
+
+    path = media.save_text(tmp_path / "out.txt", "first")
+
+    def disk_full(tmp, path, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(kgen_io, "move_into_place", disk_full)
+    with pytest.raises(media.OutputError,
+                       match=rf"^{path}: cannot write \(No space left on device\)$"):
+        media.save_text(path, "second")
+    assert path.read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_files_are_written_by_kgen_io_with_its_temporary_names(tmp_path, monkeypatch):
+    """Media writes go through kgen's one atomic writer: its temporaries
+    carry the writer's process id, which `clean_stale_temporaries` reads."""
+    import os
+
+    from kgen import io as kgen_io
+
+    renamed = []
+    original = kgen_io.move_into_place
+
+    def move_into_place(tmp, path, *args, **kwargs):
+        renamed.append((tmp.name, path.name))
+        return original(tmp, path, *args, **kwargs)
+
+    monkeypatch.setattr(kgen_io, "move_into_place", move_into_place)
+    media.save_array(tmp_path / "x.npy", np.zeros(3))
+    media.save_wav(tmp_path / "x.wav", np.zeros(80), 8000)
+    media.save_image_grid(tmp_path / "x.png", np.zeros((1, 4, 4, 1)))
+    assert [path for _, path in renamed] == ["x.npy", "x.wav", "x.png"]
+    assert all(tmp.startswith(f"{path}.tmp-{os.getpid()}-") for tmp, path in renamed)

@@ -8,7 +8,8 @@ path of `kgen train`), each worker with its own `--run-dir` and export
 path, then trains one step of each family's tiny model on a fixed global
 batch, under the strategy and on one device. Another pair, started as
 `python -m kgen train`, has its second worker killed in its second epoch
-(`KGEN_FAULT=epoch:2`); both are restarted, as TensorFlow's fault tolerance
+(fault `epoch:2`, run as `python -m tests.faults epoch:2 -m kgen train`);
+both are restarted, as TensorFlow's fault tolerance
 requires, and the run finishes from the chief's backup.
 
 TensorFlow only: multi-worker training is `tf.distribute`'s.
@@ -30,6 +31,7 @@ import pytest
 
 from kgen import distribute
 from kgen.config import ConfigError
+from tests import faults
 from tests.conftest import REPO
 from tests.conftest import backend
 
@@ -74,22 +76,23 @@ def tf_config(ports, index):
 def worker_env(ports, index, tmp, **extra):
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3",
            "TF_CONFIG": tf_config(ports, index), "TMPDIR": str(tmp)}
-    env.pop("KGEN_FAULT", None)
     return {**env, **extra}
 
 
 def start_pair(args, tmp_path, name, fault=None):
-    """Two worker processes running `args`; worker 1 gets `KGEN_FAULT=fault`."""
+    """Two worker processes running `args`; worker 1 runs under `fault`
+    (`POINT:N`, see `tests/faults.py`)."""
     ports = free_ports(2)
     procs = []
     for index in (0, 1):
         scratch = tmp_path / f"{name}-tmp{index}"
         scratch.mkdir(exist_ok=True)
-        extra = {"KGEN_FAULT": fault} if fault and index == 1 else {}
+        argv = ([sys.executable, *args(index)] if not fault or index != 1
+                else faults.command(fault, *args(index)))
         log = open(tmp_path / f"{name}-{index}.log", "w")
         procs.append(subprocess.Popen(
-            [sys.executable, *args(index)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-            env=worker_env(ports, index, scratch, **extra)))
+            argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            env=faults.environment(worker_env(ports, index, scratch))))
     return procs
 
 

@@ -7,9 +7,11 @@ runs, which the training tests cover on every backend.
 
 import json
 import os
+import subprocess
 
 import pytest
 
+from tests import faults
 from tests.conftest import backend
 from tests.conftest import kgen_env
 from tests.conftest import run_kgen
@@ -103,7 +105,9 @@ def test_a_killed_search_resumes_without_redoing_finished_trials(tmp_path):
     keeps trial #0, resumes #1's run from its backup, and ends at 2 trials."""
     args = ["tune", "vae_digits", "--space", "learning_rate=float:1e-3:3e-3:log",
             "--objective", "val_loss", "--trials", "2", "--pruner", "none", *TINY]
-    killed = run_kgen(*args, cwd=tmp_path, check=False, env=kgen_env(KGEN_FAULT="trial:2"))
+    killed = subprocess.run(faults.command("trial:2", "-m", "kgen", *args), cwd=tmp_path,
+                            env=faults.environment(kgen_env()), capture_output=True,
+                            text=True, timeout=900)
     assert killed.returncode == -9, killed.stderr[-2000:]
     directory = tmp_path / "tunes" / "vae_digits"
     assert _states(_study(directory)) == ["COMPLETE", "RUNNING"]
@@ -271,12 +275,13 @@ def test_a_storage_that_cannot_open_is_named():
 
 def test_a_diverged_trial_fails_and_the_search_goes_on(tmp_path, capsys, monkeypatch):
     """In this process: every trial's first epoch gets a NaN weight
-    (KGEN_FAULT=nonfinite:1), so each trial fails with a named error, and
-    the search still runs --trials of them and writes no best settings."""
+    (fault `nonfinite:1`, see `tests/faults.py`), so each trial fails with a
+    named error, and the search still runs --trials of them and writes no
+    best settings."""
     from kgen import cli
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("KGEN_FAULT", "nonfinite:1")
+    faults.arm("nonfinite:1", monkeypatch)
     cli.main(["tune", "vae_digits", "--space", "beta=float:0.5:2", "--objective",
               "val_loss", "--trials", "2", "--dir", "t", "--set", "epochs=1",
               "--set", "steps_per_epoch=1"])

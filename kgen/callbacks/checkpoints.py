@@ -1,7 +1,7 @@
 """Checkpoints, backups and history that a kill cannot damage.
 
 Each callback writes its file to a temporary sibling and renames it into
-place (`kgen.io.atomic_write`), so a kill at any instant leaves the previous
+place (`kgen.io.atomic_path`), so a kill at any instant leaves the previous
 good file. `kgen train` puts them in this order: `FiniteCheck` (stops a
 diverging run before anything is written), `Checkpoint`, `TrainingBackup`
 (whose generation also records the history rows up to its epoch), then
@@ -80,12 +80,6 @@ class FiniteCheck(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
-        kgen_io.fault_point("nonfinite", epoch + 1, poison=self._poison)
-
-    def _poison(self):
-        # Fault injection: what a diverged update leaves in the weights.
-        variable = self.model.trainable_variables[0]
-        variable.assign(keras.ops.full(variable.shape, float("nan"), variable.dtype))
 
     def on_train_batch_end(self, batch, logs=None):
         _check_logs(logs, f"at epoch {self._epoch + 1}, batch {batch + 1}")
@@ -138,8 +132,10 @@ class Checkpoint(keras.callbacks.Callback):
         self.save(epoch)
 
     def save(self, epoch=None):
-        fault = ("checkpoint", epoch + 1) if epoch is not None else None
-        kgen_io.atomic_write(self.path, self.model.save, fault=fault, suffix=".keras")
+        """Write the model to `path` (`epoch`, 0-based, is the epoch that
+        just ended, or `None` after training)."""
+        with kgen_io.atomic_path(self.path, suffix=".keras") as tmp:
+            self.model.save(tmp)
 
 
 class HistoryLog(keras.callbacks.Callback):
@@ -170,7 +166,7 @@ class HistoryLog(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.rows.append(self.row(epoch, logs))
-        kgen_io.write_text(self.path, self.render(), fault=("history", epoch + 1))
+        kgen_io.write_text(self.path, self.render())
 
     def render(self):
         keys = ["epoch"]
@@ -247,7 +243,6 @@ class TrainingBackup(keras.callbacks.Callback):
         self.keep = max(int(keep), 2)
         self.log = log or (lambda message: print(message, file=sys.stderr))
         self.restored = None
-        self._epoch = 0
 
     # === Paths ===
 
@@ -323,20 +318,10 @@ class TrainingBackup(keras.callbacks.Callback):
 
     # === Save ===
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if batch == 0:
-            kgen_io.fault_point("epoch", self._epoch + 1)
-
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1
-        kgen_io.atomic_write(
-            self.weights_path(done),
-            lambda p: self.model.save_weights(p, overwrite=True),
-            fault=("backup", done), suffix=".weights.h5",
-        )
+        with kgen_io.atomic_path(self.weights_path(done), suffix=".weights.h5") as tmp:
+            self.model.save_weights(tmp, overwrite=True)
         best = self.checkpoint.best if self.checkpoint is not None else None
         seeds = {v.path: keras.ops.convert_to_numpy(v).tolist()
                  for v in _seed_states(self.model)}

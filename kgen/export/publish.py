@@ -3,15 +3,13 @@
 TensorFlow Serving watches a model's base path and loads the highest whole
 number directory it finds. A half-written version must never be visible, so
 a version is written to a hidden temporary sibling and then renamed into
-place; a rename within one file system is atomic. The temporary's name
-holds the writer's process id: temporaries whose writer has exited (a
-killed export) are removed by the next export to the same base path.
+place; a rename within one file system is atomic (`kgen.io.atomic_directory`,
+kgen's one atomic writer). The temporary's name holds the writer's process
+id: temporaries whose writer has exited (a killed export) are removed by
+the next export to the same base path.
 """
 
-import os
 import pathlib
-import shutil
-import uuid
 
 from kgen import io as kgen_io
 
@@ -51,6 +49,9 @@ def latest_version_dir(base, version=None):
 def publish(base, write):
     """Write a new version with `write(tmp_dir)`, then rename it into place.
 
+    The version number is taken at the rename: when another publisher took
+    it meanwhile, the next one is used.
+
     Args:
         base: the model's base path, `saved_models/<name>`.
         write: a callable that writes a complete SavedModel into the
@@ -62,19 +63,4 @@ def publish(base, write):
     base = pathlib.Path(base)
     base.mkdir(parents=True, exist_ok=True)
     kgen_io.clean_stale_temporaries(base)
-    tmp = base / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
-    try:
-        write(tmp)
-        kgen_io.fault_point("export", 1, partial=tmp)
-        while True:
-            target = base / str(next_version(base))
-            try:
-                # Fails if another publisher took this number meanwhile
-                # (its directory is not empty): take the next one.
-                os.rename(tmp, target)
-                return target
-            except OSError:
-                if not target.exists():
-                    raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return kgen_io.atomic_directory(base, write, lambda: next_version(base))

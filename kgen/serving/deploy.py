@@ -354,30 +354,15 @@ def _check_out(tree, out, overwrite):
 
 def _publish(out, files, overwrite):
     """Write `files` into a temporary sibling of `out`, then rename it into
-    place (an earlier `out` is moved aside first, put back if the rename
-    fails, and removed last)."""
+    place (`kgen.io.atomic_path`: an earlier `out` is moved aside first, put
+    back if the rename fails, and removed last)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     _clean_abandoned(out)
-    tmp = kgen_io.temporary_sibling(out)
-    try:
+    with kgen_io.atomic_path(out) as tmp:
         for name, text in files.items():
             kgen_io.write_text(tmp / name, text)
-        old = None
-        if out.exists():
-            if any(out.iterdir()) and not overwrite:  # appeared meanwhile
-                raise DeployError(f"--out {out}: exists and is not empty; pass --overwrite")
-            old = kgen_io.temporary_sibling(out)
-            os.rename(out, old)
-        try:
-            os.rename(tmp, out)
-        except OSError:
-            if old is not None:
-                os.rename(old, out)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if out.exists() and any(out.iterdir()) and not overwrite:  # appeared meanwhile
+            raise DeployError(f"--out {out}: exists and is not empty; pass --overwrite")
 
 
 def _clean_abandoned(out):
