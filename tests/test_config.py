@@ -3,6 +3,8 @@ import pytest
 from kgen import config
 from kgen.config import ConfigError
 
+pytestmark = pytest.mark.backend_agnostic
+
 DEFAULTS = dict(data=None, epochs=10, steps_per_epoch=None, learning_rate=1e-3,
                 filters=(32, 64), likelihood="bernoulli", augment=False, seed=0)
 

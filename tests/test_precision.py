@@ -128,7 +128,10 @@ def _audio_on_tensorflow(family):
                     "JAX and PyTorch train the image diffusion model")
 
 
-@pytest.mark.parametrize("family", ["vae", "diffusion", "audio", "lm"])
+AUDIO = pytest.param("audio", marks=pytest.mark.tf_only)
+
+
+@pytest.mark.parametrize("family", ["vae", "diffusion", AUDIO, "lm"])
 def test_family_trains_in_bfloat16_with_falling_loss(trained, family):
     _audio_on_tensorflow(family)
     model, before, after = trained(family)
@@ -146,7 +149,7 @@ def test_family_trains_in_bfloat16_with_falling_loss(trained, family):
         assert keras.backend.standardize_dtype(value.dtype) == "float32"
 
 
-@pytest.mark.parametrize("family", ["diffusion", "audio"])
+@pytest.mark.parametrize("family", ["diffusion", AUDIO])
 def test_diffusion_ema_stays_float32_and_samples_are_finite(trained, family):
     _audio_on_tensorflow(family)
     model, _, _ = trained(family)
@@ -296,6 +299,7 @@ def test_resumed_float16_gan_run_keeps_its_policy_and_loss_scales(tmp_path):
 # === Exports stay float32 ===
 
 
+@pytest.mark.tf_only
 @pytest.mark.parametrize("family", ["vae", "gan", "diffusion", "lm"])
 def test_export_of_a_bfloat16_model_is_float32(family, tmp_path):
     if backend() != "tensorflow":

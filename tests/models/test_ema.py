@@ -102,6 +102,8 @@ MIRRORED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.tf_only
+@pytest.mark.slow
 def test_diffusion_ema_on_two_mirrored_replicas(tmp_path):
     if backend() != "tensorflow":
         pytest.skip("tf.distribute.MirroredStrategy is the TensorFlow backend's")
