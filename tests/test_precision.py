@@ -356,6 +356,7 @@ def test_export_of_a_bfloat16_model_is_float32(family, tmp_path):
 RECIPE_PRECISION = {"ddpm_mnist": BF16, "audio_fsdd": BF16}
 
 
+@pytest.mark.backend_agnostic
 def test_every_recipe_takes_the_setting():
     for name in kgen_config.recipe_names():
         recipe = kgen_config.load_recipe(name)
@@ -366,6 +367,7 @@ def test_every_recipe_takes_the_setting():
             assert config["precision"] == precision
 
 
+@pytest.mark.backend_agnostic
 def test_bad_precision_is_named_with_the_choices():
     recipe = kgen_config.load_recipe("vae_digits")
     with pytest.raises(ConfigError, match=r"^--set precision=float64: expected one of "
@@ -383,6 +385,7 @@ def test_policy_is_restored_after_a_failing_build():
     assert keras.config.dtype_policy().name == "float32"
 
 
+@pytest.mark.backend_agnostic
 def test_run_recorded_before_the_setting_still_resumes(tmp_path):
     """A run directory whose config.json predates `precision` is the same
     run as a float32 one (not refused as "other settings")."""
