@@ -182,7 +182,7 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason=f"tf_only: runs on the TensorFlow backend only "
                                    f"(this is {name})")
     for item in items:
-        if "tf_only" in item.keywords:
+        if item.get_closest_marker("tf_only"):
             item.add_marker(skip)
 
 
@@ -198,7 +198,8 @@ def pytest_runtest_makereport(item, call):
     carry the tf_only marker: its skip is turned into a failure naming it."""
     outcome = yield
     report = outcome.get_result()
-    if not report.skipped or "tf_only" in item.keywords or _backend_name() == "tensorflow":
+    if (not report.skipped or item.get_closest_marker("tf_only")
+            or _backend_name() == "tensorflow"):
         return
     longrepr = report.longrepr
     reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
