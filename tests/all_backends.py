@@ -100,7 +100,7 @@ def run_backend(backend, args):
 
 def main():
     totals = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
-    failed_backends = []
+    failed_backends, empty_backends = [], []
     start = time.time()
     with concurrent.futures.ThreadPoolExecutor(_jobs()) as pool:
         futures = {backend: pool.submit(run_backend, backend, sys.argv[1:])
@@ -110,15 +110,19 @@ def main():
             for key, n in counts.items():
                 totals[key] += n
             if code == NO_TESTS_COLLECTED:
-                continue  # the selection left this backend nothing to run
+                empty_backends.append(backend)  # the selection left it nothing
+                continue
             if code != 0 or not counts.get("passed"):
                 failed_backends.append(backend)
     summary = (f"{totals['passed']} passed, {totals['failed'] + totals['error']} failed"
                f", {totals['skipped']} skipped")
+    nothing_ran = len(empty_backends) == len(BACKENDS)
+    if nothing_ran:
+        print("\nno backend ran a test: the selection left every backend none")
     if failed_backends:
         print(f"\nfailing backends: {', '.join(failed_backends)}")
     print(f"\nall backends: {summary} in {time.time() - start:.0f}s")
-    sys.exit(1 if failed_backends else 0)
+    sys.exit(1 if failed_backends or nothing_ran else 0)
 
 
 if __name__ == "__main__":
