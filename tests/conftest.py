@@ -20,14 +20,40 @@ command runs the suite once per backend). `KGEN_TEST_PRECISION=mixed_bfloat16`
 dtype policy (`kgen.precision`), to run a module's tests on a
 mixed-precision model (e.g. `tests/export/`); tests that check the global
 policy itself (`tests/test_precision.py`) expect float32.
+
+Tiers: every test may carry these markers (declared in pytest.ini, which
+runs with --strict-markers):
+
+- `tf_only`: the test only makes sense on the TensorFlow backend: SavedModel
+  export and `kgen sample`, serving, deploy, evaluate, tune, tf.distribute.
+  On another backend it is skipped here, and a test that skips itself on
+  another backend with a reason naming TensorFlow (and neither JAX nor
+  PyTorch) without the marker fails, so that the marker stays complete.
+- `backend_agnostic`: the test's outcome does not depend on KERAS_BACKEND:
+  data loaders, tokenizers, config parsing, media files, argument errors. It
+  builds and runs no Keras model.
+- `slow`: the test takes long: whole recipes, `kgen` processes that train,
+  several processes, servers, kill-and-resume chains.
+
+`tests/all_backends.py` runs the `tf_only` and `backend_agnostic` tests once,
+on TensorFlow, and the others on TensorFlow, JAX and PyTorch; `-m "not slow"`
+is the fast lane.
+
+`kgen_main(*args)` runs the `kgen` command in this process (argument
+errors, `--help`, refusals); `run_kgen(*args, cwd=...)` runs it in a
+subprocess, for what needs a real process (a kill, a lock, another backend,
+an environment variable read at import, what a terminal shows).
 """
 
+import contextlib
 import gzip
+import io
 import os
 import pathlib
 import subprocess
 import sys
 import tempfile
+import typing
 
 import numpy as np
 import pytest
@@ -141,6 +167,49 @@ def shared(name, *parts):
     return path
 
 
+def _backend_name():
+    """The backend under test, read without importing Keras."""
+    if "keras" in sys.modules:
+        return backend()
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+def pytest_collection_modifyitems(config, items):
+    """tf_only tests are skipped on the JAX and PyTorch backends."""
+    name = _backend_name()
+    if name == "tensorflow":
+        return
+    skip = pytest.mark.skip(reason=f"tf_only: runs on the TensorFlow backend only "
+                                   f"(this is {name})")
+    for item in items:
+        if item.get_closest_marker("tf_only"):
+            item.add_marker(skip)
+
+
+def _skips_for_tensorflow(reason):
+    """Whether a skip reason says the test is the TensorFlow backend's."""
+    return "TensorFlow" in reason and not any(
+        other in reason for other in ("JAX", "PyTorch", "tf_only:"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test that skips itself off TensorFlow for TensorFlow's sake must
+    carry the tf_only marker: its skip is turned into a failure naming it."""
+    outcome = yield
+    report = outcome.get_result()
+    if (not report.skipped or item.get_closest_marker("tf_only")
+            or _backend_name() == "tensorflow"):
+        return
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    if _skips_for_tensorflow(reason) and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} skips off TensorFlow ({reason!r}) but is not "
+                           f"marked tf_only: add @pytest.mark.tf_only (or a module "
+                           f"pytestmark) so that tests/all_backends.py runs it once")
+
+
 def pytest_configure(config):
     policy = os.environ.get("KGEN_TEST_PRECISION")
     if policy:
@@ -202,4 +271,47 @@ def run_kgen(*args, cwd, check=True, timeout=900, env=None):
             f"kgen {' '.join(map(str, args))} exited {result.returncode}:\n"
             f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
         )
+    return result
+
+
+class KgenResult(typing.NamedTuple):
+    """What `kgen_main` returns; unpacks as (code, out, err)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def kgen_main(*args, cwd=None, check=True):
+    """Run `kgen ARGS` in this process (`kgen.cli.main`), in `cwd` if given.
+
+    Returns a KgenResult (returncode, stdout, stderr): the exit status (0 when
+    `main` returns, else its SystemExit code) and what it printed. For
+    argument errors, `--help` and refusals; `run_kgen` is for what needs a
+    real process.
+    """
+    from kgen import cli
+
+    args = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    previous = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli.main(args)
+            except SystemExit as exited:
+                if exited.code is None or isinstance(exited.code, int):
+                    code = exited.code or 0
+                else:  # sys.exit(message): Python prints it and exits 1
+                    print(exited.code, file=sys.stderr)
+                    code = 1
+    finally:
+        os.chdir(previous)
+    result = KgenResult(code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"kgen {' '.join(args)} exited {code}:\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result

@@ -99,6 +99,7 @@ def export(tmp_path_factory):
 # === kgen sample ===
 
 
+@pytest.mark.tf_only
 def test_sample_works_on_the_tiny_export(capfd, cwd, export):
     """The baseline the bad cases differ from: a real grid is written."""
     capfd.readouterr()
@@ -107,10 +108,12 @@ def test_sample_works_on_the_tiny_export(capfd, cwd, export):
     assert capfd.readouterr().out.strip().endswith("grid.png")
 
 
+@pytest.mark.tf_only
 def test_sample_unknown_image_suffix(capfd, cwd, export):
     assert_refused(capfd, [cwd, export], ["sample", export, "--out", "x.xyz"], "x.xyz")
 
 
+@pytest.mark.tf_only
 def test_sample_seed_past_64_bits(capfd, cwd, export):
     seed = 2**63 - 1
     line = assert_refused(capfd, [cwd, export], ["sample", export, "--n", 2, "--seed", seed],
@@ -118,10 +121,12 @@ def test_sample_seed_past_64_bits(capfd, cwd, export):
     assert "64-bit" in line
 
 
+@pytest.mark.tf_only
 def test_sample_model_dir_that_does_not_exist(capfd, cwd, export):
     assert_refused(capfd, [cwd, export], ["sample", "saved_models/none"], "saved_models/none")
 
 
+@pytest.mark.tf_only
 def test_sample_truncated_saved_model(capfd, cwd, export, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(export, broken)
@@ -131,6 +136,7 @@ def test_sample_truncated_saved_model(capfd, cwd, export, tmp_path):
                    "not a loadable SavedModel")
 
 
+@pytest.mark.tf_only
 @pytest.mark.parametrize("folder", ["01", "²"])
 def test_sample_version_folder_not_a_plain_integer(capfd, cwd, export, tmp_path, folder):
     odd = tmp_path / "odd"
@@ -138,20 +144,24 @@ def test_sample_version_folder_not_a_plain_integer(capfd, cwd, export, tmp_path,
     assert_refused(capfd, [cwd, odd], ["sample", odd], f"version folder {folder!r}")
 
 
+@pytest.mark.tf_only
 def test_sample_version_that_does_not_exist(capfd, cwd, export):
     assert_refused(capfd, [cwd, export], ["sample", export, "--version", 7],
                    "--version 7", "found 1")
 
 
+@pytest.mark.tf_only
 def test_sample_label_for_an_unconditional_model(capfd, cwd, export):
     assert_refused(capfd, [cwd, export], ["sample", export, "--label", 3], "--label 3")
 
 
+@pytest.mark.tf_only
 @pytest.mark.parametrize("n", ["0", "-4", "many"])
 def test_sample_bad_count(capfd, cwd, export, n):
     assert_refused(capfd, [cwd, export], ["sample", export, "--n", n], "argument --n", n)
 
 
+@pytest.mark.tf_only
 def test_sample_splits_requests_at_the_exports_max_rows(export):
     """`--n` above the export's max_rows (4 here) is sent as several
     requests; rows are independent, so the split changes nothing."""
@@ -185,6 +195,7 @@ def _save_generate(directory, generate, metadata=None):
     return directory
 
 
+@pytest.mark.tf_only
 def test_sample_graph_refusal_is_one_line(capfd, cwd, tmp_path):
     """An export that checks its rows (at most 2): kgen sample splits a
     larger request, and a refusal from inside the graph is named."""
@@ -214,6 +225,7 @@ def test_sample_graph_refusal_is_one_line(capfd, cwd, tmp_path):
         sample._run(signature, inputs, None, version)
 
 
+@pytest.mark.tf_only
 def test_sample_refuses_non_finite_output(capfd, cwd, tmp_path):
     import tensorflow as tf
 
@@ -227,6 +239,7 @@ def test_sample_refuses_non_finite_output(capfd, cwd, tmp_path):
     assert line.endswith("Nothing written")
 
 
+@pytest.mark.tf_only
 def test_sample_out_in_a_missing_parent_that_is_a_file(capfd, cwd, export):
     (cwd / "taken").write_text("a file")
     assert_refused(capfd, [cwd, export], ["sample", export, "--out", "taken/grid.png"],
@@ -254,6 +267,7 @@ def test_train_bad_setting(capfd, cwd, tmp_path, setting, named):
                                   "--run-dir", tmp_path / "run"], named)
 
 
+@pytest.mark.backend_agnostic
 @pytest.mark.parametrize(
     "name, content, named",
     [
@@ -268,6 +282,7 @@ def test_train_recipe_path_that_is_not_a_recipe(capfd, cwd, name, content, named
     assert_refused(capfd, [cwd], ["train", f"./{name}", "--no-export"], name, named)
 
 
+@pytest.mark.backend_agnostic
 def test_train_recipe_directory(capfd, cwd):
     (cwd / "recipes_here").mkdir()
     assert_refused(capfd, [cwd], ["train", "recipes_here/", "--no-export"], "recipes_here")
@@ -291,6 +306,7 @@ def _refused_data(capfd, cwd, data_dir, *named, recipe="vae_mnist"):
                            "--export", outside / "saved_models"], *named)
 
 
+@pytest.mark.backend_agnostic
 def test_train_gzip_bomb(capfd, cwd, tmp_path):
     data_dir = tmp_path / "bomb"
     data_dir.mkdir()
@@ -302,6 +318,7 @@ def test_train_gzip_bomb(capfd, cwd, tmp_path):
                   "4,294,967,296 bytes", "over the limit")
 
 
+@pytest.mark.backend_agnostic
 def test_train_gzip_bomb_behind_a_small_header(capfd, cwd, tmp_path):
     data_dir = tmp_path / "bomb"
     data_dir.mkdir()
@@ -311,6 +328,7 @@ def test_train_gzip_bomb_behind_a_small_header(capfd, cwd, tmp_path):
     _refused_data(capfd, cwd, data_dir, "train-images-idx3-ubyte.gz", "padded IDX data")
 
 
+@pytest.mark.backend_agnostic
 def test_train_idx_header_sizes_overflow(capfd, cwd, tmp_path):
     data_dir = tmp_path / "overflow"
     data_dir.mkdir()
@@ -321,6 +339,7 @@ def test_train_idx_header_sizes_overflow(capfd, cwd, tmp_path):
                   "(4294967295, 4294967295, 4294967295)")
 
 
+@pytest.mark.backend_agnostic
 def test_train_label_255_in_a_ten_class_set(capfd, cwd, tmp_path):
     data_dir = tmp_path / "labels"
     data_dir.mkdir()
@@ -332,6 +351,7 @@ def test_train_label_255_in_a_ten_class_set(capfd, cwd, tmp_path):
                   "[0, 10)", recipe="cgan_mnist")
 
 
+@pytest.mark.backend_agnostic
 def test_train_pixel_below_zero(capfd, cwd, tmp_path):
     data_dir = tmp_path / "signed"
     data_dir.mkdir()
@@ -361,6 +381,7 @@ def build(config):
 '''
 
 
+@pytest.mark.backend_agnostic
 def test_train_image_folder_with_a_corrupt_png(capfd, cwd, tmp_path):
     from PIL import Image
 
@@ -385,6 +406,7 @@ def test_refused_build_writes_no_run(capfd, cwd):
 # === kgen export ===
 
 
+@pytest.mark.tf_only
 def test_export_of_a_file_that_is_not_a_keras_model(capfd, cwd, export):
     (cwd / "model.keras").write_text("not a zip")
     assert_refused(capfd, [cwd, export], ["export", "model.keras", "--to", export],
@@ -396,6 +418,7 @@ def test_export_of_a_file_that_is_not_a_keras_model(capfd, cwd, export):
                    "arrays.npz", "holds no config.json")
 
 
+@pytest.mark.tf_only
 @pytest.mark.parametrize("rows", ["0", "lots"])
 def test_export_bad_max_rows(capfd, cwd, export, rows):
     assert_refused(capfd, [cwd, export],
@@ -412,6 +435,7 @@ def _kgen_process(*args, cwd):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.tf_only
 def test_terminal_shows_one_line_and_no_tensorflow_start_up(cwd, export, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(export, broken)
@@ -426,6 +450,7 @@ def test_terminal_shows_one_line_and_no_tensorflow_start_up(cwd, export, tmp_pat
     assert ok.stderr == "", f"kgen sample printed to stderr:\n{ok.stderr}"
 
 
+@pytest.mark.tf_only
 def test_debug_shows_the_traceback(cwd, export):
     result = _kgen_process("sample", export, "--out", "x.xyz", "--debug", cwd=cwd)
     assert result.returncode == 2
@@ -433,6 +458,7 @@ def test_debug_shows_the_traceback(cwd, export):
     assert result.stderr.strip().splitlines()[-1].startswith("kgen: error: x.xyz")
 
 
+@pytest.mark.backend_agnostic
 def test_internal_error_is_one_line_with_a_hint(capfd, cwd, tmp_path):
     recipe = tmp_path / "buggy.py"
     recipe.write_text("CONFIG = dict(epochs=1)\n\n\ndef build(config):\n"
@@ -457,6 +483,7 @@ def test_any_user_error_is_one_error_line(capfd, cwd, tmp_path):
     assert line == "kgen: error: --set width=3: this recipe needs an even width"
 
 
+@pytest.mark.backend_agnostic
 def test_gzip_helper_writes_a_real_bomb(tmp_path):
     """The bomb is what it claims: 4 GiB of zeros behind its header."""
     path = write_gzip_bomb(tmp_path / "b.gz", b"head", 4 << 30)

@@ -1,4 +1,5 @@
-"""The `kgen` command as a user runs it, in subprocesses."""
+"""The `kgen` command as a user runs it: in this process (`kgen_main`), or in a
+subprocess where the test needs a real one (training, a kill, another backend)."""
 
 import csv
 import subprocess
@@ -6,34 +7,39 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from tests.conftest import kgen_env
+from tests.conftest import kgen_main
 from tests.conftest import run_kgen
 
 QUICK = ["--set", "epochs=1", "--set", "steps_per_epoch=3"]
 
 
+@pytest.mark.backend_agnostic
 def test_help_explains_each_command(tmp_path):
-    out = run_kgen("--help", cwd=tmp_path).stdout
+    out = kgen_main("--help", cwd=tmp_path).stdout
     for command in ("recipes", "train", "export", "sample"):
         assert command in out
-    train_help = run_kgen("train", "--help", cwd=tmp_path).stdout
+    train_help = kgen_main("train", "--help", cwd=tmp_path).stdout
     assert "--set KEY=VALUE" in train_help and "--backend" in train_help
 
 
+@pytest.mark.backend_agnostic
 def test_help_says_what_runs_code(tmp_path):
     """A recipe path is Python code and a SavedModel is a graph: both run."""
-    out = " ".join(run_kgen("--help", cwd=tmp_path).stdout.split())
+    out = " ".join(kgen_main("--help", cwd=tmp_path).stdout.split())
     assert "`kgen train PATH.py` runs that file's Python code" in out
     assert "`kgen sample` runs the TensorFlow graph of the SavedModel it is given" in out
     assert "--debug" in out and "kgen: error:" in out
-    sample_help = " ".join(run_kgen("sample", "--help", cwd=tmp_path).stdout.split())
+    sample_help = " ".join(kgen_main("sample", "--help", cwd=tmp_path).stdout.split())
     assert "use only exports you trust" in sample_help and "--debug" in sample_help
 
 
+@pytest.mark.backend_agnostic
 def test_debug_flag_before_or_after_the_command(tmp_path):
     for args in (["--debug", "sample", "nowhere"], ["sample", "nowhere", "--debug"]):
-        result = run_kgen(*args, cwd=tmp_path, check=False)
+        result = kgen_main(*args, cwd=tmp_path, check=False)
         assert result.returncode == 2
         assert "Traceback (most recent call last)" in result.stderr
         assert result.stderr.strip().splitlines()[-1] == (
@@ -41,12 +47,14 @@ def test_debug_flag_before_or_after_the_command(tmp_path):
             "saved_models/NAME or one version's directory)")
 
 
+@pytest.mark.backend_agnostic
 def test_recipes_lists_one_line_each(tmp_path):
-    lines = run_kgen("recipes", cwd=tmp_path).stdout.strip().splitlines()
+    lines = kgen_main("recipes", cwd=tmp_path).stdout.strip().splitlines()
     assert any(line.startswith("vae_digits ") and "digits" in line for line in lines)
     assert any(line.startswith("vae_mnist ") for line in lines)
 
 
+@pytest.mark.slow
 def test_train_export_sample(tmp_path):
     """The README's main job in miniature: train, export, sample a PNG."""
     train = run_kgen("train", "vae_digits", *QUICK, cwd=tmp_path)
@@ -73,22 +81,25 @@ def test_train_export_sample(tmp_path):
     assert export.stdout.strip().splitlines()[-1] == "saved_models/vae_digits/2"
 
 
+@pytest.mark.backend_agnostic
 def test_bad_set_value_is_a_clear_error(tmp_path):
-    result = run_kgen("train", "vae_digits", "--set", "epochs=abc", cwd=tmp_path, check=False)
+    result = kgen_main("train", "vae_digits", "--set", "epochs=abc", cwd=tmp_path, check=False)
     assert result.returncode == 2
     assert "kgen: error: --set epochs=abc: expected an integer" in result.stderr
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.backend_agnostic
 def test_bad_data_path_is_a_clear_error(tmp_path):
-    result = run_kgen("train", "vae_mnist", "--set", "data=missing_dir", *QUICK,
+    result = kgen_main("train", "vae_mnist", "--set", "data=missing_dir", *QUICK,
                       cwd=tmp_path, check=False)
     assert result.returncode == 2
     assert "kgen: error: missing_dir: no such file or directory" in result.stderr
 
 
+@pytest.mark.backend_agnostic
 def test_sample_missing_model_is_a_clear_error(tmp_path):
-    result = run_kgen("sample", "saved_models/none", cwd=tmp_path, check=False)
+    result = kgen_main("sample", "saved_models/none", cwd=tmp_path, check=False)
     assert result.returncode == 2
     assert "saved_models/none: no such exported model" in result.stderr
 
@@ -100,6 +111,7 @@ def _epochs_done(history):
         return [int(row["epoch"]) for row in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_where_it_stopped(tmp_path):
     command = [sys.executable, "-m", "kgen", "train", "vae_digits", "--set", "epochs=4",
                "--set", "steps_per_epoch=25", "--run-dir", "run", "--no-export"]
@@ -125,17 +137,19 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
     assert not (tmp_path / "run" / "backup").exists()
 
 
+@pytest.mark.slow
 def test_conditional_gan_train_and_sample_a_label(tmp_path, mnist_dir):
     run_kgen("train", "cgan_mnist", "--set", f"data={mnist_dir}", *QUICK, cwd=tmp_path)
     assert (tmp_path / "runs" / "cgan_mnist" / "last.keras").exists()
     sample = run_kgen("sample", "saved_models/cgan_mnist", "--n", "4", "--label", "3",
                       "--out", "threes.png", cwd=tmp_path)
     assert sample.stdout.strip().endswith("threes.png")
-    bad = run_kgen("sample", "saved_models/cgan_mnist", "--label", "12", cwd=tmp_path,
+    bad = kgen_main("sample", "saved_models/cgan_mnist", "--label", "12", cwd=tmp_path,
                    check=False)
     assert bad.returncode == 2 and "--label 12: must be in [0, 10)" in bad.stderr
 
 
+@pytest.mark.slow
 def test_backend_flag_chooses_the_keras_backend(tmp_path):
     """`--backend` wins over $KERAS_BACKEND: it is set before Keras loads."""
     import json

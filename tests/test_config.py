@@ -5,6 +5,8 @@ from kgen import recipe as kgen_recipe
 from kgen.config import ConfigError
 from kgen.recipe import Recipe
 
+pytestmark = pytest.mark.backend_agnostic
+
 DEFAULTS = dict(data=None, epochs=10, steps_per_epoch=None, learning_rate=1e-3,
                 filters=(32, 64), likelihood="bernoulli", augment=False, seed=0)
 

@@ -72,6 +72,7 @@ DATA_PARALLEL = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kgen_train_data_parallel_uses_two_jax_devices(tmp_path):
     if backend() != "jax":
         pytest.skip("--strategy data_parallel is the JAX backend's (keras.distribution)")
@@ -94,6 +95,8 @@ def test_kgen_train_data_parallel_uses_two_jax_devices(tmp_path):
     assert recorded["strategy"] == "data_parallel" and recorded["backend"] == "jax"
 
 
+@pytest.mark.tf_only
+@pytest.mark.slow
 def test_gan_trains_on_two_mirrored_replicas(tmp_path):
     if backend() != "tensorflow":
         pytest.skip("tf.distribute.MirroredStrategy is the TensorFlow backend's")

@@ -33,6 +33,8 @@ import pytest
 from tests.conftest import REPO
 from tests.conftest import backend
 
+pytestmark = pytest.mark.slow
+
 FAMILIES = ("vae", "gan", "diffusion", "audio", "lm")
 GLOBAL_BATCH = 8
 STEPS = 2
@@ -213,7 +215,9 @@ def results():
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [
+    family if family in CHECKED["jax"] else pytest.param(family, marks=pytest.mark.tf_only)
+    for family in FAMILIES])
 def test_two_replicas_train_as_one_device(results, family):
     if family not in CHECKED[backend()]:
         pytest.skip(f"{family} is checked on TensorFlow only (JAX's test time: "

@@ -28,6 +28,8 @@ from tests.conftest import backend
 from tests.conftest import kgen_env
 from tests.conftest import run_kgen
 
+pytestmark = pytest.mark.slow
+
 SETTINGS = ("--set", "epochs=3", "--set", "steps_per_epoch=2", "--set", "latent_dim=2")
 
 

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.skipif(
     __import__("keras").backend.backend() != "tensorflow",
     reason="kgen evaluate runs SavedModels: tested on the TensorFlow backend only",
 )
+pytestmark = [pytestmark, pytest.mark.tf_only, pytest.mark.slow]
 
 N = "40"  # samples per evaluation (the digits hold out 180)
 TINY = {

@@ -7,6 +7,8 @@ from kgen import media
 from tests.imagecheck import assert_images_look_real
 from tests.imagecheck import grid_cells
 
+pytestmark = pytest.mark.backend_agnostic
+
 
 @pytest.fixture(scope="module")
 def digits(mnist_arrays):

@@ -28,6 +28,7 @@ def cluster(address="127.0.0.1:1234", count="2", index="0"):
             "KERAS_DISTRIBUTION_PROCESS_ID": index}
 
 
+@pytest.mark.backend_agnostic
 def test_process_settings_read_from_the_environment():
     assert jax_distribution.process_settings({}) is None
     assert jax_distribution.process_settings(cluster(index="1")) == {
@@ -37,6 +38,7 @@ def test_process_settings_read_from_the_environment():
         "10.0.0.1:1234,10.0.0.2:2345"
 
 
+@pytest.mark.backend_agnostic
 @pytest.mark.parametrize("environ, named", [
     ({"KERAS_DISTRIBUTION_NUM_PROCESSES": "2"}, "KERAS_DISTRIBUTION_JOB_ADDRESSES"),
     (cluster(address="127.0.0.1"), "KERAS_DISTRIBUTION_JOB_ADDRESSES='127.0.0.1'"),
@@ -94,6 +96,7 @@ def saved_weights(path):
     return arrays
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one(tmp_path):
     """Two `kgen train --strategy data_parallel` processes joined through
     `KERAS_DISTRIBUTION_*` on 127.0.0.1 (one CPU device each) end with the

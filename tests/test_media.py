@@ -1,6 +1,9 @@
 import numpy as np
+import pytest
 
 from kgen import media
+
+pytestmark = pytest.mark.backend_agnostic
 
 
 def test_image_grid_tiles_with_padding():

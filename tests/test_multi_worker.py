@@ -218,6 +218,8 @@ def trained(tmp_path_factory):
     return tmp
 
 
+@pytest.mark.tf_only
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_two_workers_train_each_family_and_only_the_chief_writes(trained, recipe):
     chief_run, worker_run = trained / "runs0" / recipe, trained / "runs1" / recipe
@@ -242,6 +244,8 @@ def test_two_workers_train_each_family_and_only_the_chief_writes(trained, recipe
         np.testing.assert_array_equal(chief[name], worker[other], err_msg=name)
 
 
+@pytest.mark.tf_only
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_one_step_on_two_workers_equals_one_device(trained, family):
     """The same global batch, one SGD step: the losses and every weight
@@ -264,6 +268,8 @@ def test_one_step_on_two_workers_equals_one_device(trained, family):
                                       err_msg=f"{family} {name}: the workers differ")
 
 
+@pytest.mark.tf_only
+@pytest.mark.slow
 def test_killed_worker_resumes_with_no_epoch_lost_or_repeated(tmp_path):
     """Worker 1 dies in epoch 2 (after its first batch); both workers are
     restarted, resume after epoch 1 from the chief's backup and finish."""
@@ -301,6 +307,7 @@ def test_tpu_without_a_tpu_is_a_named_error():
         distribute.distribution("tpu")
 
 
+@pytest.mark.backend_agnostic
 @pytest.mark.parametrize("name", ["mirrored", "multi_worker", "tpu", "data_parallel"])
 def test_torch_runs_only_strategy_none(name):
     with pytest.raises(ConfigError, match=rf"--strategy {name} needs --backend "
@@ -323,6 +330,7 @@ def test_kgen_train_on_torch_refuses_mirrored(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.tf_only
 def test_multi_worker_needs_tf_config(monkeypatch):
     if backend() != "tensorflow":
         pytest.skip(TF_ONLY)

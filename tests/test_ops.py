@@ -25,6 +25,7 @@ def test_cache_update_matches_numpy(shape, start, update_shape):
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(out), expected)
 
 
+@pytest.mark.tf_only
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                     reason="the TensorFlow graph is what an export holds")
 def test_cache_update_traces_to_core_ops_only():

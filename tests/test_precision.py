@@ -128,7 +128,10 @@ def _audio_on_tensorflow(family):
                     "JAX and PyTorch train the image diffusion model")
 
 
-@pytest.mark.parametrize("family", ["vae", "diffusion", "audio", "lm"])
+AUDIO = pytest.param("audio", marks=pytest.mark.tf_only)
+
+
+@pytest.mark.parametrize("family", ["vae", "diffusion", AUDIO, "lm"])
 def test_family_trains_in_bfloat16_with_falling_loss(trained, family):
     _audio_on_tensorflow(family)
     model, before, after = trained(family)
@@ -146,7 +149,7 @@ def test_family_trains_in_bfloat16_with_falling_loss(trained, family):
         assert keras.backend.standardize_dtype(value.dtype) == "float32"
 
 
-@pytest.mark.parametrize("family", ["diffusion", "audio"])
+@pytest.mark.parametrize("family", ["diffusion", AUDIO])
 def test_diffusion_ema_stays_float32_and_samples_are_finite(trained, family):
     _audio_on_tensorflow(family)
     model, _, _ = trained(family)
@@ -296,6 +299,7 @@ def test_resumed_float16_gan_run_keeps_its_policy_and_loss_scales(tmp_path):
 # === Exports stay float32 ===
 
 
+@pytest.mark.tf_only
 @pytest.mark.parametrize("family", ["vae", "gan", "diffusion", "lm"])
 def test_export_of_a_bfloat16_model_is_float32(family, tmp_path):
     if backend() != "tensorflow":
@@ -352,6 +356,7 @@ def test_export_of_a_bfloat16_model_is_float32(family, tmp_path):
 RECIPE_PRECISION = {"ddpm_mnist": BF16, "audio_fsdd": BF16}
 
 
+@pytest.mark.backend_agnostic
 def test_every_recipe_takes_the_setting():
     for name in kgen_config.recipe_names():
         recipe = kgen_config.load_recipe(name)
@@ -362,6 +367,7 @@ def test_every_recipe_takes_the_setting():
             assert config["precision"] == precision
 
 
+@pytest.mark.backend_agnostic
 def test_bad_precision_is_named_with_the_choices():
     recipe = kgen_config.load_recipe("vae_digits")
     with pytest.raises(ConfigError, match=r"^--set precision=float64: expected one of "
@@ -379,6 +385,7 @@ def test_policy_is_restored_after_a_failing_build():
     assert keras.config.dtype_policy().name == "float32"
 
 
+@pytest.mark.backend_agnostic
 def test_run_recorded_before_the_setting_still_resumes(tmp_path):
     """A run directory whose config.json predates `precision` is the same
     run as a float32 one (not refused as "other settings")."""

@@ -18,6 +18,7 @@ def kept(filtered):
     return numpy(filtered) > -1e8
 
 
+@pytest.mark.backend_agnostic
 @pytest.mark.parametrize("name, expected", [
     ("greedy", {"temperature": 1.0, "top_k": 1, "top_p": 1.0}),
     ("temperature", {"temperature": 0.7, "top_k": 0, "top_p": 1.0}),
@@ -30,6 +31,7 @@ def test_named_samplers_are_settings_of_one_computation(name, expected):
     assert sampler.settings(temperature=0.7, top_k=3, top_p=0.8) == expected
 
 
+@pytest.mark.backend_agnostic
 def test_unknown_sampler_and_bad_settings_are_named():
     with pytest.raises(ValueError, match=r"sampler='beam': expected one of \('greedy'"):
         samplers.get("beam")

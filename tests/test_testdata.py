@@ -8,6 +8,8 @@ from kgen.data import load_mnist
 from kgen.data import load_text
 from tests import conftest
 
+pytestmark = pytest.mark.backend_agnostic
+
 
 def test_kgen_data_names_the_folder_of_real_data_sets(tmp_path, monkeypatch):
     (tmp_path / "tinyshakespeare").mkdir()

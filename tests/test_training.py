@@ -53,6 +53,7 @@ def test_config_json_records_the_run(tmp_path):
 # === Writes that a kill cannot damage (kgen.io, kgen.callbacks.checkpoints) ===
 
 
+@pytest.mark.backend_agnostic
 def test_atomic_write_keeps_the_previous_file_when_the_write_fails(tmp_path):
     from kgen import io as kgen_io
 
@@ -69,6 +70,7 @@ def test_atomic_write_keeps_the_previous_file_when_the_write_fails(tmp_path):
     assert list(tmp_path.iterdir()) == [path]
 
 
+@pytest.mark.backend_agnostic
 def test_only_abandoned_temporaries_are_cleaned(tmp_path):
     import os
     import subprocess

@@ -14,6 +14,7 @@ import pytest
 from tests import faults
 from tests.conftest import backend
 from tests.conftest import kgen_env
+from tests.conftest import kgen_main
 from tests.conftest import run_kgen
 
 pytestmark = pytest.mark.skipif(
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.skipif(
     reason="kgen tune's tests run on TensorFlow only (each trial is a kgen run, "
            "tested on every backend by the training tests); this keeps the suite's time",
 )
+pytestmark = [pytestmark, pytest.mark.tf_only]
 
 optuna = pytest.importorskip("optuna")
 
@@ -36,6 +38,7 @@ def _states(study):
     return [t.state.name for t in study.get_trials()]
 
 
+@pytest.mark.slow
 def test_three_trials_prune_the_worse_one_and_print_the_best(tmp_path):
     """The rule: the median pruner with one startup trial prunes a trial whose
     val_loss after epoch 1 is above the median (here: the only value) of the
@@ -100,6 +103,7 @@ def test_three_trials_prune_the_worse_one_and_print_the_best(tmp_path):
             directory / "hparams" / f"trial-{number:04d}")
 
 
+@pytest.mark.slow
 def test_a_killed_search_resumes_without_redoing_finished_trials(tmp_path):
     """Killed (SIGKILL) after the first epoch of its second trial; the rerun
     keeps trial #0, resumes #1's run from its backup, and ends at 2 trials."""
@@ -131,6 +135,7 @@ def test_a_killed_search_resumes_without_redoing_finished_trials(tmp_path):
     assert "trial 2 of 2 (#2, tunes/vae_digits/trial-0001)" in out
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_sqlite_study(tmp_path):
     directory = tmp_path / "shared"
     out = run_kgen(
@@ -154,7 +159,7 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
 
 
 def _error(tmp_path, *args):
-    result = run_kgen("tune", "vae_digits", "--objective", "val_loss", "--trials", "1",
+    result = kgen_main("tune", "vae_digits", "--objective", "val_loss", "--trials", "1",
                       "--dir", tmp_path / "t", *args, cwd=tmp_path, check=False)
     assert result.returncode == 2, result.stderr
     return result.stderr.strip().splitlines()[-1]

@@ -57,6 +57,7 @@ def test_a_kind_it_cannot_log_is_named(tmp_path, mnist_arrays):
                 callbacks=[SampleLogger(tmp_path / "logs", n=2)])
 
 
+@pytest.mark.backend_agnostic
 def test_every_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="every=0"):
         SampleLogger(tmp_path, every=0)

@@ -13,6 +13,8 @@ from kgen.data import load_audio
 from kgen.data import load_audio_data
 from tests.conftest import shared
 
+pytestmark = pytest.mark.backend_agnostic
+
 # A few real FSDD takes: digits 0-2, two speakers, train and test takes.
 SOME_TAKES = [f"{d}_{s}_{i}.wav" for d in (0, 1, 2) for s in ("george", "jackson")
               for i in (0, 7)]

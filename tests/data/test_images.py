@@ -11,6 +11,8 @@ from kgen.data import load_image_folder
 from kgen.data import load_images
 from kgen.data import load_npz
 
+pytestmark = pytest.mark.backend_agnostic
+
 
 def write_idx(path, array, compress=False):
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(

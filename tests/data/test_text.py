@@ -9,6 +9,8 @@ from kgen.data import text_datasets
 from kgen.data.text import split_text
 from tests.conftest import shared
 
+pytestmark = pytest.mark.backend_agnostic
+
 NON_ASCII = "Grüße, naïve café — 東京 😀\nλόγος"
 
 

@@ -18,6 +18,8 @@ from kgen.export import export_model
 from tests.export.helpers import run_without_kgen
 from tests.export.helpers import tiny
 
+pytestmark = pytest.mark.tf_only
+
 # Peak resident memory of the whole serving process (TensorFlow itself takes
 # about 0.6 GB) across every request below.
 PEAK_RSS_MB = 1500

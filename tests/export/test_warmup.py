@@ -21,6 +21,7 @@ pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
     reason="the warm-up file is written by the TensorFlow-backend export, whatever "
            "the training backend; checked once, on TensorFlow")
+pytestmark = [pytestmark, pytest.mark.tf_only]
 
 FAMILIES = ("vae", "gan", "diffusion", "lm")
 

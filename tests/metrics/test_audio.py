@@ -91,6 +91,7 @@ def test_bad_scoring_inputs_are_named(trained, kwargs, pattern):
         score_audio(model, **args)
 
 
+@pytest.mark.backend_agnostic
 def test_a_missing_classifier_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nope\.keras: no such classifier file"):
         load_classifier(tmp_path / "nope.keras")
@@ -98,6 +99,7 @@ def test_a_missing_classifier_file_is_named(tmp_path):
         score_audio(tmp_path / "nope.keras", np.zeros((1, LENGTH)), [0])
 
 
+@pytest.mark.backend_agnostic
 def test_the_classifier_recipe_is_kept_as_keras_and_never_exported(tmp_path):
     # `kgen train` exports to saved_models/<recipe> by default, but not a
     # recipe whose model is not served; asking for it is refused at once.

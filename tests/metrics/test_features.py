@@ -35,6 +35,7 @@ def test_digits_classifier_trains_saves_and_its_features_load(tmp_path):
                                rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.backend_agnostic
 def test_a_missing_classifier_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.keras: no such classifier file"):
         load_feature_extractor(tmp_path / "nope.keras")
@@ -47,6 +48,7 @@ def test_an_unreadable_classifier_file_is_named(tmp_path):
         load_feature_extractor(bad)
 
 
+@pytest.mark.backend_agnostic
 def test_inception_without_its_weights_says_so_and_downloads_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     monkeypatch.delenv(INCEPTION_ENV, raising=False)

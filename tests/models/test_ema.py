@@ -30,6 +30,7 @@ def test_warmup_decay_is_the_formula():
             assert got == pytest.approx(min(decay, (1 + n) / (10 + n)), rel=1e-6)
 
 
+@pytest.mark.backend_agnostic
 @pytest.mark.parametrize("bad", [1.0, -0.1, 2, "0.9", True])
 def test_check_decay_names_the_value(bad):
     with pytest.raises(ValueError, match=f"ema_decay={bad!r}: must be in \\[0, 1\\) or None"):
@@ -102,6 +103,8 @@ MIRRORED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.tf_only
+@pytest.mark.slow
 def test_diffusion_ema_on_two_mirrored_replicas(tmp_path):
     if backend() != "tensorflow":
         pytest.skip("tf.distribute.MirroredStrategy is the TensorFlow backend's")

@@ -46,6 +46,7 @@ DATA = {
 CLASSIFIERS = ("digit_classifier_fsdd", "mnist_classifier", "digits_classifier")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", config.recipe_names())
 def test_recipe_runs_a_few_steps(name, tmp_path):
     sets = {"epochs": "2", "steps_per_epoch": "3", **DATA.get(name, dict)()}

@@ -158,6 +158,7 @@ def test_traces_in_the_backend_compiler(make):
         np.testing.assert_allclose(np_(fn(x, np.asarray(n, "int32"))), x0, atol=2e-3)
 
 
+@pytest.mark.backend_agnostic
 def test_get_and_errors():
     assert schedulers.get("ddim") is DDIMScheduler
     assert schedulers.get("dpm") is DPMSolverScheduler

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
     reason="serving is checked once, on the TensorFlow backend (exports are "
            "TensorFlow graphs whatever the training backend)")
+pytestmark = [pytestmark, pytest.mark.tf_only, pytest.mark.slow]
 
 LM_INPUTS = {"prompt": ["abc", "ba"], "seed": [3, 4], "max_new_tokens": [4, 2],
              "temperature": [1.0, 0.5], "top_k": [0, 3], "top_p": [1.0, 0.9],

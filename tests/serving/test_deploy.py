@@ -21,6 +21,7 @@ pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
     reason="serving is checked once, on the TensorFlow backend (exports are "
            "TensorFlow graphs whatever the training backend)")
+pytestmark = [pytestmark, pytest.mark.tf_only]
 
 
 @pytest.fixture(scope="module")

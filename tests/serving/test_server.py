@@ -30,6 +30,7 @@ pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
     reason="the server runs TensorFlow SavedModels whatever the training backend; "
            "checked once, on tensorflow")
+pytestmark = [pytestmark, pytest.mark.tf_only, pytest.mark.slow]
 
 MAX_ROWS = 8
 MAX_BODY = 200_000
