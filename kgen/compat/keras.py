@@ -4,6 +4,18 @@ Written for Keras 3.15 (`kgen.compat.SUPPORTED["keras"]`); each member is
 pinned by `tests/compat/test_keras_members.py`.
 """
 
+import inspect
+import warnings
+
+from kgen import compat
+
+# The private methods of Keras' TensorFlow trainer that
+# `TensorFlowTrainerHooks` overrides, with their parameters.
+TRAINER_METHODS = {
+    "_make_function": ("self", "step_function"),
+    "_maybe_symbolic_build": ("self", "iterator", "data_batch"),
+}
+
 
 class TensorFlowTrainerHooks:
     """Mixin giving Keras' TensorFlow trainer two hooks it has no public
@@ -49,6 +61,32 @@ class TensorFlowTrainerHooks:
             data_batch = data_batch if first is None else first
             iterator = None
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+
+def trainer_changes(model_class):
+    """What no longer matches `TRAINER_METHODS` in `model_class`'s
+    trainer (`keras.Model` on the TensorFlow backend): one line per method,
+    naming it and the installed Keras; empty when all match."""
+    problems = []
+    for name, expected in TRAINER_METHODS.items():
+        method = getattr(model_class, name, None)
+        if method is None:
+            problems.append(compat.changed("keras", f"TensorFlowTrainer.{name}", "it is gone"))
+            continue
+        found = tuple(inspect.signature(method).parameters)
+        if found != expected:
+            problems.append(compat.changed(
+                "keras", f"TensorFlowTrainer.{name}",
+                f"its parameters are {found}, not {expected}"))
+    return problems
+
+
+def warn_on_trainer_changes(model_class):
+    """Warn once per changed method (`trainer_changes`): kgen's
+    multi-replica fixes would then silently not run."""
+    for problem in trainer_changes(model_class):
+        warnings.warn(f"{problem}; kgen's tf.distribute fixes are not applied",
+                      RuntimeWarning, stacklevel=2)
 
 
 def first_local_batch(strategy, iterator):

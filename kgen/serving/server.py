@@ -379,7 +379,8 @@ class _ModelServer(kserve.ModelServer):
             model.start()
         self.rest = _RestServer(
             FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension,
-            self.http_port, grace_period=self.grace_period, host=self.host,
+            self.http_port, grace_period=self.grace_period, event_loop=self.event_loop,
+            timeout_keep_alive=self.timeout_keep_alive, host=self.host,
             repository=self.repository, max_body_bytes=self.max_body_bytes)
         self.grpc = _GrpcServer(
             self.host, self.grpc_port, self.dataplane, self.model_repository_extension,

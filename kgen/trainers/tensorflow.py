@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from kgen.compat.keras import TensorFlowTrainerHooks
+from kgen.compat.keras import warn_on_trainer_changes
 from kgen.trainers.stateful import StatefulGANTrainer
 
 
@@ -170,3 +171,6 @@ class DistributedTrainer(TensorFlowTrainerHooks):
             )
 
         return distributed_step
+
+
+warn_on_trainer_changes(keras.Model)

@@ -84,6 +84,19 @@ def test_make_function_receives_the_train_and_test_steps_it_runs():
         member, "the step it was given is not the one fit() and evaluate() run")
 
 
+@tensorflow_only
+def test_trainer_changes_are_none_on_the_installed_keras():
+    assert keras_compat.trainer_changes(keras.Model) == []
+
+
+def test_trainer_changes_name_each_missing_method_and_the_version():
+    problems = keras_compat.trainer_changes(object)
+    version = compat.installed_version("keras")
+    assert len(problems) == 2
+    for name, problem in zip(keras_compat.TRAINER_METHODS, problems):
+        assert f"TensorFlowTrainer.{name} changed in keras {version}" in problem
+
+
 # === TensorFlowTrainer._maybe_symbolic_build ===
 
 
