@@ -21,6 +21,9 @@ Keras (`kgen.compat.keras`, pinned in `tests/compat/test_keras_members.py`):
   `(begin, end, iterator)` triples its epoch iterator yields: kgen builds the
   model from this worker's first replica's batch under a multi-worker
   strategy (`TensorFlowTrainerHooks.build_from_local_batch`).
+  `kgen.trainers.tensorflow` also checks both methods when it is imported
+  and warns, naming the method and the Keras version, when either changed
+  (`warn_on_trainer_changes`).
 - `Trainer._initial_epoch`: the epoch a starting `fit()` begins at when a
   callback restores a backup in `on_train_begin` (`set_initial_epoch`, as
   Keras' own `BackupAndRestore` does).
