@@ -42,6 +42,7 @@ import time
 import numpy as np
 
 import _results
+from kgen.serving import defaults
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LM_SETTINGS = {"prompt": "ROMEO:", "max_new_tokens": 32, "temperature": 0.8, "top_k": 20,
@@ -204,8 +205,8 @@ def main():
     parser.add_argument("--rows", type=int, default=1, help="rows per request")
     parser.add_argument("--vae", type=pathlib.Path, help="an exported VAE's base path")
     parser.add_argument("--lm", type=pathlib.Path, help="an exported CausalLM's base path")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--batch-wait-ms", type=float, default=2.0)
+    parser.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE)
+    parser.add_argument("--batch-wait-ms", type=float, default=defaults.BATCH_WAIT_MS)
     _results.add_arguments(parser)
     args = parser.parse_args()
     _results.start()

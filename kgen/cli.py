@@ -33,6 +33,7 @@ import sys
 
 from kgen.errors import UserError
 from kgen.errors import first_line
+from kgen.serving import defaults as serving_defaults
 
 BACKENDS = ("tensorflow", "jax", "torch")
 # Commands that import TensorFlow (to train, export or run a SavedModel).
@@ -228,28 +229,33 @@ def _parser():
     )
     serve.add_argument("root", type=pathlib.Path, metavar="saved_models/",
                        help="the tree holding NAME/<version>/saved_model.pb")
-    serve.add_argument("--host", default="127.0.0.1",
-                       help="address to listen on (default 127.0.0.1; 0.0.0.0 for every "
-                            "interface)")
-    serve.add_argument("--port", type=_positive_int, default=8501,
-                       help="REST port: TF Serving /v1, V2 /v2, health, /metrics (default 8501)")
-    serve.add_argument("--grpc-port", type=_positive_int, default=8500,
-                       help="gRPC port: V2 and TF Serving's PredictionService (default 8500)")
-    serve.add_argument("--max-body-bytes", type=_positive_int, default=32 * 1024 * 1024,
-                       metavar="N", help="largest request body; larger ones are answered "
-                                         "413 (default 33554432, 32 MiB)")
+    serve.add_argument("--host", default=serving_defaults.HOST,
+                       help=f"address to listen on (default {serving_defaults.HOST}; "
+                            "0.0.0.0 for every interface)")
+    serve.add_argument("--port", type=_positive_int, default=serving_defaults.REST_PORT,
+                       help="REST port: TF Serving /v1, V2 /v2, health, /metrics "
+                            f"(default {serving_defaults.REST_PORT})")
+    serve.add_argument("--grpc-port", type=_positive_int, default=serving_defaults.GRPC_PORT,
+                       help="gRPC port: V2 and TF Serving's PredictionService "
+                            f"(default {serving_defaults.GRPC_PORT})")
+    serve.add_argument("--max-body-bytes", type=_positive_int,
+                       default=serving_defaults.MAX_BODY_BYTES, metavar="N",
+                       help="largest request body; larger ones are answered 413 (default "
+                            f"{serving_defaults.size_text(serving_defaults.MAX_BODY_BYTES)})")
     batching = serve.add_mutually_exclusive_group()
     batching.add_argument("--no-batching", action="store_true",
                           help="run every request alone")
     batching.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
                           help="most rows one merged call of concurrent requests holds "
-                               "(default 64, and at most the export's max_rows)")
+                               f"(default {serving_defaults.BATCH_SIZE}, and at most the "
+                               "export's max_rows)")
     serve.add_argument("--batch-wait-ms", type=_non_negative_float, default=None, metavar="T",
                        help="how long an idle model waits for more requests to merge "
-                            "(default 2)")
-    serve.add_argument("--poll-seconds", type=_positive_float, default=2.0, metavar="S",
+                            f"(default {serving_defaults.BATCH_WAIT_MS:g})")
+    serve.add_argument("--poll-seconds", type=_positive_float,
+                       default=serving_defaults.POLL_SECONDS, metavar="S",
                        help="how often the tree is read for new models and versions "
-                            "(default 2)")
+                            f"(default {serving_defaults.POLL_SECONDS:g})")
     serve.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                        help="threads running TensorFlow calls (default: CPUs + 2)")
 
@@ -563,8 +569,9 @@ def _cmd_serve(args):
 
     serve(args.root, host=args.host, port=args.port, grpc_port=args.grpc_port,
           max_body_bytes=args.max_body_bytes, batching=not args.no_batching,
-          batch_size=args.batch_size or 64,
-          batch_wait_ms=2.0 if args.batch_wait_ms is None else args.batch_wait_ms,
+          batch_size=args.batch_size or serving_defaults.BATCH_SIZE,
+          batch_wait_ms=(serving_defaults.BATCH_WAIT_MS if args.batch_wait_ms is None
+                         else args.batch_wait_ms),
           poll_seconds=args.poll_seconds, threads=args.threads, debug=args.debug)
     # Stopped cleanly (SIGINT or SIGTERM): nothing is left to write, and the
     # C++ teardown of TensorFlow and gRPC would keep the process seconds longer.

@@ -25,6 +25,7 @@ import numpy as np
 
 from kgen import io as kgen_io
 from kgen.errors import UserError
+from kgen.compat.keras import set_initial_epoch
 
 
 class NonFiniteError(UserError, RuntimeError):
@@ -314,7 +315,7 @@ class TrainingBackup(keras.callbacks.Callback):
         for variable in _seed_states(self.model):
             if variable.path in states:
                 variable.assign(np.asarray(states[variable.path], dtype=variable.dtype))
-        self.model._initial_epoch = int(self.restored["epoch"])
+        set_initial_epoch(self.model, int(self.restored["epoch"]))
 
     # === Save ===
 

@@ -36,6 +36,7 @@ import shutil
 from kgen import io as kgen_io
 from kgen.errors import UserError
 from kgen.export.warmup import WARMUP_FILE
+from kgen.serving import defaults
 
 # A version folder as TF Serving reads it: a plain whole number.
 _PLAIN_VERSION = re.compile(r"(0|[1-9][0-9]*)\Z")
@@ -149,7 +150,8 @@ def models_config_text(models, root=CONTAINER_ROOT):
     return text_format.MessageToString(model_server_config(models, root))
 
 
-def batching_config_text(max_batch_size, timeout_micros=2000, threads=4):
+def batching_config_text(max_batch_size, timeout_micros=int(defaults.BATCH_WAIT_MS * 1000),
+                         threads=4):
     """TF Serving's `BatchingParameters` text proto. A merged batch never
     holds more rows than `max_batch_size`, the smallest `max_rows` of the
     models, so it passes every export's row bound."""

@@ -27,6 +27,7 @@ import uuid
 
 import numpy as np
 
+from kgen.serving import defaults
 from kgen.serving import metrics
 from kgen.serving.batching import Batcher
 from kgen.serving.errors import ServingError
@@ -37,8 +38,6 @@ from kgen.serving.tensors import dt_name
 from kgen.serving.tree import PLAIN_VERSION
 from kgen.serving.tree import model_dirs
 from kgen.serving.tree import plain_versions
-
-from kgen.serving import _kserve  # noqa: F401  (before any other kserve import)
 
 import kserve
 from kserve.model_repository import ModelRepository
@@ -74,7 +73,8 @@ class Settings:
         executor: the thread pool running the TensorFlow calls.
     """
 
-    def __init__(self, batching=True, batch_size=64, batch_wait_s=0.002, executor=None):
+    def __init__(self, batching=True, batch_size=defaults.BATCH_SIZE,
+                 batch_wait_s=defaults.BATCH_WAIT_MS / 1000.0, executor=None):
         self.batching = batching
         self.batch_size = batch_size
         self.batch_wait_s = batch_wait_s

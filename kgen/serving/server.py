@@ -22,16 +22,19 @@ One `kserve.ModelServer` answers, for every model of the tree
   `kgen_request_latency_seconds`, `kgen_rows_generated_total`,
   `kgen_model_calls_total`, `kgen_batch_requests`, `kgen_model_version`).
 
-How KServe is extended: KServe's REST server registers its V1 routes
-(`/v1/models/{name}` answering `{"name", "ready"}`, and `:predict` passing
-the body to the model) on its FastAPI app. `_RestServer.create_application`
-registers kgen's `/v1/models/{path:path}` route on that app *before*
-KServe's, and Starlette answers with the first route that matches, so
-TF Serving's shapes win while `/v1/models` (the list), V2, health and
-metrics stay KServe's. `_GrpcServer.start` builds KServe's gRPC server as
-KServe does, adds TF Serving's servicers to it, and listens on `--host`
-(KServe's servers listen on every interface; `--host` keeps a laptop's
-server on 127.0.0.1 unless asked).
+How KServe is extended, through its public API: `_ModelServer` is a
+`kserve.ModelServer` whose `start` registers the models and runs kgen's two
+servers in place of KServe's. `_RestServer` is KServe's `RESTServer`; before
+its `create_application()` registers KServe's routes (`/v1/models/{name}`
+answering `{"name", "ready"}`, `:predict` passing the body to the model, V2,
+health, metrics) on KServe's FastAPI app `kserve.model_server.app`, kgen's
+`/v1/models/{path:path}` route is registered on that app, and Starlette
+answers with the first route that matches, so TF Serving's shapes win while
+`/v1/models` (the list), V2, health and metrics stay KServe's. It listens on
+`--host` (KServe's servers listen on every interface; `--host` keeps a
+laptop's server on 127.0.0.1 unless asked). `_GrpcServer` is a gRPC server
+holding KServe's V2 `InferenceServicer` and TF Serving's servicers. The
+KServe state kgen sets that is not public API is in `kgen.compat.kserve`.
 
 Bodies over `--max-body-bytes` are refused with 413 Payload Too Large
 before they are parsed (TF Serving has no such limit of its own; 413 is
@@ -48,7 +51,8 @@ import socket
 import sys
 import time
 
-from kgen.serving import _kserve  # noqa: F401  (before any other kserve import)
+from kgen.compat import kserve as kserve_compat
+from kgen.serving import defaults
 from kgen.serving import metrics
 from kgen.serving import status
 from kgen.serving import tfs_grpc
@@ -69,17 +73,18 @@ from kgen.serving.tree import check_tree
 
 import kserve
 import orjson
+import uvicorn
 from fastapi import Request
 from starlette.responses import Response
+from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+from kserve.errors import NoModelReady
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
-from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.rest.server import RESTServer
 
 log = logging.getLogger("kgen.serving")
 
-DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 # A body declared or found too large is read and dropped up to this many
 # times the limit before the 413 is sent, so the client reads the answer
 # rather than a reset connection; a larger one has its connection closed.
@@ -255,6 +260,7 @@ class _RestServer(RESTServer):
         self.config.host = host
         self.repository = repository
         self.max_body_bytes = max_body_bytes
+        self.server = uvicorn.Server(self.config)
 
     def create_application(self):
         from kserve.model_server import app
@@ -263,47 +269,71 @@ class _RestServer(RESTServer):
         # Before KServe's own /v1 routes: the first matching route answers.
         app.add_api_route("/v1/models/{path:path}", routes.handle, methods=["GET", "POST"],
                           include_in_schema=False)
-        self._register_endpoints(app)
-        self._add_exception_handlers(app)
 
         async def serving_error(request, error):
             return _json({"error": error.message}, error.http_status)
 
         app.add_exception_handler(ServingError, serving_error)
         app.add_middleware(_BodyLimit, limit=self.max_body_bytes, repository=self.repository)
+        super().create_application()
+
+    async def start(self):
+        self.create_application()
+        await self.server.serve()
+
+    def stop(self):
+        self.server.should_exit = True
 
 
 # === gRPC: KServe V2 and TF Serving ===
 
 
-class _GrpcServer(GRPCServer):
-    """KServe's gRPC server (V2 inference service) on `host`, also holding
-    TF Serving's PredictionService and ModelService."""
+class _GrpcServer:
+    """A gRPC server on `host:port` holding KServe's V2 inference service
+    and TF Serving's PredictionService and ModelService.
 
-    def __init__(self, *args, host, repository, **kwargs):
-        super().__init__(*args, **kwargs)
+    Args:
+        host: the address to listen on.
+        port: the port.
+        dataplane: the `kserve.ModelServer`'s data plane.
+        model_repository_extension: the `kserve.ModelServer`'s extension.
+        repository: the `kgen.serving.models.Repository`.
+        max_receive_bytes: the largest request message.
+        max_send_bytes: the largest response message.
+        grace_period: seconds calls in flight get when it stops.
+    """
+
+    def __init__(self, host, port, dataplane, model_repository_extension, repository,
+                 max_receive_bytes, max_send_bytes, grace_period):
         self.host = host
+        self.port = port
+        self.dataplane = dataplane
+        self.model_repository_extension = model_repository_extension
         self.repository = repository
+        self.max_receive_bytes = max_receive_bytes
+        self.max_send_bytes = max_send_bytes
+        self.grace_period = grace_period
+        self.server = None
 
     async def start(self, max_workers):
         from grpc import aio
 
-        # As KServe's GRPCServer.start, plus TF Serving's services and the host.
-        self._server = aio.server(
+        self.server = aio.server(
             concurrent.futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=(ExceptionToStatusInterceptor(),),
-            options=[
-                ("grpc.max_send_message_length", self._kwargs["grpc_max_send_message_length"]),
-                ("grpc.max_receive_message_length",
-                 self._kwargs["grpc_max_receive_message_length"]),
-            ],
+            options=[("grpc.max_send_message_length", self.max_send_bytes),
+                     ("grpc.max_receive_message_length", self.max_receive_bytes)],
         )
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self._data_plane, self._model_repository_extension), self._server)
-        tfs_grpc.add_to_server(self.repository, self._server)
-        self._server.add_insecure_port(_address(self.host, self._port))
-        await self._server.start()
-        await self._server.wait_for_termination()
+            InferenceServicer(self.dataplane, self.model_repository_extension), self.server)
+        tfs_grpc.add_to_server(self.repository, self.server)
+        self.server.add_insecure_port(_address(self.host, self.port))
+        await self.server.start()
+        await self.server.wait_for_termination()
+
+    async def stop(self):
+        if self.server is not None:
+            await self.server.stop(grace=self.grace_period)
 
 
 def _address(host, port):
@@ -313,42 +343,68 @@ def _address(host, port):
 class _ModelServer(kserve.ModelServer):
     """`kserve.ModelServer` starting kgen's REST and gRPC servers."""
 
-    def __init__(self, repository, host, max_body_bytes, poll_seconds, **kwargs):
-        super().__init__(registered_models=repository, enable_docs_url=False,
-                         enable_latency_logging=False, grace_period=5, **kwargs)
+    def __init__(self, repository, host, port, grpc_port, max_body_bytes, poll_seconds):
+        taken = kserve_compat.reset_model_server_arguments()
+        if taken:
+            log.warning("KServe's flags on this command line are not used by kgen "
+                        "serve: %s", ", ".join(f"--{name}" for name in taken))
+        # Every argument given: the constructor's own defaults were read
+        # from the command line when KServe was imported.
+        flags = kserve_compat.model_server_defaults()
+        super().__init__(http_port=port, grpc_port=grpc_port, workers=1,
+                         max_threads=flags.max_threads,
+                         max_asyncio_workers=flags.max_asyncio_workers,
+                         registered_models=repository, enable_grpc=True,
+                         enable_docs_url=False, enable_latency_logging=False,
+                         access_log_format=None, event_loop=flags.event_loop,
+                         timeout_keep_alive=flags.timeout_keep_alive, grace_period=5,
+                         predictor_config=kserve.PredictorConfig(predictor_host=None),
+                         ssl_certfile=flags.ssl_certfile, ssl_keyfile=flags.ssl_keyfile)
         self.repository = repository
         self.host = host
         self.max_body_bytes = max_body_bytes
         self.poll_seconds = poll_seconds
+        self.rest = None
+        self.grpc = None
 
     def start(self, models):
         # As kserve.ModelServer.start with one REST worker, kgen's servers
         # in place of KServe's, and the version poller.
-        self._register_and_check_atleast_one_model_is_ready(models)
-        self._rest_server = _RestServer(
-            "kserve.model_server:app", self.dataplane, self.model_repository_extension,
-            self.http_port, grace_period=self.grace_period, host=self.host,
+        ready = [model for model in models if model.ready]
+        if not ready:
+            raise NoModelReady(models)
+        for model in ready:
+            self.register_model(model)
+            model.enable_latency_logging = self.enable_latency_logging
+            model.start()
+        self.rest = _RestServer(
+            FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension,
+            self.http_port, grace_period=self.grace_period, event_loop=self.event_loop,
+            timeout_keep_alive=self.timeout_keep_alive, host=self.host,
             repository=self.repository, max_body_bytes=self.max_body_bytes)
-        self.servers.append(self._rest_server.start())
-        self._grpc_server = _GrpcServer(
-            self.grpc_port, self.dataplane, self.model_repository_extension,
-            kwargs={"grpc_max_send_message_length": max(self.max_body_bytes, 4 << 20) * 4,
-                    "grpc_max_receive_message_length": self.max_body_bytes},
-            grace_period=self.grace_period, host=self.host, repository=self.repository)
-        self.servers.append(self._grpc_server.start(self.max_threads))
+        self.grpc = _GrpcServer(
+            self.host, self.grpc_port, self.dataplane, self.model_repository_extension,
+            self.repository, max_receive_bytes=self.max_body_bytes,
+            max_send_bytes=max(self.max_body_bytes, 4 << 20) * 4,
+            grace_period=self.grace_period)
+        self.servers += [self.rest.start(), self.grpc.start(self.max_threads)]
         stop_polling = self.repository.start_polling(self.poll_seconds)
         self.register_signal_handler()
+
+        async def serve():
+            await asyncio.gather(*self.servers)
+
         try:
-            asyncio.run(self._serve())
+            asyncio.run(serve())
         finally:
             stop_polling.set()
 
     def stop(self, sig):
         async def shutdown():
-            if self._rest_server is not None:
-                self._rest_server._server.should_exit = True
-            if self._grpc_server is not None:
-                await self._grpc_server.stop(sig)
+            if self.rest is not None:
+                self.rest.stop()
+            if self.grpc is not None:
+                await self.grpc.stop()
 
         asyncio.get_running_loop().create_task(shutdown())
 
@@ -395,9 +451,10 @@ def _client_errors_filter(record):
                                 errors.ModelNotReady))
 
 
-def serve(root, host="127.0.0.1", port=8501, grpc_port=8500,
-          max_body_bytes=DEFAULT_MAX_BODY_BYTES, batching=True, batch_size=64,
-          batch_wait_ms=2.0, poll_seconds=2.0, threads=None, debug=False):
+def serve(root, host=defaults.HOST, port=defaults.REST_PORT, grpc_port=defaults.GRPC_PORT,
+          max_body_bytes=defaults.MAX_BODY_BYTES, batching=True,
+          batch_size=defaults.BATCH_SIZE, batch_wait_ms=defaults.BATCH_WAIT_MS,
+          poll_seconds=defaults.POLL_SECONDS, threads=None, debug=False):
     """Serves every model under `root` until interrupted (SIGINT or SIGTERM).
 
     Args:
@@ -440,8 +497,7 @@ def serve(root, host="127.0.0.1", port=8501, grpc_port=8500,
     if not models:
         raise ServeError(f"{root}: none of the models ({', '.join(names)}) could be loaded "
                          "(see the errors above)")
-    server = _ModelServer(repository, host, max_body_bytes, poll_seconds,
-                          http_port=port, grpc_port=grpc_port)
+    server = _ModelServer(repository, host, port, grpc_port, max_body_bytes, poll_seconds)
     _configure_logging(debug)
     log.info("REST http://%s:%d (TF Serving /v1, V2 /v2, /metrics), gRPC %s "
              "(V2 and tensorflow.serving.PredictionService); batching %s",

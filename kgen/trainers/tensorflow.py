@@ -11,6 +11,8 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from kgen.compat.keras import TensorFlowTrainerHooks
+from kgen.compat.keras import warn_on_trainer_changes
 from kgen.trainers.stateful import StatefulGANTrainer
 
 
@@ -99,26 +101,37 @@ class GANTrainer(StatefulGANTrainer):
         return loss
 
 
-def _in_multi_worker_mode(strategy):
-    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            and strategy.extended._in_multi_worker_mode())
+def in_multi_worker_mode(strategy):
+    """Whether `strategy` is a `MultiWorkerMirroredStrategy` spanning more
+    than one worker, read from its public cluster resolver (as TensorFlow
+    counts workers: the chief and the workers, or the evaluators for an
+    evaluator task)."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    resolver = strategy.cluster_resolver
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not spec:
+        return False
+    if resolver.task_type == "evaluator":
+        return len(spec.get("evaluator", ())) > 1
+    return len(spec.get("chief", ())) + len(spec.get("worker", ())) > 1
 
 
-class DistributedTrainer:
+class DistributedTrainer(TensorFlowTrainerHooks):
     """Mixin that lets Keras' TensorFlow `fit()` run under
     `tf.distribute.MultiWorkerMirroredStrategy` (`--strategy multi_worker`).
 
     Keras 3's TensorFlow trainer fails there in two places, both only when
     the strategy spans more than one worker:
 
-    - `_maybe_symbolic_build` takes one distributed batch to build the
-      model and reduces it with `strategy.reduce("MEAN", batch)`. The batch
-      is a structure (`(x, y)`) of `PerReplica` values; the multi-worker
-      strategy hands the whole structure to a cross-worker all-reduce,
-      which calls `convert_to_tensor` on it: "Attempt to convert a value
-      (PerReplica: ...) to a Tensor". Only the shapes matter there, so this
-      mixin builds from this worker's first replica's batch instead (no
-      collective at all).
+    - it builds the model from one distributed batch reduced with
+      `strategy.reduce("MEAN", batch)`. The batch is a structure (`(x, y)`)
+      of `PerReplica` values; the multi-worker strategy hands the whole
+      structure to a cross-worker all-reduce, which calls
+      `convert_to_tensor` on it: "Attempt to convert a value (PerReplica:
+      ...) to a Tensor". Only the shapes matter there, so this mixin builds
+      from this worker's first replica's batch instead (no collective at
+      all; `build_from_local_batch`).
     - `reduce_per_replica(..., "auto")` then reduces every logged value with
       `strategy.reduce("MEAN", value, axis=0)`, which for a scalar metric
       asks for axis 0 of a rank-0 tensor ("Invalid reduction dimension 0").
@@ -133,28 +146,18 @@ class DistributedTrainer:
     layers' saved config is left as it is (`synchronized=False`), so the
     `.keras` file still loads on JAX and PyTorch.
 
-    With one replica it changes nothing.
+    With one replica it changes nothing. The hooks into Keras' trainer are
+    `kgen.compat.keras.TensorFlowTrainerHooks`.
     """
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        strategy = self._distribute_strategy
-        if iterator is not None and strategy is not None and _in_multi_worker_mode(strategy):
-            for _, _, it in iterator:
-                batch = next(it)
-                data_batch = tf.nest.map_structure(
-                    lambda v: (strategy.experimental_local_results(v)[0]
-                               if isinstance(v, tf.distribute.DistributedValues) else v),
-                    batch,
-                )
-                break
-            iterator = None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+    def build_from_local_batch(self):
+        return in_multi_worker_mode(self.distribute_strategy)
 
-    def _make_function(self, step_function):
+    def wrap_step_function(self, step_function):
         strategy = self.distribute_strategy
-        multi_worker = _in_multi_worker_mode(strategy)
+        multi_worker = in_multi_worker_mode(strategy)
         if strategy.num_replicas_in_sync == 1 and not multi_worker:
-            return super()._make_function(step_function)
+            return step_function
 
         def distributed_step(data):
             with synchronized_batch_norm(self):
@@ -167,5 +170,7 @@ class DistributedTrainer:
                 outputs,
             )
 
-        return super()._make_function(distributed_step)
+        return distributed_step
 
+
+warn_on_trainer_changes(keras.Model)

@@ -1,0 +1,190 @@
+"""The Keras members `kgen.compat.keras` uses that are not public API, each
+pinned on the installed Keras: a test fails naming the member and the
+version when a release changes it (see `kgen/compat/__init__.py`)."""
+
+import inspect
+
+import keras
+import numpy as np
+import pytest
+
+from kgen import compat
+from kgen.compat import keras as keras_compat
+
+BACKEND = keras.backend.backend()
+tensorflow_only = pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason="Keras' TensorFlow trainer: kgen hooks into it on tensorflow only")
+
+
+def _changed(member, detail):
+    return compat.changed("keras", member, detail)
+
+
+def _data(rows=8):
+    rng = np.random.default_rng(0)
+    return (rng.normal(size=(rows, 3)).astype("float32"),
+            rng.normal(size=(rows, 1)).astype("float32"))
+
+
+def _parameters(function):
+    return list(inspect.signature(function).parameters)
+
+
+def test_installed_keras_is_a_verified_release():
+    assert compat.is_supported("keras"), (
+        f"keras {compat.installed_version('keras')} is outside "
+        f"{compat.supported_range('keras')}, the releases kgen.compat's Keras members "
+        "were verified on: run tests/compat/ on it and widen kgen.compat.SUPPORTED")
+
+
+# === TensorFlowTrainer._make_function ===
+
+
+@tensorflow_only
+def test_make_function_signature():
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    member = "keras.src.backend.tensorflow.trainer.TensorFlowTrainer._make_function"
+    assert hasattr(TensorFlowTrainer, "_make_function"), _changed(member, "it is gone")
+    assert _parameters(TensorFlowTrainer._make_function) == ["self", "step_function"], \
+        _changed(member, f"its parameters are {_parameters(TensorFlowTrainer._make_function)}")
+
+
+@tensorflow_only
+def test_make_function_receives_the_train_and_test_steps_it_runs():
+    wrapped, ran = [], []
+
+    class Probe(keras_compat.TensorFlowTrainerHooks, keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(1)
+
+        def call(self, x):
+            return self.dense(x)
+
+        def wrap_step_function(self, step_function):
+            wrapped.append(step_function.__name__)
+
+            def step(data):
+                ran.append(step_function.__name__)
+                return step_function(data)
+
+            return step
+
+    model = Probe()
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = _data()
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    model.evaluate(x, y, batch_size=4, verbose=0)
+    member = "TensorFlowTrainer._make_function(step_function)"
+    assert wrapped == ["train_step", "test_step"], _changed(
+        member, f"fit() and evaluate() handed it {wrapped}, not the train and test steps")
+    assert set(ran) == {"train_step", "test_step"}, _changed(
+        member, "the step it was given is not the one fit() and evaluate() run")
+
+
+@tensorflow_only
+def test_trainer_changes_are_none_on_the_installed_keras():
+    assert keras_compat.trainer_changes(keras.Model) == []
+
+
+def test_trainer_changes_name_each_missing_method_and_the_version():
+    problems = keras_compat.trainer_changes(object)
+    version = compat.installed_version("keras")
+    assert len(problems) == 2
+    for name, problem in zip(keras_compat.TRAINER_METHODS, problems):
+        assert f"TensorFlowTrainer.{name} changed in keras {version}" in problem
+
+
+# === TensorFlowTrainer._maybe_symbolic_build ===
+
+
+@tensorflow_only
+def test_maybe_symbolic_build_signature():
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    member = "keras.src.backend.tensorflow.trainer.TensorFlowTrainer._maybe_symbolic_build"
+    assert hasattr(TensorFlowTrainer, "_maybe_symbolic_build"), _changed(member, "it is gone")
+    parameters = inspect.signature(TensorFlowTrainer._maybe_symbolic_build).parameters
+    assert list(parameters) == ["self", "iterator", "data_batch"] and all(
+        parameters[name].default is None for name in ("iterator", "data_batch")), \
+        _changed(member, f"its parameters are {list(parameters)}")
+
+
+@tensorflow_only
+def test_fit_under_a_strategy_builds_from_the_epoch_iterators_first_batch():
+    import tensorflow as tf
+
+    asked, seen = [], []
+
+    class Probe(keras_compat.TensorFlowTrainerHooks, keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(1)
+
+        def call(self, x):
+            seen.append(tuple(x.shape))
+            return self.dense(x)
+
+        def build_from_local_batch(self):
+            asked.append(True)
+            return True
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        model = Probe()
+        model.compile(optimizer="sgd", loss="mse")
+    x, y = _data()
+    history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    member = "TensorFlowTrainer._maybe_symbolic_build(iterator=...)"
+    assert asked, _changed(member, "fit() under a strategy no longer calls it with its "
+                                   "epoch iterator")
+    assert seen and seen[0] == (4, 3), _changed(
+        member, f"the model was built from shapes {seen[:1]}, not one (4, 3) batch of "
+                "the epoch iterator's (begin, end, iterator) triples")
+    assert len(history.history["loss"]) == 1 and model.built
+
+
+@tensorflow_only
+def test_first_local_batch_reads_a_tensorflow_epoch_iterator():
+    import tensorflow as tf
+    from keras.src.backend.tensorflow.trainer import TFEpochIterator
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    x, y = _data()
+    iterator = TFEpochIterator(distribute_strategy=strategy, x=x, y=y, batch_size=4)
+    batch = keras_compat.first_local_batch(strategy, iterator)
+    shapes = tf.nest.map_structure(lambda v: tuple(v.shape), batch)
+    assert shapes == ((4, 3), (4, 1)), _changed(
+        "keras.src.backend.tensorflow.trainer.TFEpochIterator",
+        f"its first batch read as (begin, end, iterator) triples has shapes {shapes}")
+
+
+# === Trainer._initial_epoch ===
+
+
+def test_initial_epoch_is_an_attribute_of_every_model():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    assert getattr(model, "_initial_epoch", "missing") is None, _changed(
+        "keras.src.trainers.trainer.Trainer._initial_epoch",
+        f"a new model holds {getattr(model, '_initial_epoch', 'missing')!r}, not None")
+
+
+def test_set_initial_epoch_in_on_train_begin_moves_the_first_epoch():
+    epochs = []
+
+    class Resume(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            keras_compat.set_initial_epoch(self.model, 2)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            epochs.append(epoch)
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = _data()
+    model.fit(x, y, batch_size=4, epochs=4, verbose=0, callbacks=[Resume()])
+    assert epochs == [2, 3], _changed(
+        "keras.src.trainers.trainer.Trainer._initial_epoch",
+        f"set in on_train_begin, fit(epochs=4) ran epochs {epochs}, not [2, 3]")
