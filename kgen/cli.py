@@ -634,13 +634,9 @@ _PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError,
 
 
 def _user_errors():
-    """The exceptions that mean a user mistake: each message names the value.
-    (`kgen.io.DamagedFileError` and `kgen.media.OutputError` are listed
-    beside `UserError` as they do not derive from it.)"""
-    from kgen.io import DamagedFileError
-    from kgen.media import OutputError
-
-    return (UserError, DamagedFileError, OutputError, *_PATH_ERRORS)
+    """The exceptions that mean a user mistake: each message names the value
+    (`UserError`, and an OS error about a path the user gave)."""
+    return (UserError, *_PATH_ERRORS)
 
 
 def _message(error):

@@ -31,11 +31,13 @@ import shutil
 import time
 import uuid
 
+from kgen.errors import UserError
+
 _TMP = ".tmp-"
 _PROCESS_START = time.time()
 
 
-class DamagedFileError(RuntimeError):
+class DamagedFileError(UserError, RuntimeError):
     """A file kgen wrote earlier cannot be read back; the message names it."""
 
 

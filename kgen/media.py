@@ -14,9 +14,10 @@ import pathlib
 import numpy as np
 
 from kgen import io as kgen_io
+from kgen.errors import UserError
 
 
-class OutputError(ValueError):
+class OutputError(UserError, ValueError):
     """An output path cannot be written; the message names it and why."""
 
 

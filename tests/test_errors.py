@@ -5,6 +5,8 @@ import pytest
 from kgen.errors import UserError
 from kgen.errors import first_line
 
+pytestmark = pytest.mark.backend_agnostic
+
 
 def _user_error_classes():
     """Every error class kgen raises for a user's mistake, with the built-in
@@ -22,13 +24,17 @@ def _user_error_classes():
     from kgen.serving.tensors import TensorError
     from kgen.serving.tree import ServeError
     from kgen.tune import TuneError
+    from kgen.io import DamagedFileError
+    from kgen.media import OutputError
+    from kgen.trainers.jax_distribution import DistributionError
 
     return [(CommandError, ValueError), (ConfigError, ValueError), (TuneError, ValueError),
             (DataError, ValueError), (EvaluateError, ValueError), (SampleError, ValueError),
             (SampleBufferFull, ValueError), (TooFewSamples, ValueError),
             (ServerError, RuntimeError), (DeployError, ValueError),
             (TensorError, ValueError), (ServeError, ValueError),
-            (NonFiniteError, RuntimeError)]
+            (NonFiniteError, RuntimeError), (DamagedFileError, RuntimeError),
+            (OutputError, ValueError), (DistributionError, ValueError)]
 
 
 def test_user_errors_share_one_base_and_keep_their_own():

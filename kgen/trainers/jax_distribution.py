@@ -33,11 +33,13 @@ import os
 
 import keras
 
+from kgen.errors import UserError
+
 ENVIRONMENT = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
                "KERAS_DISTRIBUTION_PROCESS_ID")
 
 
-class DistributionError(ValueError):
+class DistributionError(UserError, ValueError):
     """A multi-process setting that cannot work, named in the message."""
 
 

@@ -12,9 +12,8 @@ from kgen import compat
 from kgen.compat import keras as keras_compat
 
 BACKEND = keras.backend.backend()
-tensorflow_only = pytest.mark.skipif(
-    BACKEND != "tensorflow",
-    reason="Keras' TensorFlow trainer: kgen hooks into it on tensorflow only")
+# Keras' TensorFlow trainer: kgen hooks into it on TensorFlow only.
+tensorflow_only = pytest.mark.tf_only
 
 
 def _changed(member, detail):

@@ -14,6 +14,8 @@ kserve = pytest.importorskip("kserve", reason="KServe is kgen's [serving] extra"
 from kgen import compat  # noqa: E402
 from kgen.compat import kserve as kserve_compat  # noqa: E402
 
+pytestmark = pytest.mark.tf_only
+
 # The flags kgen serve reads from KServe's defaults (kgen.serving.server).
 FLAGS_READ = ("max_threads", "max_asyncio_workers", "event_loop", "timeout_keep_alive",
               "ssl_certfile", "ssl_keyfile")

@@ -8,6 +8,8 @@ import pytest
 from kgen import cli
 from kgen.serving import defaults
 
+pytestmark = pytest.mark.tf_only
+
 pytest.importorskip("kserve", reason="KServe is kgen's [serving] extra")
 
 
