@@ -26,13 +26,14 @@ from kgen.export.publish import versions
 DEFAULT_MAX_ROWS = 256
 
 
-def _signature_builder(model):
-    """The signature builder the model's family declares (`kgen.family`)."""
+def _family(model):
+    """The model's family declaration (`kgen.family`): its signature
+    builder and the facts `kgen.json` records."""
     from kgen.family import FamilyError
     from kgen.family import family_of
 
     try:
-        return family_of(model).signature_builder()
+        return family_of(model)
     except FamilyError as e:
         raise TypeError(f"no serving signatures for {type(model).__name__}: {e}") from None
 
@@ -117,13 +118,11 @@ def export_model(model, to, max_rows=DEFAULT_MAX_ROWS, verbose=False):
         source = model
         model = _load(model)
         _check_finite(model, source)
-    from kgen.family import family_of
-
-    builder = _signature_builder(model)
-    endpoints, metadata = builder(model, max_rows=max_rows)
+    family = _family(model)
+    endpoints, metadata = family.signature_builder()(model, max_rows=max_rows)
     # The declaration's facts, recorded so that serving, deploy and
     # `kgen sample` read them from the export alone.
-    metadata = {**metadata, **family_of(model).export_metadata()}
+    metadata = {**metadata, **family.export_metadata()}
     # TF Serving replays these while it loads the version (one it refuses
     # would fail that load), so each is checked against its signature.
     warmup = warmup_requests(endpoints, {"max_rows": max_rows, **metadata})
