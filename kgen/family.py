@@ -172,15 +172,6 @@ def family_of(model):
                       f"families: {known}")
 
 
-def declared_class(model):
-    """The class of `model`'s MRO that holds its family declaration."""
-    cls = model if isinstance(model, type) else type(model)
-    for base in cls.__mro__:
-        if base in _REGISTRY:
-            return base
-    family_of(cls)  # raises, naming the class
-
-
 def family_named(name):
     """The declaration of the registered class named `name` (as an export's
     `kgen.json` records it), or None."""
