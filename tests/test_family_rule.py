@@ -161,6 +161,25 @@ def test_importing_a_model_imports_no_export_code():
     assert not [m for m in loaded if m not in ("kgen.export.metadata",)], loaded
 
 
+def test_kgens_families_declare_themselves():
+    """Each of kgen's own families is declared beside its class, with its
+    builder named by path, and the class's output_kind is the declared one."""
+    from kgen import models
+    from kgen.family import families
+
+    declared = {cls.__name__: f for cls, f in families().items()
+                if cls.__module__.startswith("kgen.models.")}
+    assert set(declared) == set(FAMILY_CLASSES)
+    for name, declaration in declared.items():
+        assert getattr(models, name).output_kind == declaration.output_kind
+        module, _, function = declaration.signatures.partition(":")
+        assert module.startswith("kgen.export.") and function, (name, declaration.signatures)
+    assert declared["AudioDiffusionModel"].output_kind == "audio"
+    assert declared["CausalLM"].output_kind == "text"
+    assert declared["DiffusionModel"].uniform_inputs == ("num_steps",)
+    assert declared["VAE"].evaluation_metrics == ("negative_elbo",)
+
+
 # === A family defined here alone ===
 
 
