@@ -51,9 +51,6 @@ from kgen.errors import first_line
 # The held-out share of the data: the recipes' and the classifiers' own
 # validation split (the last 10%).
 HELD_OUT_FRACTION = 0.1
-IMAGE_FAMILIES = ("VAE", "GAN", "DiffusionModel")
-AUDIO_FAMILIES = ("AudioDiffusionModel",)
-TEXT_FAMILIES = ("CausalLM",)
 
 
 class EvaluateError(UserError, ValueError):
@@ -95,6 +92,10 @@ class _Source:
     num_classes = 0
     image_shape = None
     keras_model = None
+    # The evaluation the family declares (`kgen.family.Family.evaluation`)
+    # and the extra metrics it supports.
+    evaluation = None
+    evaluation_metrics = ()
 
     def generate(self, seeds_start, count, labels, settings=None):
         raise NotImplementedError
@@ -123,6 +124,7 @@ class _SavedModelSource(_Source):
         self.max_rows = self.metadata.get("max_rows")
         self.output_kind = self.metadata.get("output_kind", "images")
         self.sample_rate = self.metadata.get("sample_rate")
+        self.evaluation, self.evaluation_metrics = _recorded_evaluation(self.metadata)
         self.name = pathlib.Path(model_dir).name
         if (pathlib.Path(model_dir) / "saved_model.pb").exists():
             self.name = pathlib.Path(model_dir).parent.name
@@ -158,12 +160,35 @@ class _SavedModelSource(_Source):
         return outputs[kind]
 
 
+def _recorded_evaluation(metadata):
+    """`(kind, metrics)` of an export: what its `kgen.json` records of the
+    family's declaration, or (an export written before it was recorded)
+    the declaration of the class `kgen.json` names, or its output kind."""
+    from kgen.family import family_named
+
+    recorded = metadata.get("evaluation")
+    if isinstance(recorded, dict) and isinstance(recorded.get("kind"), str):
+        return recorded["kind"], tuple(recorded.get("metrics") or ())
+    declaration = family_named(metadata.get("family"))
+    if declaration is not None:
+        return declaration.evaluation, declaration.evaluation_metrics
+    return metadata.get("output_kind", "images"), ()
+
+
 class _KerasSource(_Source):
     def __init__(self, path):
         from kgen.export import _load
+        from kgen.family import FamilyError
+        from kgen.family import family_of
 
         self.keras_model = _load(path)
         self.family = type(self.keras_model).__name__
+        try:
+            self.declaration = family_of(self.keras_model)
+        except FamilyError as e:
+            raise EvaluateError(f"{path}: {e}") from None
+        self.evaluation = self.declaration.evaluation
+        self.evaluation_metrics = self.declaration.evaluation_metrics
         self.num_classes = int(getattr(self.keras_model, "num_classes", None) or 0)
         shape = getattr(self.keras_model, "image_shape", None)
         self.image_shape = tuple(int(d) for d in shape) if shape is not None else None
@@ -175,12 +200,12 @@ class _KerasSource(_Source):
 
     def check(self, settings):
         for name, text in (settings or {}).items():
-            _setting_value(name, text)
+            _setting_value(self.declaration, name, text)
 
     def generate(self, start, count, labels, settings=None):
         kwargs = {"labels": labels} if self.num_classes else {}
         for name, text in (settings or {}).items():
-            kwargs[name] = _setting_value(name, text)
+            kwargs[name] = _setting_value(self.declaration, name, text)
         try:
             samples = self.keras_model.generate(count, seed=start, **kwargs)
         except TypeError as e:
@@ -188,17 +213,15 @@ class _KerasSource(_Source):
         return np.asarray(samples, "float32")
 
 
-def _setting_value(name, text):
-    """`--set NAME=TEXT` for `model.generate`: an int, a float or the text."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    if name in ("num_steps", "guidance_scale", "max_new_tokens", "top_k", "top_p",
-                "temperature"):
-        raise EvaluateError(f"--set {name}={text}: expected a number")
-    return text
+def _setting_value(declaration, name, text):
+    """`--set NAME=TEXT` for `model.generate`, as the option's declared
+    dtype (`kgen.family.option_value`): an int, a float or the text."""
+    from kgen.family import option_value
+
+    try:
+        return option_value(declaration, name, text)
+    except ValueError as e:
+        raise EvaluateError(str(e)) from None
 
 
 def _source(model, version):
@@ -370,8 +393,8 @@ def _negative_elbo(vae, images, batch, seed):
             "bits_per_dim": _number(results[f"{elbo.name}_bits_per_dim"])}
 
 
-def _evaluate_images(source, data, n, classifier, seed, batch, keras_path, features,
-                     inception_weights, settings, progress):
+def _evaluate_images(source, *, data, n, classifier, seed, batch, keras_path, features,
+                     inception_weights, settings, progress, **_):
     images, labels, n_train = _load_real(data, source.image_shape)
     image_shape = source.image_shape or tuple(images.shape[1:])
     held_count = len(images) - n_train
@@ -417,7 +440,7 @@ def _evaluate_images(source, data, n, classifier, seed, batch, keras_path, featu
     if model is not None and labels is not None and labels.max() < model.output_shape[-1]:
         report["floor"].update(_accuracy(model, held_out, labels[n_train:n_train + n_eff],
                                          model.output_shape[-1], batch or 256))
-    if source.family == "VAE":
+    if "negative_elbo" in source.evaluation_metrics:
         vae = _keras_file(source, keras_path)
         if vae is None:
             report["note_elbo"] = (f"negative ELBO needs the .keras model: pass --keras "
@@ -473,7 +496,7 @@ def clip_statistics(clips, sample_rate, window_s=0.032, floor_db=30.0):
             "sounding_s": float(sounding.sum(axis=1).mean() * window / sample_rate)}
 
 
-def _evaluate_audio(source, data, n, classifier, seed, batch, settings, progress):
+def _evaluate_audio(source, *, data, n, classifier, seed, batch, settings, progress, **_):
     from kgen.metrics.audio import load_classifier
     from kgen.metrics.audio import score_audio
 
@@ -517,7 +540,7 @@ def _evaluate_audio(source, data, n, classifier, seed, batch, settings, progress
 # === Text ===
 
 
-def _evaluate_text(source, data, n, seed, batch, keras_path, progress):
+def _evaluate_text(source, *, data, n, seed, batch, keras_path, progress, **_):
     from kgen import metrics
     from kgen.data import DataError
     from kgen.data.text import load_text
@@ -604,14 +627,21 @@ def evaluate(model, *, version=None, data=None, n=1000, classifier=None, seed=0,
         raise EvaluateError(f"--batch {batch}: must be an integer >= 1")
     source = _source(model, version)
     source.check(settings)
-    if source.family in AUDIO_FAMILIES:
-        return _evaluate_audio(source, data, n, classifier, seed, batch, settings, progress)
-    if source.family in TEXT_FAMILIES:
-        return _evaluate_text(source, data, n, seed, batch, keras_path, progress)
-    if source.family in IMAGE_FAMILIES or source.image_shape is not None:
-        return _evaluate_images(source, data, n, classifier, seed, batch, keras_path,
-                                features, inception_weights, settings, progress)
-    raise EvaluateError(f"{model}: cannot evaluate a model of family {source.family!r}")
+    evaluator = _EVALUATIONS.get(source.evaluation)
+    if evaluator is None:
+        raise EvaluateError(
+            f"{model}: cannot evaluate a model of family {source.family!r} (its "
+            f"evaluation {source.evaluation!r} is none of {', '.join(_EVALUATIONS)})")
+    return evaluator(source, data=data, n=n, classifier=classifier, seed=seed, batch=batch,
+                     keras_path=keras_path, features=features,
+                     inception_weights=inception_weights, settings=settings,
+                     progress=progress)
+
+
+# The evaluations a family may declare (`kgen.family.Family.evaluation`),
+# named by the kind of what it generates.
+_EVALUATIONS = {"images": _evaluate_images, "audio": _evaluate_audio,
+                "text": _evaluate_text}
 
 
 def format_report(report):

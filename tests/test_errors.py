@@ -24,6 +24,7 @@ def _user_error_classes():
     from kgen.serving.tensors import TensorError
     from kgen.serving.tree import ServeError
     from kgen.tune import TuneError
+    from kgen.export.metadata import MetadataError
     from kgen.io import DamagedFileError
     from kgen.media import OutputError
     from kgen.trainers.jax_distribution import DistributionError
@@ -34,7 +35,8 @@ def _user_error_classes():
             (ServerError, RuntimeError), (DeployError, ValueError),
             (TensorError, ValueError), (ServeError, ValueError),
             (NonFiniteError, RuntimeError), (DamagedFileError, RuntimeError),
-            (OutputError, ValueError), (DistributionError, ValueError)]
+            (OutputError, ValueError), (DistributionError, ValueError),
+            (MetadataError, ValueError)]
 
 
 def test_user_errors_share_one_base_and_keep_their_own():

@@ -113,6 +113,29 @@ def test_a_diffusion_export_is_sampled_in_batches(trained, capsys):
     assert _finite(report["samples"]["fid"], report["samples"]["accuracy"])
 
 
+def test_the_family_declaration_chooses_the_evaluation(trained, capsys, tmp_path):
+    """An export's kgen.json records its family's evaluation; an export
+    written before it did is evaluated by the declaration of the class its
+    kgen.json names. A `.keras` model's `--set` values take the dtypes its
+    family declares for its generate options."""
+    import shutil
+
+    old = tmp_path / "old_vae" / "1"
+    shutil.copytree(trained["vae"]["exported"], old)
+    meta_path = old / "assets.extra" / "kgen.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["evaluation"] == {"kind": "images", "metrics": ["negative_elbo"]}
+    del meta["evaluation"]
+    meta_path.write_text(json.dumps(meta))
+    report = json.loads(_evaluate(capsys, old.parent, "--data", "digits", "--n", "8",
+                                  "--classifier", trained["classifier"],
+                                  "--keras", trained["vae"]["best"], "--json"))
+    assert _finite(report["test"]["negative_elbo_nats"])
+    assert "--set num_steps=x: expected a number" in _error(
+        capsys, trained["ddpm"]["best"], "--data", "digits", "--classifier",
+        trained["classifier"], "--set", "num_steps=x")
+
+
 @pytest.fixture(scope="module")
 def spoken(tmp_path_factory):
     """A tiny audio model exported, and a tiny spoken-digit classifier, both

@@ -12,43 +12,30 @@ import datetime
 import json
 import os
 import pathlib
-import subprocess
-import sys
-import tempfile
 
+from kgen.export.metadata import METADATA_FILE
+from kgen.export.metadata import MetadataError  # noqa: F401  (re-exported)
+from kgen.export.metadata import read_metadata  # noqa: F401  (re-exported)
 from kgen.export.publish import latest_version_dir
 from kgen.export.publish import next_version
 from kgen.export.publish import publish
 from kgen.export.publish import versions
 
-METADATA_FILE = "assets.extra/kgen.json"
 # Rows one request may ask for, unless `export_model(..., max_rows=N)` says
 # otherwise; recorded in kgen.json and enforced inside the graph.
 DEFAULT_MAX_ROWS = 256
 
 
-def _signature_builder(model):
-    # One builder per family, looked up by class so subclasses inherit it.
-    from kgen import models
+def _family(model):
+    """The model's family declaration (`kgen.family`): its signature
+    builder and the facts `kgen.json` records."""
+    from kgen.family import FamilyError
+    from kgen.family import family_of
 
-    from kgen.export.autoregressive import causal_lm_signatures
-    from kgen.export.gan import gan_signatures
-    from kgen.export.vae import vae_signatures
-
-    from kgen.export.audio import audio_diffusion_signatures
-    from kgen.export.diffusion import diffusion_signatures
-
-    builders = {models.VAE: vae_signatures, models.GAN: gan_signatures,
-                models.CausalLM: causal_lm_signatures,
-                models.AudioDiffusionModel: audio_diffusion_signatures,
-                models.DiffusionModel: diffusion_signatures}
-    for cls in type(model).__mro__:
-        if cls in builders:
-            return builders[cls]
-    raise TypeError(
-        f"no serving signatures for {type(model).__name__}; exportable "
-        f"families: {', '.join(c.__name__ for c in builders)}"
-    )
+    try:
+        return family_of(model)
+    except FamilyError as e:
+        raise TypeError(f"no serving signatures for {type(model).__name__}: {e}") from None
 
 
 def _load(path):
@@ -131,8 +118,11 @@ def export_model(model, to, max_rows=DEFAULT_MAX_ROWS, verbose=False):
         source = model
         model = _load(model)
         _check_finite(model, source)
-    builder = _signature_builder(model)
-    endpoints, metadata = builder(model, max_rows=max_rows)
+    family = _family(model)
+    endpoints, metadata = family.signature_builder()(model, max_rows=max_rows)
+    # The declaration's facts, recorded so that serving, deploy and
+    # `kgen sample` read them from the export alone.
+    metadata = {**metadata, **family.export_metadata()}
     # TF Serving replays these while it loads the version (one it refuses
     # would fail that load), so each is checked against its signature.
     warmup = warmup_requests(endpoints, {"max_rows": max_rows, **metadata})
@@ -166,31 +156,18 @@ def _check_max_rows(max_rows):
 
 
 def _export_in_tensorflow_process(model, to, max_rows):
+    """`export_model` in a TensorFlow-backend child process (see
+    `kgen.export._worker`); raises what the export raised there."""
+    import tempfile
+
+    from kgen.export._worker import export_in_subprocess
+
     with tempfile.TemporaryDirectory() as tmp:
         if not isinstance(model, (str, os.PathLike)):
             path = pathlib.Path(tmp) / "model.keras"
             model.save(path)
             model = path
-        env = dict(os.environ, KERAS_BACKEND="tensorflow")
-        result = subprocess.run(
-            [sys.executable, "-m", "kgen", "export", str(model), "--to", str(to),
-             "--max-rows", str(max_rows)],
-            env=env, capture_output=True, text=True,
-        )
-    if result.returncode != 0:
-        how = (f"was killed by signal {-result.returncode}" if result.returncode < 0
-               else "failed")
-        raise RuntimeError(
-            f"export of {model} in a TensorFlow-backend process {how}:\n"
-            f"{result.stderr[-4000:]}"
-        )
-    return pathlib.Path(result.stdout.strip().splitlines()[-1])
-
-
-def read_metadata(version_dir):
-    """The `kgen.json` written beside a SavedModel ({} when absent)."""
-    path = pathlib.Path(version_dir) / METADATA_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+        return export_in_subprocess(model, to, max_rows)
 
 
 def _version():

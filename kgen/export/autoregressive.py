@@ -38,6 +38,13 @@ INPUT_SIGNATURE = [
 ]
 
 
+def served_defaults(input_names):
+    """The defaults of a served `generate` (no `kgen.json`): the sampler
+    settings every export shares (`DEFAULTS`); the prompt is the export's
+    own, which a server does not publish."""
+    return {name: value for name, value in DEFAULTS.items() if name in input_names}
+
+
 def causal_lm_signatures(model, max_rows):
     """`generate`: per-row `prompt`, `seed`, `max_new_tokens`,
     `temperature`, `top_k`, `top_p`, `stop_token` -> `text` (prompt +

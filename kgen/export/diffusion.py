@@ -77,6 +77,15 @@ def default_guidance_scale(conditional, model=None):
     return float(getattr(model, "guidance_scale", 2.0))
 
 
+def served_defaults(input_names):
+    """The defaults of a served `generate` (no `kgen.json`): the guidance
+    of an export that does not say (`default_guidance_scale`); the step
+    count is the export's own, which a server does not publish."""
+    if "guidance_scale" not in input_names:
+        return {}
+    return {"guidance_scale": default_guidance_scale("label" in input_names)}
+
+
 def request_bounds(scheduler, max_rows, max_row_steps=None):
     """`{"max_rows", "num_train_timesteps", "max_row_steps"}` of the export."""
     T = scheduler.num_train_timesteps

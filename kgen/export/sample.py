@@ -18,7 +18,6 @@ sample_saved_model("saved_models/vae_digits", n=16, seed=0, out="grid.png")
 ```
 """
 
-import json
 import pathlib
 import re
 
@@ -26,7 +25,8 @@ import numpy as np
 
 from kgen import media
 from kgen.errors import UserError
-from kgen.export import METADATA_FILE
+from kgen.export import metadata as export_metadata
+from kgen.export.metadata import METADATA_FILE
 from kgen.export.messages import graph_reason
 from kgen.random import MAX_SEED
 from kgen.random import MIN_SEED
@@ -88,17 +88,16 @@ def resolve_version_dir(model_dir, version=None):
 
 
 def read_metadata(version_dir):
-    """The export's `kgen.json` ({} when absent)."""
-    path = pathlib.Path(version_dir) / METADATA_FILE
-    if not path.is_file():
-        return {}
+    """The export's `kgen.json` ({} when absent; `kgen.export.metadata`).
+
+    Raises:
+        SampleError: naming the file when it is unreadable or not a JSON
+            object.
+    """
     try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:
-        raise SampleError(f"{path}: not a readable kgen.json ({e})") from None
-    if not isinstance(metadata, dict):
-        raise SampleError(f"{path}: expected a JSON object")
-    return metadata
+        return export_metadata.read_metadata(version_dir)
+    except export_metadata.MetadataError as e:
+        raise SampleError(str(e)) from None
 
 
 def _check_seed(seed, n):
@@ -275,7 +274,7 @@ def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=No
     _check_seed(seed, n)
     version_dir = resolve_version_dir(model_dir, version)
     metadata = read_metadata(version_dir)
-    kind = metadata.get("output_kind", "images")
+    kind = export_metadata.output_kind(metadata)
     out = _output_path(out, kind)
     loaded = _load(version_dir)  # holds the variables the signature reads
     signature = loaded.signatures["generate"]
@@ -409,6 +408,9 @@ def parse_model_url(url, version=None):
     return server, urllib.parse.unquote(found.group("name")), version
 
 
+# The output kinds `kgen sample` writes, in the order a signature's outputs
+# are searched for them.
+_WRITABLE_KINDS = ("images", "audio", "text")
 # TF Serving's dtype names -> numpy, for the inputs `kgen sample` fills.
 _DTYPES = {"DT_INT64": "int64", "DT_INT32": "int32", "DT_FLOAT": "float32",
            "DT_DOUBLE": "float64", "DT_STRING": "object", "DT_BOOL": "bool"}
@@ -418,29 +420,21 @@ def served_metadata(signature):
     """What `kgen sample` knows of a served model from its `generate`
     signature alone (TF Serving does not serve kgen.json): the output kind
     from the output names, and the defaults that are the same in every
-    export of the family (the LM's sampler settings, diffusion guidance).
-    The rest (an LM's prompt, a diffusion step count, a class label) the
-    user passes."""
+    export of a family, as the families declare them (`kgen.family`:
+    `served_defaults`, e.g. an LM's sampler settings). The rest (an LM's
+    prompt, a diffusion step count, a class label) the user passes."""
+    from kgen.family import families
+
     inputs, outputs = signature["inputs"], signature["outputs"]
-    if "images" in outputs:
-        kind = "images"
-    elif "audio" in outputs:
-        kind = "audio"
-    elif "text" in outputs:
-        kind = "text"
-    else:
+    kind = next((k for k in _WRITABLE_KINDS if k in outputs), None)
+    if kind is None:
         raise SampleError(
             f"the generate signature returns {', '.join(sorted(outputs))}; kgen sample "
-            "writes 'images', 'audio' or 'text'")
+            f"writes {', '.join(repr(k) for k in _WRITABLE_KINDS)}")
     defaults = {}
-    if "prompt" in inputs:
-        from kgen.export.autoregressive import DEFAULTS
-
-        defaults.update(DEFAULTS)
-    if "guidance_scale" in inputs:
-        from kgen.export.diffusion import default_guidance_scale
-
-        defaults["guidance_scale"] = default_guidance_scale("label" in inputs)
+    for declaration in families().values():
+        if declaration.output_kind == kind and set(declaration.options) <= set(inputs):
+            defaults.update(declaration.defaults_for_served(inputs))
     return {"output_kind": kind, "defaults": defaults}
 
 

@@ -4,10 +4,21 @@ waveform with Griffin-Lim."""
 import numpy as np
 
 from kgen.api import kgen_export
+from kgen.family import Family
+from kgen.family import declare_family
 from kgen.audio import LogMel
 from kgen.models.diffusion import DiffusionModel
 
 
+@declare_family(Family(
+    name="audio diffusion",
+    output_kind="audio",
+    signatures="kgen.export.audio:audio_diffusion_signatures",
+    options={"num_steps": "int32", "guidance_scale": "float32"},
+    # One sampling loop runs per call, for every row alike.
+    uniform_inputs=("num_steps",),
+    served_defaults="kgen.export.diffusion:served_defaults",
+))
 @kgen_export("kgen.models.AudioDiffusionModel")
 class AudioDiffusionModel(DiffusionModel):
     """A `DiffusionModel` whose samples are one-second clips.
@@ -51,7 +62,6 @@ class AudioDiffusionModel(DiffusionModel):
     ```
     """
 
-    output_kind = "audio"
     nested_config_keys = ("denoiser", "scheduler", "spectrogram")
 
     def __init__(self, denoiser, spectrogram=None, scheduler="ddpm", num_classes=None,

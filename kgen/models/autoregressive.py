@@ -7,6 +7,8 @@ from keras import ops
 from kgen import metrics  # noqa: F401  (registers the LM metrics for .keras files)
 from kgen import samplers
 from kgen.api import kgen_export
+from kgen.family import Family
+from kgen.family import declare_family
 from kgen.data import tokenizers  # noqa: F401  (registers them for .keras files)
 from kgen.models.base import GenerativeModel
 from kgen.networks import transformer
@@ -16,6 +18,14 @@ from kgen.ops import cache_update
 MAX_NEW_TOKENS = 4096
 
 
+@declare_family(Family(
+    name="language model",
+    output_kind="text",
+    signatures="kgen.export.autoregressive:causal_lm_signatures",
+    options={"prompt": "string", "max_new_tokens": "int32", "temperature": "float32",
+             "top_k": "int32", "top_p": "float32", "stop_token": "string"},
+    served_defaults="kgen.export.autoregressive:served_defaults",
+))
 @kgen_export("kgen.models.CausalLM")
 class CausalLM(GenerativeModel):
     """A decoder-only Transformer over tokens, with cached generation.
@@ -57,8 +67,6 @@ class CausalLM(GenerativeModel):
     """
 
     nested_config_keys = ("network", "tokenizer")
-
-    output_kind = "text"
 
     def __init__(self, network, tokenizer, default_prompt="\n", seed=None, **kwargs):
         if network.output_shape[-1] != tokenizer.vocabulary_size:

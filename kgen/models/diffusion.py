@@ -11,6 +11,8 @@ from kgen import networks  # noqa: F401  (registers the U-Net's layers for .kera
 from kgen import random as kgen_random
 from kgen import schedulers as kgen_schedulers
 from kgen.api import kgen_export
+from kgen.family import Family
+from kgen.family import declare_family
 from kgen.models import ema
 from kgen.models.base import GenerativeModel
 from kgen.models.base import batch_images
@@ -22,6 +24,15 @@ from kgen.trainers import scale_loss
 LOSSES = ("mse", "mae")
 
 
+@declare_family(Family(
+    name="diffusion",
+    output_kind="images",
+    signatures="kgen.export.diffusion:diffusion_signatures",
+    options={"num_steps": "int32", "guidance_scale": "float32"},
+    # One sampling loop runs per call, for every row alike.
+    uniform_inputs=("num_steps",),
+    served_defaults="kgen.export.diffusion:served_defaults",
+))
 @kgen_export("kgen.models.DiffusionModel")
 class DiffusionModel(EMATrainer, GenerativeModel):
     """A diffusion model trained with `fit()` on every backend.

@@ -5,6 +5,8 @@ from keras import ops
 
 from kgen import random as kgen_random
 from kgen.api import kgen_export
+from kgen.family import Family
+from kgen.family import declare_family
 from kgen.models import ema
 from kgen.models.base import GenerativeModel
 from kgen.models.base import batch_images
@@ -16,6 +18,11 @@ LOSSES = ("non_saturating", "hinge", "wasserstein")
 PHASES = ("discriminator", "generator")
 
 
+@declare_family(Family(
+    name="GAN",
+    output_kind="images",
+    signatures="kgen.export.gan:gan_signatures",
+))
 @kgen_export("kgen.models.GAN")
 class GAN(GANTrainer, GenerativeModel):
     """A generator and a discriminator with two optimizers.

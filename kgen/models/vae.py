@@ -7,6 +7,8 @@ from keras import ops
 
 from kgen import random as kgen_random
 from kgen.api import kgen_export
+from kgen.family import Family
+from kgen.family import declare_family
 from kgen.models.base import GenerativeModel
 from kgen.models.base import batch_images
 from kgen.precision import to_float32
@@ -15,6 +17,12 @@ from kgen.trainers import scale_loss
 LIKELIHOODS = ("bernoulli", "gaussian")
 
 
+@declare_family(Family(
+    name="VAE",
+    output_kind="images",
+    signatures="kgen.export.vae:vae_signatures",
+    evaluation_metrics=("negative_elbo",),
+))
 @kgen_export("kgen.models.VAE")
 class VAE(GenerativeModel):
     """A VAE with a diagonal Gaussian latent and a pixel likelihood.

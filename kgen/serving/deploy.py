@@ -27,7 +27,6 @@ write_deployment("saved_models", "deploy")
 ```
 """
 
-import json
 import os
 import pathlib
 import re
@@ -35,6 +34,9 @@ import shutil
 
 from kgen import io as kgen_io
 from kgen.errors import UserError
+from kgen.export.metadata import MetadataError
+from kgen.export.metadata import read_metadata
+from kgen.export.metadata import uniform_inputs
 from kgen.export.warmup import WARMUP_FILE
 from kgen.serving import defaults
 
@@ -106,12 +108,10 @@ def _versions(base):
 
 
 def _metadata(version_dir):
-    path = version_dir / "assets.extra" / "kgen.json"
     try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_metadata(version_dir)
+    except MetadataError:
         return {}
-    return metadata if isinstance(metadata, dict) else {}
 
 
 def service_name(model):
@@ -310,12 +310,17 @@ def write_deployment(tree, out, overwrite=False, image=DEFAULT_IMAGE, rest_port=
         rows = [m["metadata"].get("max_rows") for m in models]
         rows = [r for r in rows if isinstance(r, int) and r > 0]
         files["batching.config"] = batching_config_text(min(rows) if rows else 32)
-        diffusion = [m["name"] for m in models
-                     if m["metadata"].get("family") == "DiffusionModel"]
-        if diffusion:
+        # Inputs an export holds to one value per call (as its kgen.json
+        # records them): merged requests must agree on them.
+        uniform = {}
+        for model in models:
+            shared = tuple(sorted(uniform_inputs(model["metadata"])))
+            if shared:
+                uniform.setdefault(shared, []).append(model["name"])
+        for shared, names in uniform.items():
             notes.append(
-                f"batching merges requests: requests to {', '.join(diffusion)} "
-                "must then share num_steps (one loop runs per merged batch)")
+                f"batching merges requests: requests to {', '.join(names)} "
+                f"must then share {', '.join(shared)} (one loop runs per merged batch)")
     tree_source = os.path.relpath(tree.resolve(), out.resolve().parent / out.name)
     files["docker-compose.yml"] = _yaml(
         compose(models, tree_source, image, rest_port, grpc_port, poll_seconds, batching),

@@ -27,6 +27,9 @@ import uuid
 
 import numpy as np
 
+from kgen.export.metadata import MetadataError
+from kgen.export.metadata import read_metadata
+from kgen.export.metadata import uniform_inputs
 from kgen.serving import defaults
 from kgen.serving import metrics
 from kgen.serving.batching import Batcher
@@ -48,12 +51,7 @@ from kserve.protocol.infer_type import InferResponse
 log = logging.getLogger("kgen.serving")
 
 DEFAULT_SIGNATURE = "serving_default"
-METADATA_FILE = "assets.extra/kgen.json"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
-# Inputs an export needs to hold one value across a whole call, by family
-# (`kgen.json`'s "family"); an export may also list them itself under
-# "uniform_inputs". Requests differing in them are never merged.
-UNIFORM_INPUTS = {"DiffusionModel": ("num_steps",)}
 # Older versions kept loaded after a request named them.
 KEEP_OLD_VERSIONS = 2
 # Open Inference Protocol datatypes of the dtypes the exports use.
@@ -99,9 +97,9 @@ class Version:
         self.metadata = _read_metadata(self.path)
         max_rows = self.metadata.get("max_rows")
         self.max_rows = max_rows if isinstance(max_rows, int) and max_rows > 0 else None
-        uniform = self.metadata.get("uniform_inputs") or ()
-        self.uniform = frozenset(UNIFORM_INPUTS.get(self.metadata.get("family"), ())) | \
-            frozenset(u for u in uniform if isinstance(u, str))
+        # Inputs that hold one value across a whole call, as the export
+        # records them: requests differing in them are never merged.
+        self.uniform = uniform_inputs(self.metadata)
         self.signature_defs = _signature_defs(self.path)
         self._batchers = {}
 
@@ -238,14 +236,13 @@ def _shape_text(shape):
 
 
 def _read_metadata(version_dir):
-    import json
-
-    path = version_dir / METADATA_FILE
+    """The version's `kgen.json`; {} (and a logged warning) when unreadable:
+    TF Serving serves such a version, and so does `kgen serve`."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_metadata(version_dir)
+    except MetadataError as e:
+        log.warning("%s; serving without it", e)
         return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _signature_defs(version_dir):
