@@ -125,6 +125,7 @@ def family_mentions(source, filename="<source>"):
     return found
 
 
+@pytest.mark.backend_agnostic
 def test_shared_modules_name_no_family():
     offences = []
     for path in shared_files():
@@ -133,6 +134,7 @@ def test_shared_modules_name_no_family():
     assert not offences, rule() + "\nFamily knowledge in shared modules:\n" + "\n".join(offences)
 
 
+@pytest.mark.backend_agnostic
 @pytest.mark.parametrize("source, expected", [
     ('IMAGE_FAMILIES = ("VAE", "GAN")', 2),
     ('if meta.get("family") == "DiffusionModel": pass', 1),
@@ -149,6 +151,7 @@ def test_the_scan_finds_family_knowledge(source, expected):
     assert len(family_mentions(source)) == expected, family_mentions(source)
 
 
+@pytest.mark.backend_agnostic
 def test_importing_a_model_imports_no_export_code():
     """Signature builders are named by path and imported on export only."""
     code = ("import sys, kgen.models, kgen.family as f; "
@@ -161,6 +164,7 @@ def test_importing_a_model_imports_no_export_code():
     assert not [m for m in loaded if m not in ("kgen.export.metadata",)], loaded
 
 
+@pytest.mark.backend_agnostic
 def test_kgens_families_declare_themselves():
     """Each of kgen's own families is declared beside its class, with its
     builder named by path, and the class's output_kind is the declared one."""
@@ -236,6 +240,7 @@ class LoudEchoModel(EchoModel):
     """A subclass: it inherits the echo family's declaration."""
 
 
+@pytest.mark.backend_agnostic
 def test_a_family_declared_here_is_found_by_class_and_inherited():
     declaration = family_of(EchoModel)
     assert declaration.name == "echo" and family_of(LoudEchoModel()) is declaration
@@ -266,10 +271,7 @@ def echo_export(tmp_path_factory):
 # Exports are written by the TensorFlow backend; from JAX or PyTorch a
 # child process reloads the `.keras` file, which finds kgen's own families
 # (imported with `kgen.models`) but not a class defined in a test file.
-tf_only = pytest.mark.skipif(
-    "not _tensorflow()", reason="the export is written in-process by the TensorFlow "
-                                "backend only; a test-file family is not importable by "
-                                "the TensorFlow child process")
+tf_only = pytest.mark.tf_only
 
 
 @tf_only

@@ -49,6 +49,7 @@ def test_the_childs_named_error_is_raised_again(tmp_path):
     assert not (tmp_path / "nan" / "1").exists()
 
 
+@pytest.mark.backend_agnostic
 @pytest.mark.parametrize("error, expected, message", [
     ({"module": "kgen.io", "type": "DamagedFileError", "message": "m.keras: damaged"},
      DamagedFileError, "m.keras: damaged"),
@@ -85,10 +86,12 @@ def version(tmp_path):
     return tmp_path
 
 
+@pytest.mark.backend_agnostic
 def test_metadata_absent_is_empty(tmp_path):
     assert read_metadata(tmp_path) == {}
 
 
+@pytest.mark.backend_agnostic
 @pytest.mark.parametrize("text, message", [
     ("{not json", "not a readable kgen.json"),
     ("[1, 2]", "expected a JSON object, found list"),
@@ -103,6 +106,7 @@ def test_unreadable_metadata_is_one_named_error(version, text, message):
     assert isinstance(found.value, ValueError)
 
 
+@pytest.mark.backend_agnostic
 def test_uniform_inputs_as_recorded_or_from_an_older_exports_step_bound(version):
     (version / METADATA_FILE).write_text(json.dumps({"uniform_inputs": ["num_steps", 3]}))
     assert uniform_inputs(read_metadata(version)) == {"num_steps"}
