@@ -222,8 +222,11 @@ def test_sample_url_writes_the_same_file_as_the_export(server, tmp_path, scheme)
     status, _, stderr = sample("--url", f"{url}/vae/versions/1", "--n", "2",
                                "--out", tmp_path / "v.npy")
     assert status == 0, stderr
-    np.testing.assert_array_equal(np.load(tmp_path / "v.npy"),
-                                  np.load(tmp_path / "local.npy")[:2])
+    # Two rows against the first two of three: the same seeds, but a batch
+    # of another size may round the decoder's matmuls differently in the
+    # last bit (oneDNN blocks by batch size on some CPUs).
+    np.testing.assert_allclose(np.load(tmp_path / "v.npy"),
+                               np.load(tmp_path / "local.npy")[:2], rtol=0, atol=1e-6)
 
 
 def test_sample_url_says_what_the_server_cannot_tell(server, tmp_path):
