@@ -17,7 +17,7 @@ class ConfigError(UserError, ValueError):
 # Settings every recipe takes (a recipe's CONFIG may give its own default):
 # `precision` is the Keras dtype policy its model is built under
 # (`kgen.precision`).
-COMMON = {"precision": "float32"}
+COMMON = {"precision": "auto"}
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}

@@ -1,6 +1,24 @@
-"""Mixed precision: `--set precision=float32|mixed_bfloat16|mixed_float16`.
+"""Mixed precision: `--set precision=auto|float32|mixed_bfloat16|mixed_float16`.
 
-Every recipe takes the setting (`kgen.config.COMMON`). The recipe's model is
+Every recipe takes the setting (`kgen.config.COMMON`), `auto` by default.
+`auto` is decided per device when a run starts (`resolve`), from what the
+backend and the operating system report (`device`):
+
+- `mixed_bfloat16` where the device computes bfloat16 natively: a TPU, an
+  NVIDIA GPU of compute capability 8.0 or newer, or a CPU with the
+  AVX512_BF16 or AMX-BF16 instructions (`kgen.machine.cpu_has_bf16`);
+- `mixed_float16` on an NVIDIA GPU with float16 tensor cores and no
+  bfloat16 (compute capability 7.x);
+- `float32` everywhere else: elsewhere bfloat16 is emulated, and slower.
+
+The run prints its choice and the reason, and records the chosen policy
+(not `auto`) in its `config.json`; an export records its model's policy in
+`kgen.json`. A named policy is used as it is, except mixed_bfloat16 on
+PyTorch on a CPU without native bfloat16, which is refused (`refusal`):
+PyTorch's CPU convolutions then fall back to kernels whose bfloat16
+gradients fail.
+
+The recipe's model is
 built under the Keras dtype policy of that name (`policy_scope`), so each
 layer computes in bfloat16 or float16 while its variables stay float32;
 the policy is restored after the build, so nothing else in the process
@@ -37,21 +55,157 @@ model.fit(data.train)
 """
 
 import contextlib
+import dataclasses
+from typing import Optional
+from typing import Tuple
 
+AUTO = "auto"
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+CHOICES = (AUTO, *PRECISIONS)
+# What a model is built under when no precision is given at all.
 DEFAULT = "float32"
 
 
 def check(precision, where=None):
-    """`precision` if it is one of `PRECISIONS`, else a `ConfigError`
+    """`precision` if it is one of `CHOICES`, else a `ConfigError`
     naming it (as `where`, default `--set precision=VALUE`) and the
     choices."""
-    if isinstance(precision, str) and precision in PRECISIONS:
+    if isinstance(precision, str) and precision in CHOICES:
         return precision
     from kgen.config import ConfigError
 
     where = where or f"--set precision={precision}"
-    raise ConfigError(f"{where}: expected one of {', '.join(PRECISIONS)}")
+    raise ConfigError(f"{where}: expected one of {', '.join(CHOICES)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+    """The device a run computes on, as far as precision cares.
+
+    Attributes:
+        kind: `"cpu"`, `"gpu"` or `"tpu"`.
+        name: what the backend or the OS calls it (a GPU's name, the CPU
+            model).
+        compute_capability: an NVIDIA GPU's `(major, minor)`; None elsewhere.
+        bf16: a CPU computes bfloat16 natively (AVX512_BF16 or AMX-BF16).
+        why: the CPU flags found, or why there are none.
+    """
+
+    kind: str
+    name: str
+    compute_capability: Optional[Tuple[int, int]] = None
+    bf16: bool = False
+    why: str = ""
+
+
+def device(backend=None):
+    """The `Device` the backend computes on: its first accelerator, else
+    the CPU (read from /proc/cpuinfo by `kgen.machine`)."""
+    import keras
+
+    backend = backend or keras.backend.backend()
+    found = {"tensorflow": _tensorflow_device, "jax": _jax_device,
+             "torch": _torch_device}.get(backend, lambda: None)()
+    if found is not None:
+        return found
+    from kgen import machine
+
+    bf16, why = machine.cpu_has_bf16()
+    return Device("cpu", machine.cpu_model() or "unknown CPU", bf16=bf16, why=why)
+
+
+def _capability(text):
+    """`(8, 6)` from `"8.6"` or `(8, 6)`; None when it cannot be read."""
+    if isinstance(text, (tuple, list)) and len(text) == 2:
+        return int(text[0]), int(text[1])
+    try:
+        major, minor = str(text).split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:
+        return None
+
+
+def _tensorflow_device():
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("TPU"):
+        return Device("tpu", "TPU")
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    details = tf.config.experimental.get_device_details(gpus[0])
+    return Device("gpu", details.get("device_name", "GPU"),
+                  _capability(details.get("compute_capability")))
+
+
+def _jax_device():
+    import jax
+
+    first = jax.devices()[0]
+    if first.platform == "tpu":
+        return Device("tpu", first.device_kind)
+    if first.platform == "gpu":
+        return Device("gpu", first.device_kind,
+                      _capability(getattr(first, "compute_capability", None)))
+    return None
+
+
+def _torch_device():
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return Device("gpu", torch.cuda.get_device_name(0),
+                  _capability(torch.cuda.get_device_capability(0)))
+
+
+def choose(found):
+    """`(policy, reason)` that `auto` means on the `Device` `found`."""
+    if found.kind == "tpu":
+        return "mixed_bfloat16", f"{found.name} computes bfloat16 natively"
+    if found.kind == "gpu":
+        cc = found.compute_capability
+        if cc is None:
+            return "float32", f"{found.name}: compute capability unknown"
+        text = f"{found.name}, compute capability {cc[0]}.{cc[1]}"
+        if cc >= (8, 0):
+            return "mixed_bfloat16", f"{text}: bfloat16 tensor cores"
+        if cc >= (7, 0):
+            return "mixed_float16", f"{text}: float16 tensor cores, no bfloat16"
+        return "float32", f"{text}: no float16 or bfloat16 tensor cores"
+    if found.bf16:
+        return "mixed_bfloat16", f"{found.name} computes bfloat16 natively ({found.why})"
+    return "float32", f"{found.name} has no native bfloat16 ({found.why})"
+
+
+def resolve(precision, found=None):
+    """`(policy, reason)`: `auto` decided on the device (`found`, default
+    `device()`), or a named policy as it is.
+
+    Args:
+        precision: one of `CHOICES` (`None`: `DEFAULT`).
+        found: the `Device` to decide for; read from the backend when None.
+    """
+    precision = check(DEFAULT if precision is None else precision)
+    if precision != AUTO:
+        return precision, "set by the recipe or --set precision"
+    return choose(found or device())
+
+
+def refusal(policy, backend=None, found=None):
+    """Why `policy` cannot train on this backend and device (None when it
+    can): mixed_bfloat16 on PyTorch on a CPU without native bfloat16."""
+    import keras
+
+    backend = backend or keras.backend.backend()
+    if policy != "mixed_bfloat16" or backend != "torch":
+        return None
+    found = found or device(backend)
+    if found.kind != "cpu" or found.bf16:
+        return None
+    return (f"--set precision=mixed_bfloat16: PyTorch cannot train in bfloat16 on "
+            f"this CPU ({found.name}: {found.why}; its convolutions' bfloat16 "
+            f"gradients fail); use precision=auto or float32, or another backend")
 
 
 @contextlib.contextmanager
@@ -60,9 +214,10 @@ def policy_scope(precision):
     global policy is restored on exit (also when the block raises).
 
     Args:
-        precision: one of `PRECISIONS` (`None`: float32).
+        precision: one of `CHOICES` (`None`: float32; `auto`: `resolve`d
+            on this device).
     """
-    with global_policy(check(DEFAULT if precision is None else precision)):
+    with global_policy(resolve(precision)[0]):
         yield
 
 

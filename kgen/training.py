@@ -38,6 +38,7 @@ from kgen import callbacks as kgen_callbacks
 from kgen import config as kgen_config
 from kgen import distribute as kgen_distribute
 from kgen import io as kgen_io
+from kgen import precision as kgen_precision
 from kgen import recipe as kgen_recipe
 from kgen.callbacks.checkpoints import NonFiniteError  # noqa: F401  (part of the API)
 from kgen.config import ConfigError
@@ -57,6 +58,22 @@ def _settings(recipe, config, strategy):
     return json.loads(json.dumps(
         {"recipe": recipe.name, "backend": keras.backend.backend(),
          "strategy": strategy, "config": config}, default=str))
+
+
+def _resolve_precision(config, verbose):
+    """`config` with its `precision` decided for this device (`auto` ->
+    the policy `kgen.precision.resolve` picks), printed with the reason; a
+    `ConfigError` for a policy this backend cannot train in."""
+    if "precision" not in config:
+        return config
+    policy, reason = kgen_precision.resolve(config["precision"])
+    refused = kgen_precision.refusal(policy)
+    if refused:
+        raise ConfigError(refused)
+    if verbose:
+        how = "auto: " if config["precision"] == kgen_precision.AUTO else ""
+        print(f"precision: {policy} ({how}{reason})", flush=True)
+    return {**config, "precision": policy}
 
 
 def _differences(old, new):
@@ -172,6 +189,7 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
     """
     recipe = kgen_recipe.load(recipe)
     config = kgen_config.apply_overrides(recipe.CONFIG, sets or {})
+    config = _resolve_precision(config, verbose)
     if export_to and not recipe.EXPORT:
         raise ConfigError(
             f"--export {export_to}: recipe {recipe.name} trains a model "
@@ -260,8 +278,10 @@ def _check_earlier_run(run_dir, settings, overwrite):
     when `overwrite` removed it); a ConfigError for a run with other
     settings, or for leftovers of an unknown one, unless `overwrite`."""
     previous = _read_json(run_dir / "config.json")
-    if previous is not None:  # a run from before a common setting existed
-        previous["config"] = kgen_config.with_common(previous.get("config") or {})
+    if previous is not None:  # a run from before a common setting existed,
+        # built in float32, the only precision there was then
+        previous["config"] = kgen_config.with_common(
+            {"precision": kgen_precision.DEFAULT, **(previous.get("config") or {})})
     if previous is not None and previous != settings and not overwrite:
         raise ConfigError(
             f"{run_dir} holds a run with other settings "

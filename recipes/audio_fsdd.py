@@ -28,7 +28,8 @@ CONFIG = dict(
     prediction_type="epsilon",
     label_dropout=0.1,         # classifier-free guidance trains the "no label" class
     min_snr_gamma=5.0,         # Min-SNR-gamma loss weights: class-typical clips sooner
-    precision="mixed_bfloat16",  # fast only where bfloat16 is native (docs/precision.md)
+    # "auto": bfloat16 where the device computes it natively (docs/precision.md)
+    precision="auto",
     ema_decay=0.995,
     sampler="dpm_solver",      # generate() and the export's default
     sample_steps=25,           # per-epoch clips

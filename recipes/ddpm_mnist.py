@@ -12,7 +12,8 @@ CONFIG = dict(
     filters=(32, 64, 128),     # U-Net levels: 28x28 -> 14x14 -> 7x7 (attention at 7x7)
     ema_decay=0.999,
     epochs=28,                 # MNIST's t10k split: 9,000 train, 1,000 validate
-    precision="mixed_bfloat16",  # fast only where bfloat16 is native (docs/precision.md)
+    # "auto": bfloat16 where the device computes it natively (docs/precision.md)
+    precision="auto",
     min_snr_gamma=5.0,         # Min-SNR-gamma loss weights: faster to class-typical digits
     guidance_scale=3.0,
 )

@@ -217,7 +217,8 @@ def pytest_configure(config):
 
         from kgen import precision
 
-        keras.config.set_dtype_policy(precision.check(policy, "KGEN_TEST_PRECISION"))
+        keras.config.set_dtype_policy(
+            precision.resolve(precision.check(policy, "KGEN_TEST_PRECISION"))[0])
 
 
 def pytest_report_header(config):

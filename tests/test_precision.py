@@ -352,16 +352,14 @@ def test_export_of_a_bfloat16_model_is_float32(family, tmp_path):
 # === The setting ===
 
 
-# Recipes whose own default is not float32 (measured faster on this CPU).
-RECIPE_PRECISION = {"ddpm_mnist": BF16, "audio_fsdd": BF16}
-
-
 @pytest.mark.backend_agnostic
 def test_every_recipe_takes_the_setting():
+    """Every recipe decides its precision per device by default, and takes
+    a named policy."""
     for name in kgen_config.recipe_names():
         recipe = kgen_config.load_recipe(name)
         default = kgen_config.apply_overrides(recipe.CONFIG, {})["precision"]
-        assert default == RECIPE_PRECISION.get(name, "float32"), name
+        assert default == "auto", name
         for precision in ("float32", BF16):
             config = kgen_config.apply_overrides(recipe.CONFIG, {"precision": precision})
             assert config["precision"] == precision
@@ -371,7 +369,7 @@ def test_every_recipe_takes_the_setting():
 def test_bad_precision_is_named_with_the_choices():
     recipe = kgen_config.load_recipe("vae_digits")
     with pytest.raises(ConfigError, match=r"^--set precision=float64: expected one of "
-                                          r"float32, mixed_bfloat16, mixed_float16$"):
+                                          r"auto, float32, mixed_bfloat16, mixed_float16$"):
         kgen_config.apply_overrides(recipe.CONFIG, {"precision": "float64"})
     with pytest.raises(ConfigError, match=r"--set precision=None: expected one of"):
         kgen_config.apply_overrides(recipe.CONFIG, {"precision": "none"})
@@ -390,7 +388,7 @@ def test_run_recorded_before_the_setting_still_resumes(tmp_path):
     """A run directory whose config.json predates `precision` is the same
     run as a float32 one (not refused as "other settings")."""
     module = kgen_config.load_recipe("vae_digits")
-    config = kgen_config.apply_overrides(module.CONFIG, {})
+    config = kgen_config.apply_overrides(module.CONFIG, {"precision": "float32"})
     settings = training._settings(module, config, "none")
     old = json.loads(json.dumps(settings))
     del old["config"]["precision"]
@@ -400,3 +398,91 @@ def test_run_recorded_before_the_setting_still_resumes(tmp_path):
         module, kgen_config.apply_overrides(module.CONFIG, {"precision": BF16}), "none")
     with pytest.raises(ConfigError, match="precision: float32 -> mixed_bfloat16"):
         training._check_earlier_run(tmp_path, bf16, overwrite=False)
+
+
+# === auto: decided per device ===
+
+AMD_AVX2 = precision.Device("cpu", "AMD EPYC", bf16=False,
+                            why="no avx512_bf16/amx_bf16 flag")
+SAPPHIRE_RAPIDS = precision.Device("cpu", "Intel Xeon Platinum 8480+", bf16=True,
+                                   why="avx512_bf16/amx_bf16")
+DEVICES = [
+    # (device, what auto picks)
+    (AMD_AVX2, "float32"),
+    (SAPPHIRE_RAPIDS, BF16),
+    (precision.Device("gpu", "NVIDIA H100", (9, 0)), BF16),
+    (precision.Device("gpu", "NVIDIA A100", (8, 0)), BF16),
+    (precision.Device("gpu", "Tesla V100", (7, 0)), "mixed_float16"),
+    (precision.Device("gpu", "Tesla T4", (7, 5)), "mixed_float16"),
+    (precision.Device("gpu", "Tesla P100", (6, 0)), "float32"),
+    (precision.Device("gpu", "some GPU", None), "float32"),
+    (precision.Device("tpu", "TPU v4"), BF16),
+]
+
+
+@pytest.mark.backend_agnostic
+@pytest.mark.parametrize("found, expected", DEVICES, ids=[d.name for d, _ in DEVICES])
+def test_auto_picks_what_the_device_computes_natively(found, expected):
+    policy, reason = precision.resolve("auto", found)
+    assert policy == expected
+    assert found.name in reason
+    # A named policy is kept whatever the device.
+    assert precision.resolve("float32", found)[0] == "float32"
+    assert precision.resolve(BF16, found)[0] == BF16
+
+
+def test_this_backend_reports_its_device():
+    """The backend's own report: on a machine with no accelerator, the CPU
+    with its bfloat16 answer from /proc/cpuinfo."""
+    from kgen import machine
+
+    found = precision.device()
+    assert found.kind in ("cpu", "gpu", "tpu")
+    if found.kind == "cpu":
+        assert (found.bf16, found.why) == machine.cpu_has_bf16()
+        assert precision.resolve("auto")[0] == (BF16 if found.bf16 else "float32")
+
+
+@pytest.mark.parametrize("found, expected", [(AMD_AVX2, "float32"), (SAPPHIRE_RAPIDS, BF16)],
+                         ids=["no-bf16", "bf16"])
+def test_a_run_records_what_auto_chose(found, expected, tmp_path, monkeypatch, capsys):
+    """`kgen train` at precision=auto prints its choice with the reason,
+    builds the model under it and records the chosen policy in config.json,
+    with the device's report stubbed each way."""
+    monkeypatch.setattr(precision, "device", lambda backend=None: found)
+    if keras.backend.backend() == "torch" and expected == BF16:
+        # A stubbed bfloat16 CPU under a real CPU that may lack it: build
+        # only (torch's CPU kernels are the real machine's).
+        config = kgen_config.apply_overrides(
+            kgen_config.load_recipe("vae_digits").CONFIG, {})
+        assert training._resolve_precision(config, verbose=0)["precision"] == expected
+        return
+    result = training.train("vae_digits", run_dir=tmp_path / "run", verbose=1,
+                            sets={"epochs": "1", "steps_per_epoch": "1"})
+    out = capsys.readouterr().out
+    assert f"precision: {expected} (auto: {found.name}" in out, out
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert recorded["config"]["precision"] == expected
+    model = keras.saving.load_model(result["best"])
+    assert model.dtype_policy.name == expected
+
+
+@pytest.mark.backend_agnostic
+def test_bfloat16_on_pytorch_without_native_bfloat16_is_refused():
+    assert "PyTorch cannot train in bfloat16 on this CPU (AMD EPYC" in precision.refusal(
+        BF16, "torch", AMD_AVX2)
+    assert precision.refusal(BF16, "torch", SAPPHIRE_RAPIDS) is None
+    assert precision.refusal(BF16, "tensorflow", AMD_AVX2) is None
+    assert precision.refusal("float32", "torch", AMD_AVX2) is None
+    assert precision.refusal(BF16, "torch", precision.Device("gpu", "A100", (8, 0))) is None
+
+
+def test_a_forced_bfloat16_run_on_pytorch_without_it_is_a_named_error(monkeypatch):
+    monkeypatch.setattr(precision, "device", lambda backend=None: AMD_AVX2)
+    config = {"precision": BF16}
+    if backend() == "torch":
+        with pytest.raises(ConfigError, match=r"^--set precision=mixed_bfloat16: PyTorch "
+                                              r"cannot train in bfloat16 on this CPU"):
+            training._resolve_precision(config, verbose=0)
+    else:
+        assert training._resolve_precision(config, verbose=0)["precision"] == BF16

@@ -142,6 +142,8 @@ def export_model(model, to, max_rows=DEFAULT_MAX_ROWS, verbose=False):
             "kgen_version": _version(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "max_rows": max_rows,
+            # The Keras dtype policy the model computes in (`kgen.precision`).
+            "precision": model.dtype_policy.name,
             **metadata,
         }, indent=2))
         write_warmup_file(directory, warmup, model_name=pathlib.Path(to).name)
