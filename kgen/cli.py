@@ -1,7 +1,7 @@
 """The `kgen` command.
 
 ```
-kgen recipes
+kgen recipes [NAME]
 kgen train RECIPE [--set key=value]... [--backend B] [--strategy S]
                   [--run-dir runs/NAME] [--overwrite]
                   [--export saved_models/NAME | --no-export]
@@ -11,8 +11,8 @@ kgen sample --url http://HOST:8501/v1/models/NAME [--version N] [--n 16] ...
 kgen serve saved_models/ [--host 127.0.0.1] [--port 8501] [--grpc-port 8500]
 kgen deploy saved_models/ --out deploy/ [--overwrite] [--enable-batching] ...
 kgen tune RECIPE --space KEY=SPEC... --objective NAME --trials N [--workers N] ...
-kgen evaluate saved_models/NAME|MODEL.keras --data ... [--version N] [--n 1000]
-              [--classifier CLASSIFIER.keras] [--keras MODEL.keras] [--json]
+kgen evaluate saved_models/NAME --data DATA --classifier CLASSIFIER.keras ...  (images, audio)
+kgen evaluate saved_models/NAME|MODEL.keras --data TEXT [--keras MODEL.keras] ...  (text)
 ```
 
 One error style: a user mistake (an argument, a setting, a path, a data or
@@ -94,7 +94,15 @@ def _parser():
     common = argparse.ArgumentParser(add_help=False)
     _debug_flag(common, default=argparse.SUPPRESS)
 
-    sub.add_parser("recipes", help="list the recipes, one line each", parents=[common])
+    recipes = sub.add_parser(
+        "recipes", help="list the recipes, one line each; or one recipe's settings",
+        description="With no NAME, list the recipes that ship with kgen, one "
+                    "line each. With NAME (a recipe name or path), print its "
+                    "settings: each one's default, type and what it does; "
+                    "`kgen train NAME --set KEY=VALUE` changes one.",
+        parents=[common])
+    recipes.add_argument("name", nargs="?", metavar="NAME",
+                         help="a recipe name (or path) whose settings to print")
 
     train = sub.add_parser(
         "train", help="train a recipe, checkpoint it, and export it",
@@ -261,6 +269,10 @@ def _parser():
 
     evaluate = sub.add_parser(
         "evaluate", help="measure a model's samples against real data, with a real floor",
+        usage=("\n  kgen evaluate saved_models/NAME --data DATA --classifier "
+               "CLASSIFIER.keras [options]   (images, audio)"
+               "\n  kgen evaluate saved_models/NAME|MODEL.keras --data TEXT "
+               "[--keras MODEL.keras] [options]   (language models)"),
         description=(
             "Draw --n samples (through the export's generate signature, or "
             "from a .keras file) and print every metric of the model's "
@@ -286,9 +298,11 @@ def _parser():
                           help="samples compared, at least 2; at most the held-out "
                                "split's size is used (default 1000)")
     evaluate.add_argument("--classifier", type=pathlib.Path, metavar="CLASSIFIER.keras",
-                          help="features and labels for images, e.g. "
-                               "runs/mnist_classifier/best.keras; for audio "
-                               "runs/digit_classifier_fsdd/best.keras")
+                          help="required for image and audio models: the judge's "
+                               "features and labels, e.g. "
+                               "runs/mnist_classifier/best.keras (images) or "
+                               "runs/digit_classifier_fsdd/best.keras (audio); "
+                               "not used for language models")
     evaluate.add_argument("--features", choices=("classifier", "inception"),
                           default="classifier",
                           help="the feature space of FID/KID (inception: InceptionV3, "
@@ -446,7 +460,20 @@ def _select_backend(name):
 
 def _cmd_recipes(args):
     from kgen import recipe
+    from kgen.config import format_value
 
+    if args.name:
+        if not getattr(args, "debug", False):
+            _quiet_tensorflow()  # a recipe imports its model's modules
+        rows = [(key, format_value(default), kind, note)
+                for key, default, kind, note in recipe.settings(args.name)]
+        header = ("setting", "default", "type", "")
+        widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(3)]
+        print(f"{args.name}: {recipe.summary(args.name) or '(no description)'}")
+        print(f"change one with: kgen train {args.name} --set KEY=VALUE\n")
+        for row in [header, *rows]:
+            print("  ".join(f"{row[i]:<{widths[i]}}" for i in range(3)) + f"  {row[3]}")
+        return
     names = recipe.names()
     width = max(map(len, names), default=0)
     for name in names:
@@ -457,9 +484,13 @@ def _cmd_train(args):
     from kgen import training
 
     export_to = None if args.no_export else (args.export or _default_export(args.recipe))
+    # A terminal gets Keras' live progress bar; a log file or a pipe one
+    # plain line per epoch (no carriage returns, no colour codes).
+    verbose = "auto" if _is_terminal(sys.stdout) else 2
     result = training.train(
         args.recipe, sets=_parse_sets(args.sets), run_dir=args.run_dir,
         export_to=export_to, strategy=args.strategy, overwrite=args.overwrite,
+        verbose=verbose,
     )
     if result.get("chief") is False:
         print(f"worker done: the chief writes {result['run_dir']}")
@@ -478,6 +509,13 @@ def _cmd_train(args):
     print(f"TensorBoard: tensorboard --logdir {result['run_dir'] / 'logs'}")
     if result["exported"]:
         print(f"exported:    {result['exported']}")
+
+
+def _is_terminal(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
 
 
 def _recipe_stem(recipe):
@@ -562,6 +600,7 @@ def _cmd_serve(args):
 
     if args.no_batching and args.batch_wait_ms is not None:
         _fail("--batch-wait-ms: not with --no-batching (nothing waits)")
+    _require_extra("kserve", "kgen serve needs KServe", "serving")
     check_tree(args.root)  # before TensorFlow and KServe load: fails fast
     if not args.debug:
         _quiet_tensorflow()
@@ -578,6 +617,15 @@ def _cmd_serve(args):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _require_extra(module, what, extra):
+    """A `CommandError` saying which extra to install when `module` is
+    missing: `kgen: error: kgen serve needs KServe: pip install 'kgen[serving]'`."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise CommandError(f"{what}: pip install 'kgen[{extra}]'")
 
 
 def _cmd_tune(args):

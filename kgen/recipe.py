@@ -167,6 +167,125 @@ def summary(name):
     return ""
 
 
+# One line for the settings many recipes share, where a recipe's own file
+# says nothing about one.
+SHARED_SETTINGS = {
+    "data": "the training data (a folder, file, or an embedded data set's name)",
+    "epochs": "passes over the training data (or of steps_per_epoch steps)",
+    "steps_per_epoch": "steps per epoch; none: one pass over the training split",
+    "batch_size": "examples per training step",
+    "learning_rate": "the optimizer's (peak) learning rate",
+    "seed": "seeds the data order, the weights and the samples",
+    "precision": "auto (bfloat16 only where the device computes it natively), "
+                 "float32, mixed_bfloat16 or mixed_float16",
+    "validation_fraction": "the share of the data held out to rank epochs",
+    "filters": "channels per level of the main network",
+    "d_filters": "channels per level of the GAN's discriminator",
+    "ema_decay": "decay of the exponential moving average of the sampling weights",
+    "conditional": "class-conditional: generate(labels=...) asks for a class",
+    "latent_dim": "size of the latent vector",
+    "val_kid": "a classifier .keras: log val_kid each epoch and keep the epoch it ranks best",
+    "val_kid_n": "samples (and real images) per val_kid",
+    "sample_count": "samples logged each epoch",
+    "hidden_dim": "width of the hidden layers",
+    "dropout": "dropout rate",
+    "beta_1": "Adam's beta_1",
+    "beta_2": "Adam's beta_2",
+    # diffusion
+    "blocks_per_level": "residual blocks per U-Net level",
+    "num_train_timesteps": "noise levels of the forward process",
+    "beta_schedule": "the noise schedule: linear, scaled_linear or cosine",
+    "prediction_type": "what the network predicts: epsilon, sample or v_prediction",
+    "guidance_scale": "classifier-free guidance of generate() and the export "
+                      "(1: none)",
+    # GAN
+    "loss": "the GAN loss: non_saturating, hinge or wasserstein",
+    "gradient_penalty_weight": "weight of the discriminator's gradient penalty (0: none)",
+    # VAE
+    "likelihood": "the decoder's likelihood: bernoulli or gaussian",
+    "beta": "weight of the KL term (beta-VAE; 1: the ELBO)",
+    # language model
+    "num_layers": "Transformer blocks",
+    "num_heads": "attention heads per block",
+    "tie_weights": "the output layer reuses the token embedding",
+    "min_learning_rate": "the learning rate at the end of the cosine decay",
+    "warmup_steps": "steps of linear learning-rate warm-up",
+    "weight_decay": "AdamW's weight decay",
+    "clipnorm": "gradients clipped to this global norm",
+    "sample_prompts": "prompts of the text samples logged each epoch",
+    "sample_max_new_tokens": "length of the text samples logged each epoch",
+    "sample_temperature": "temperature of the text samples logged each epoch",
+    "sample_top_k": "top-k of the text samples logged each epoch (0: off)",
+    # audio
+    "num_mel_bins": "mel bands of the classifier's log-mel input",
+}
+
+
+def settings(name_or_path):
+    """A recipe's settings as `[(key, default, type name, one line), ...]`,
+    in the order of its `CONFIG` (then `kgen.config.COMMON`'s).
+
+    The line is the comment beside (or just above) the setting in the
+    recipe's file, or in the recipe whose `CONFIG` it extends, else the
+    shared description of that setting (`SHARED_SETTINGS`), else "".
+    """
+    loaded = load(name_or_path)
+    notes = _setting_notes(pathlib.Path(loaded.module.__file__))
+    rows = []
+    for key, default in loaded.CONFIG.items():
+        kind = "none" if default is None else type(default).__name__
+        rows.append((key, default, kind, notes.get(key) or SHARED_SETTINGS.get(key, "")))
+    return rows
+
+
+_SETTING = re.compile(r"^(\s+)(\w+)=")
+_BASE = re.compile(r"^from kgen\.recipes\.(\w+) import CONFIG\b", re.M)
+
+
+def _setting_notes(path, seen=None):
+    """`{key: comment}` from a recipe file's `key=value,  # comment` lines
+    (a comment line just above a setting, or continuing the one beside the
+    setting above it, counts too), then from the recipe it extends."""
+    import io
+    import tokenize
+
+    seen = seen or set()
+    if path in seen or not path.is_file():
+        return {}
+    seen.add(path)
+    text = path.read_text(encoding="utf-8")
+    comments = {}
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(text).readline):
+            if token.type == tokenize.COMMENT:
+                comments[token.start[0]] = (token.start[1], token.string[1:].strip())
+    except (tokenize.TokenError, SyntaxError):
+        return {}
+    notes, above, last = {}, [], None
+    for number, line in enumerate(text.splitlines(), start=1):
+        match = _SETTING.match(line)
+        if match:
+            key = match.group(2)
+            beside = comments.get(number)
+            parts = above + ([beside[1]] if beside else [])
+            if parts:
+                notes.setdefault(key, " ".join(parts))
+            above, last = [], (key, beside[0] if beside else None)
+            continue
+        if number in comments and not line[:comments[number][0]].strip():
+            column, comment = comments[number]
+            if last and last[1] is not None and column >= last[1]:
+                notes[last[0]] = f"{notes.get(last[0], '')} {comment}".strip()
+            else:
+                above.append(comment)
+            continue
+        above, last = [], None
+    for base in _BASE.findall(text):
+        for key, note in _setting_notes(path.with_name(f"{base}.py"), seen).items():
+            notes.setdefault(key, note)
+    return {key: note for key, note in notes.items() if note}
+
+
 def load(name_or_path):
     """The recipe named `name_or_path` (`vae_digits`) or at that path
     (`my_recipe.py`), checked.

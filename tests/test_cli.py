@@ -161,3 +161,53 @@ def test_backend_flag_chooses_the_keras_backend(tmp_path):
              "--run-dir", "run", cwd=tmp_path)
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())
     assert recorded["backend"] == other
+
+
+@pytest.mark.backend_agnostic
+def test_recipes_name_prints_every_setting_with_default_type_and_a_line(tmp_path):
+    """`kgen recipes NAME`: one row per setting of the recipe (its CONFIG
+    and the common ones), each with its default, type and what it does."""
+    from kgen import recipe
+
+    for name in recipe.names():
+        rows = recipe.settings(name)
+        assert {key for key, *_ in rows} >= set(recipe.load(name).CONFIG), name
+        undocumented = [key for key, _, _, note in rows if not note]
+        assert not undocumented, (name, undocumented)
+    out = kgen_main("recipes", "ddpm_mnist", cwd=tmp_path).stdout
+    lines = out.splitlines()
+    assert lines[0].startswith("ddpm_mnist: Class-conditional DDPM")
+    row = next(line for line in lines if line.startswith("filters "))
+    assert row.split()[1:3] == ["32,64,128", "tuple"] and "U-Net levels" in row
+    # A setting the recipe extends from another recipe keeps that one's line.
+    row = next(line for line in lines if line.startswith("sampler "))
+    assert "generate() and the export's default" in row
+    row = next(line for line in lines if line.startswith("precision "))
+    assert row.split()[1:3] == ["auto", "str"]
+    refused = kgen_main("recipes", "no_such_recipe", cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and "no_such_recipe" in refused.stderr
+
+
+def test_train_writes_plain_lines_when_stdout_is_not_a_terminal(tmp_path):
+    """A log file gets one plain line per epoch: no carriage returns or
+    colour codes from a live progress bar."""
+    out = kgen_main("train", "vae_digits", "--set", "epochs=2", "--set", "steps_per_epoch=2",
+                    "--no-export", "--run-dir", tmp_path / "run", cwd=tmp_path).stdout
+    assert "\x1b" not in out and "\r" not in out, repr(out[:500])
+    epochs = [line for line in out.splitlines() if line.startswith("2/2 - ")]
+    assert len(epochs) == 2 and all("loss:" in line for line in epochs), out
+    assert out.splitlines()[0].startswith("precision: ")
+
+
+@pytest.mark.tf_only
+def test_a_missing_extra_is_named_with_its_install_line(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "kserve" else real(name, *a))
+    (tmp_path / "models").mkdir()
+    refused = kgen_main("serve", tmp_path / "models", cwd=tmp_path, check=False)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == ("kgen: error: kgen serve needs KServe: "
+                                      "pip install 'kgen[serving]'")
