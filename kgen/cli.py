@@ -201,7 +201,14 @@ def _parser():
     deploy.add_argument("--overwrite", action="store_true",
                         help="replace --out when it exists and is not empty")
     deploy.add_argument("--image", default=None,
-                        help="TF Serving's Docker image (default tensorflow/serving:latest)")
+                        help="TF Serving's Docker image in the Compose file (default: "
+                             "tensorflow/serving at the release the exports' kgen.json "
+                             "name as proven to load them; alone, its tag also sets "
+                             "--runtime-version)")
+    deploy.add_argument("--runtime-version", default=None, metavar="TAG",
+                        help="KServe's runtimeVersion, the TF Serving release (default: "
+                             "the same release as --image; alone, it also sets the "
+                             "image to tensorflow/serving:TAG)")
     deploy.add_argument("--rest-port", type=int, default=8501,
                         help="host port of the REST API (default 8501)")
     deploy.add_argument("--grpc-port", type=int, default=8500,
@@ -584,11 +591,14 @@ def _cmd_deploy(args):
                "scale_target": args.scale_target}
     if args.image:
         options["image"] = args.image
+    if args.runtime_version:
+        options["runtime_version"] = args.runtime_version
     if args.storage_uri:
         options["storage_uri"] = args.storage_uri
     result = deploy.write_deployment(args.tree, args.out, **options)
     names = ", ".join(m["name"] for m in result["models"])
     print(f"models:  {names}")
+    print(f"serving: {result['image']} (KServe runtimeVersion {result['runtime_version']})")
     for name in result["files"]:
         print(f"wrote:   {result['out'] / name}")
     for note in result["notes"]:

@@ -16,6 +16,7 @@ import pathlib
 from kgen.export.metadata import METADATA_FILE
 from kgen.export.metadata import MetadataError  # noqa: F401  (re-exported)
 from kgen.export.metadata import read_metadata  # noqa: F401  (re-exported)
+from kgen.export import serving_release
 from kgen.export.publish import latest_version_dir
 from kgen.export.publish import next_version
 from kgen.export.publish import publish
@@ -144,6 +145,8 @@ def export_model(model, to, max_rows=DEFAULT_MAX_ROWS, verbose=False):
             "max_rows": max_rows,
             # The Keras dtype policy the model computes in (`kgen.precision`).
             "precision": model.dtype_policy.name,
+            # The TensorFlow that writes it, the TF Serving release that loads it.
+            **serving_release.export_record(),
             **metadata,
         }, indent=2))
         write_warmup_file(directory, warmup, model_name=pathlib.Path(to).name)

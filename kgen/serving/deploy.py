@@ -37,6 +37,7 @@ from kgen.errors import UserError
 from kgen.export.metadata import MetadataError
 from kgen.export.metadata import read_metadata
 from kgen.export.metadata import uniform_inputs
+from kgen.export import serving_release
 from kgen.export.warmup import WARMUP_FILE
 from kgen.serving import defaults
 
@@ -48,7 +49,6 @@ MAX_NAME = 63
 CONTAINER_ROOT = "/models"
 CONFIG_DIR = "/config"
 SCALE_METRICS = ("concurrency", "rps", "cpu", "memory")
-DEFAULT_IMAGE = "tensorflow/serving:latest"
 DEFAULT_STORAGE_URI = "s3://REPLACE-WITH-YOUR-BUCKET/saved_models"
 
 
@@ -173,7 +173,48 @@ def health_command(models, port=8501):
     return " && ".join(checks)
 
 
-def compose(models, tree_source, image=DEFAULT_IMAGE, rest_port=8501, grpc_port=8500,
+def runtime(models, image=None, runtime_version=None):
+    """`(image, runtime_version)`: TF Serving's Docker image for Compose and
+    the same release as KServe's `runtimeVersion`.
+
+    By default the release every model's `kgen.json` names as proven to
+    load it (`kgen.export.serving_release`; the newest of them, when models
+    name different ones), never `latest`. `image` or `runtime_version`
+    overrides it: either one alone sets both (`--image
+    tensorflow/serving:2.19.1` gives runtimeVersion 2.19.1).
+    """
+    if image is None and runtime_version is None:
+        releases = []
+        for model in models:
+            metadata = model["metadata"]
+            release = metadata.get("tf_serving_release")
+            if not release:
+                writer = (metadata.get("tensorflow_version")
+                          or serving_release.tensorflow_version())
+                release = serving_release.release_for(writer)
+            if not release:
+                raise DeployError(
+                    f"{model['base']}: exported by TensorFlow {writer}, which no TF "
+                    f"Serving release kgen knows is proven to load; pass --image "
+                    f"tensorflow/serving:TAG (and --runtime-version TAG) for a "
+                    f"release you have checked")
+            releases.append(release)
+        release = max(releases, key=lambda r: tuple(int(p) for p in r.split(".")
+                                                    if p.isdigit()))
+        return serving_release.image(release), release
+    if image is None:
+        return serving_release.image(runtime_version), runtime_version
+    if runtime_version is None:
+        name, _, tag = image.rpartition(":")
+        if not name or "/" in tag or not tag or tag == "latest":
+            raise DeployError(
+                f"--image {image}: name a release tag (tensorflow/serving:2.20.0), or "
+                f"give --runtime-version for KServe's runtimeVersion")
+        runtime_version = tag
+    return image, runtime_version
+
+
+def compose(models, tree_source, image, rest_port=8501, grpc_port=8500,
             poll_seconds=30, batching=False):
     """The Docker Compose document (a dict) running TF Serving on the tree."""
     command = [f"--model_config_file={CONFIG_DIR}/models.config",
@@ -204,10 +245,11 @@ def compose(models, tree_source, image=DEFAULT_IMAGE, rest_port=8501, grpc_port=
     }}}
 
 
-def inference_service(model, storage_uri=DEFAULT_STORAGE_URI, min_replicas=1,
-                      max_replicas=3, scale_metric="concurrency", scale_target=4,
-                      cpu="1", memory="2Gi"):
-    """One KServe `InferenceService` (a dict) serving `model` with TF Serving."""
+def inference_service(model, runtime_version, storage_uri=DEFAULT_STORAGE_URI,
+                      min_replicas=1, max_replicas=3, scale_metric="concurrency",
+                      scale_target=4, cpu="1", memory="2Gi"):
+    """One KServe `InferenceService` (a dict) serving `model` with TF Serving
+    release `runtime_version` (the tag of KServe's TF Serving image)."""
     return {
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
@@ -222,6 +264,9 @@ def inference_service(model, storage_uri=DEFAULT_STORAGE_URI, min_replicas=1,
             "scaleTarget": int(scale_target),
             "model": {
                 "modelFormat": {"name": "tensorflow"},
+                # KServe's stock TF Serving is older than the TensorFlow
+                # that writes kgen's exports: pin a release that loads them.
+                "runtimeVersion": str(runtime_version),
                 "storageUri": f"{storage_uri.rstrip('/')}/{model['name']}",
                 "resources": {
                     "requests": {"cpu": str(cpu), "memory": str(memory)},
@@ -263,7 +308,8 @@ def check_options(min_replicas=1, max_replicas=3, scale_metric="concurrency",
         raise DeployError(f"--rest-port {rest_port}: must differ from --grpc-port")
 
 
-def write_deployment(tree, out, overwrite=False, image=DEFAULT_IMAGE, rest_port=8501,
+def write_deployment(tree, out, overwrite=False, image=None, runtime_version=None,
+                     rest_port=8501,
                      grpc_port=8500, poll_seconds=30, batching=False,
                      storage_uri=DEFAULT_STORAGE_URI, min_replicas=1, max_replicas=3,
                      scale_metric="concurrency", scale_target=4):
@@ -273,7 +319,10 @@ def write_deployment(tree, out, overwrite=False, image=DEFAULT_IMAGE, rest_port=
         tree: the folder of exported models (`saved_models/`).
         out: the folder to write; it must not exist or be empty, unless
             `overwrite` (then it is replaced as a whole).
-        image: TF Serving's Docker image.
+        image: TF Serving's Docker image (default: the release the exports'
+            `kgen.json` name as proven to load them; see `runtime`).
+        runtime_version: KServe's `runtimeVersion` (default: the same
+            release as `image`).
         rest_port, grpc_port: the host ports Compose publishes.
         poll_seconds: how often TF Serving looks for a new version.
         batching: turn on TF Serving's server-side batching.
@@ -298,6 +347,7 @@ def write_deployment(tree, out, overwrite=False, image=DEFAULT_IMAGE, rest_port=
                 f"{model['base']}: models {names[name]!r} and {model['name']!r} both "
                 f"become InferenceService {name!r}; rename one folder")
         names[name] = model["name"]
+    image, runtime_version = runtime(models, image, runtime_version)
     _check_out(tree, out, overwrite)
 
     notes = []
@@ -326,14 +376,15 @@ def write_deployment(tree, out, overwrite=False, image=DEFAULT_IMAGE, rest_port=
         compose(models, tree_source, image, rest_port, grpc_port, poll_seconds, batching),
         "TensorFlow Serving on the models exported under "
         f"{tree_source} (written by kgen deploy).\n"
+        f"{image}: the TF Serving release proven to load these exports.\n"
         "Start: docker compose up -d   (REST on "
         f"{rest_port}, gRPC on {grpc_port})\n"
         f"Check: curl localhost:{rest_port}/v1/models/{models[0]['name']}")
     for model in models:
         name = service_name(model)
         files[f"kserve/{model['name']}.yaml"] = _yaml(
-            inference_service(model, storage_uri, min_replicas, max_replicas,
-                              scale_metric, scale_target),
+            inference_service(model, runtime_version, storage_uri, min_replicas,
+                              max_replicas, scale_metric, scale_target),
             f"KServe InferenceService for the kgen model {model['name']!r}.\n"
             f"Upload {model['base']}/ (its version folders) and set storageUri to it"
             + (" (replace the placeholder)" if storage_uri == DEFAULT_STORAGE_URI else "")
@@ -345,7 +396,8 @@ def write_deployment(tree, out, overwrite=False, image=DEFAULT_IMAGE, rest_port=
         notes.append(f"replace the storageUri placeholder ({DEFAULT_STORAGE_URI}/NAME) "
                      "in kserve/*.yaml, or pass --storage-uri")
     _publish(out, files, overwrite)
-    return {"out": out, "models": models, "files": sorted(files), "notes": notes}
+    return {"out": out, "models": models, "files": sorted(files), "notes": notes,
+            "image": image, "runtime_version": runtime_version}
 
 
 def _check_out(tree, out, overwrite):

@@ -11,6 +11,8 @@ import pytest
 
 from kgen.cli import main
 from kgen.export import export_model
+from kgen.export import read_metadata
+from kgen.export import serving_release
 from kgen.serving import deploy
 from tests.export.helpers import tiny
 
@@ -83,7 +85,9 @@ def test_models_config_is_a_model_server_config(written):
 def test_compose_runs_tf_serving_on_the_tree(written, tree):
     doc = yaml.safe_load((written / "docker-compose.yml").read_text())
     service = doc["services"]["tf-serving"]
-    assert service["image"].startswith("tensorflow/serving")
+    # The release proven to load what this TensorFlow writes, never latest.
+    release = serving_release.release_for(serving_release.tensorflow_version())
+    assert release and service["image"] == f"tensorflow/serving:{release}"
     assert service["ports"] == ["8500:8500", "8501:8501"]
     mounts = {v["target"]: v for v in service["volumes"]}
     models = mounts["/models"]
@@ -135,6 +139,8 @@ def test_each_inference_service_names_its_model(written, tree):
         assert doc["metadata"]["name"] == service
         predictor = doc["spec"]["predictor"]
         assert predictor["model"]["modelFormat"] == {"name": "tensorflow"}
+        release = serving_release.release_for(serving_release.tensorflow_version())
+        assert predictor["model"]["runtimeVersion"] == release
         assert predictor["model"]["storageUri"] == f"{deploy.DEFAULT_STORAGE_URI}/{name}"
         assert (predictor["minReplicas"], predictor["maxReplicas"]) == (1, 5)
         assert (predictor["scaleMetric"], predictor["scaleTarget"]) == ("concurrency", 2)
@@ -222,3 +228,37 @@ def test_health_command_asks_each_model(tree):
     assert [m["versions"] for m in models] == [[1], [1, 2]]
     command = deploy.health_command(models, port=9)
     assert command.count("/dev/tcp/127.0.0.1/9") == 2
+
+
+def test_the_runtime_is_the_release_kgen_json_names(tree, tmp_path):
+    """kgen.json records the TensorFlow that wrote the export and the TF
+    Serving release proven to load it; --image and --runtime-version
+    override it (either alone sets both); an export no known release loads
+    is refused, naming its TensorFlow."""
+    metadata = read_metadata(tree / "lm" / "1")
+    assert metadata["tensorflow_version"] == serving_release.tensorflow_version()
+    assert metadata["tf_serving_release"] == serving_release.release_for(
+        metadata["tensorflow_version"])
+    models = deploy.find_models(tree)
+    release = metadata["tf_serving_release"]
+    assert deploy.runtime(models) == (f"tensorflow/serving:{release}", release)
+    assert deploy.runtime(models, image="tensorflow/serving:2.19.1") == (
+        "tensorflow/serving:2.19.1", "2.19.1")
+    assert deploy.runtime(models, runtime_version="2.19.1") == (
+        "tensorflow/serving:2.19.1", "2.19.1")
+    assert deploy.runtime(models, image="my.registry/tfs:2.20.0-gpu",
+                          runtime_version="2.20.0-gpu") == (
+        "my.registry/tfs:2.20.0-gpu", "2.20.0-gpu")
+    with pytest.raises(deploy.DeployError, match=r"--image tensorflow/serving:latest: name "
+                                                 r"a release tag"):
+        deploy.runtime(models, image="tensorflow/serving:latest")
+    newer = [{**models[0], "metadata": {"tensorflow_version": "9.9.0"}}]
+    with pytest.raises(deploy.DeployError, match=r"exported by TensorFlow 9\.9\.0, which "
+                                                 r"no TF Serving release"):
+        deploy.runtime(newer)
+    status, stdout, stderr = deploy_cli(tree, "--out", tmp_path / "d", "--runtime-version",
+                                        "2.19.1")
+    assert status == 0, stderr
+    assert "serving: tensorflow/serving:2.19.1 (KServe runtimeVersion 2.19.1)" in stdout
+    doc = yaml.safe_load((tmp_path / "d" / "kserve" / "lm.yaml").read_text())
+    assert doc["spec"]["predictor"]["model"]["runtimeVersion"] == "2.19.1"
