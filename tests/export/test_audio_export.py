@@ -54,6 +54,7 @@ def exported(tmp_path_factory):
     return {"dir": version_dir, "base": base, "model": model}
 
 
+@pytest.mark.tf_only
 def test_metadata(exported):
     meta = read_metadata(exported["dir"])
     assert meta["family"] == "AudioDiffusionModel" and meta["output_kind"] == "audio"
@@ -64,6 +65,7 @@ def test_metadata(exported):
     assert "audio float32 [batch, 8000] in [-1, 1] at 8000 Hz" in meta["signatures"]["generate"]
 
 
+@pytest.mark.tf_only
 def test_graph_has_the_loop_and_the_inversion_in_core_ops(exported):
     ops = graph_op_types(exported["dir"])
     assert "While" in ops or "StatelessWhile" in ops, "the loops must be in the graph"

@@ -49,6 +49,7 @@ def exported(tmp_path_factory):
 INPUTS = "max_new_tokens=[{n}, {n}];temperature=[1.0, 1.0];top_k=[5, 5];top_p=[1.0, 1.0];stop_token=['', '']"
 
 
+@pytest.mark.tf_only
 def test_metadata_lets_kgen_sample_fill_the_inputs(exported):
     meta = read_metadata(exported["dir"])
     assert meta["family"] == "CausalLM" and meta["output_kind"] == "text"
@@ -58,6 +59,7 @@ def test_metadata_lets_kgen_sample_fill_the_inputs(exported):
     assert meta["max_rows"] == 256 and meta["max_request_tokens"] == MAX_REQUEST_TOKENS
 
 
+@pytest.mark.tf_only
 def test_export_inputs_are_the_python_option_names(exported):
     """The signature's inputs are `generate`'s options of the same names."""
     import inspect
@@ -72,6 +74,7 @@ def test_export_inputs_are_the_python_option_names(exported):
     assert inputs <= options
 
 
+@pytest.mark.tf_only
 def test_saved_model_cli_runs_generate_with_a_string_prompt(exported):
     result = saved_model_cli("show", "--dir", exported["dir"], "--all")
     assert result.returncode == 0, result.stderr
@@ -88,6 +91,7 @@ def test_saved_model_cli_runs_generate_with_a_string_prompt(exported):
     assert "Result for output key text:" in out and "b'ROMEO:" in out and "b'KING: " in out
 
 
+@pytest.mark.tf_only
 def test_saved_model_cli_reports_invalid_argument(exported):
     result = saved_model_cli(
         "run", "--dir", exported["dir"], "--tag_set", "serve",
@@ -231,6 +235,7 @@ def test_bad_requests_are_refused_naming_the_input(served, name, message):
     assert message in served["errors"].get(f"bad_{name}", "(accepted)")
 
 
+@pytest.mark.tf_only
 def test_graph_has_only_core_ops(exported):
     ops = graph_op_types(exported["dir"])
     # The sampling loop, the tokeniser and the detokeniser are in the graph.
@@ -244,6 +249,7 @@ def test_graph_has_only_core_ops(exported):
     assert not text_ops, f"tf-text ops in the graph: {text_ops}"
 
 
+@pytest.mark.tf_only
 def test_kgen_sample_writes_text(exported, tmp_path):
     out = tmp_path / "samples.txt"
     run_kgen("sample", exported["base"], "--n", "3", "--seed", "5", "--out", out, cwd=tmp_path)

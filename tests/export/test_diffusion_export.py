@@ -46,6 +46,7 @@ def exported(tmp_path_factory, mnist_arrays):
             "model": model}
 
 
+@pytest.mark.tf_only
 def test_metadata(exported):
     meta = read_metadata(exported["dir"])
     assert meta["family"] == "DiffusionModel" and meta["output_kind"] == "images"
@@ -59,6 +60,7 @@ def test_metadata(exported):
     assert "rows x num_steps <= 400" in meta["signatures"]["generate"]
 
 
+@pytest.mark.tf_only
 def test_saved_model_cli_show_and_run(exported, tmp_path):
     shown = saved_model_cli("show", "--dir", exported["dir"], "--all")
     assert shown.returncode == 0, shown.stderr
@@ -141,6 +143,7 @@ NO_KGEN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.tf_only
 def test_loads_and_runs_without_kgen(exported, tmp_path):
     out = run_without_kgen(tmp_path, NO_KGEN, exported["dir"])
     assert out["shape"] == [3, 14, 14, 1]
@@ -166,12 +169,14 @@ def test_loads_and_runs_without_kgen(exported, tmp_path):
     assert out["accepted"] == {"no_label": True, "max_rows_at_max_steps": True}
 
 
+@pytest.mark.tf_only
 def test_graph_has_only_core_ops(exported):
     ops = graph_op_types(exported["dir"])
     assert "While" in ops or "StatelessWhile" in ops, "the loop must be in the graph"
     assert not ops & FORBIDDEN_OPS
 
 
+@pytest.mark.tf_only
 def test_kgen_sample_fills_the_inputs(exported, tmp_path):
     out = tmp_path / "grid.png"
     run_kgen("sample", exported["base"], "--n", "4", "--out", out, cwd=tmp_path)

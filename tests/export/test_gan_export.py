@@ -32,12 +32,14 @@ def exported(tmp_path_factory, mnist_arrays):
             "model": gan}
 
 
+@pytest.mark.tf_only
 def test_metadata_says_conditional_and_ema(exported):
     meta = read_metadata(exported["dir"])
     assert meta["family"] == "GAN" and meta["num_classes"] == 10
     assert meta["uses_ema_generator"] is True
 
 
+@pytest.mark.tf_only
 def test_saved_model_cli_runs_generate_with_labels(exported, tmp_path):
     shown = saved_model_cli("show", "--dir", exported["dir"], "--all")
     assert "signature_def['serving_default']" in shown.stdout
@@ -87,6 +89,7 @@ NO_KGEN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.tf_only
 def test_without_kgen_same_seed_same_image_and_bad_labels(exported, tmp_path):
     out = run_without_kgen(tmp_path, NO_KGEN, exported["dir"])
     assert out["same"] and out["label_matters"]
@@ -95,5 +98,6 @@ def test_without_kgen_same_seed_same_image_and_bad_labels(exported, tmp_path):
     assert "label must have one value per row (as seed)" in out["errors"]["batch"]
 
 
+@pytest.mark.tf_only
 def test_graph_has_only_core_ops(exported):
     assert not graph_op_types(exported["dir"]) & FORBIDDEN_OPS

@@ -43,6 +43,7 @@ def test_first_version_is_1_with_metadata(exported):
     assert meta["image_shape"] == [28, 28, 1]
 
 
+@pytest.mark.tf_only
 def test_signatures_listed_by_saved_model_cli(exported):
     result = saved_model_cli("show", "--dir", exported["dir"], "--all")
     assert result.returncode == 0, result.stderr
@@ -63,6 +64,7 @@ def test_saved_model_cli_run_generate(exported, tmp_path):
     assert 0.0 <= images.min() and images.max() <= 1.0
 
 
+@pytest.mark.tf_only
 def test_saved_model_cli_rejects_wrong_dtype(exported):
     result = saved_model_cli(
         "run", "--dir", exported["dir"], "--tag_set", "serve",
@@ -98,6 +100,7 @@ NO_KGEN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.tf_only
 def test_loads_and_runs_without_kgen(exported, tmp_path):
     out = run_without_kgen(tmp_path, NO_KGEN, exported["dir"])
     assert out["shape"] == [3, 28, 28, 1]
@@ -120,6 +123,7 @@ def test_exported_generate_matches_the_model_decoder(exported):
     np.testing.assert_allclose(served, local, atol=tolerance(exported["model"], 1e-5))
 
 
+@pytest.mark.tf_only
 def test_graph_has_only_core_ops(exported):
     ops = graph_op_types(exported["dir"])
     # kgen.random's integer hash, not TensorFlow's own RNG kernels.
