@@ -13,10 +13,10 @@ backend and the operating system report (`device`):
 
 The run prints its choice and the reason, and records the chosen policy
 (not `auto`) in its `config.json`; an export records its model's policy in
-`kgen.json`. A named policy is used as it is, except mixed_bfloat16 on
-PyTorch on a CPU without native bfloat16, which is refused (`refusal`):
-PyTorch's CPU convolutions then fall back to kernels whose bfloat16
-gradients fail.
+`kgen.json`. A named policy is used as it is, except on PyTorch on a CPU,
+where mixed_bfloat16 without native bfloat16 and mixed_float16 are refused
+(`refusal`): PyTorch's CPU convolutions then fall back to kernels whose
+half-precision gradients fail.
 
 The recipe's model is
 built under the Keras dtype policy of that name (`policy_scope`), so each
@@ -194,15 +194,21 @@ def resolve(precision, found=None):
 
 def refusal(policy, backend=None, found=None):
     """Why `policy` cannot train on this backend and device (None when it
-    can): mixed_bfloat16 on PyTorch on a CPU without native bfloat16."""
+    can): on PyTorch on a CPU, mixed_bfloat16 without native bfloat16, and
+    mixed_float16 always (PyTorch's CPU convolutions then fall back to
+    kernels whose half-precision gradients fail)."""
     import keras
 
     backend = backend or keras.backend.backend()
-    if policy != "mixed_bfloat16" or backend != "torch":
+    if policy not in ("mixed_bfloat16", "mixed_float16") or backend != "torch":
         return None
     found = found or device(backend)
-    if found.kind != "cpu" or found.bf16:
+    if found.kind != "cpu" or (policy == "mixed_bfloat16" and found.bf16):
         return None
+    if policy == "mixed_float16":
+        return (f"--set precision=mixed_float16: PyTorch cannot train in float16 on a "
+                f"CPU ({found.name}; its convolutions' float16 gradients fail); use "
+                f"precision=auto or float32, or another backend")
     return (f"--set precision=mixed_bfloat16: PyTorch cannot train in bfloat16 on "
             f"this CPU ({found.name}: {found.why}; its convolutions' bfloat16 "
             f"gradients fail); use precision=auto or float32, or another backend")

@@ -134,6 +134,8 @@ AUDIO = pytest.param("audio", marks=pytest.mark.tf_only)
 @pytest.mark.parametrize("family", ["vae", "diffusion", AUDIO, "lm"])
 def test_family_trains_in_bfloat16_with_falling_loss(trained, family):
     _audio_on_tensorflow(family)
+    if family != "lm":
+        _skip_where_refused(BF16)
     model, before, after = trained(family)
     assert math.isfinite(before) and math.isfinite(after)
     assert after < before, (family, before, after)
@@ -152,6 +154,7 @@ def test_family_trains_in_bfloat16_with_falling_loss(trained, family):
 @pytest.mark.parametrize("family", ["diffusion", AUDIO])
 def test_diffusion_ema_stays_float32_and_samples_are_finite(trained, family):
     _audio_on_tensorflow(family)
+    _skip_where_refused(BF16)
     model, _, _ = trained(family)
     assert model.ema_denoiser is not None
     assert {str(w.dtype) for w in _float_weights(model.ema_denoiser)} == {"float32"}
@@ -166,6 +169,7 @@ def test_diffusion_ema_stays_float32_and_samples_are_finite(trained, family):
 
 
 def test_vae_and_lm_samples_in_float32(trained):
+    _skip_where_refused(BF16)
     vae, _, _ = trained("vae")
     images = vae.generate(3, seed=5)
     assert images.dtype == np.float32 and np.isfinite(images).all()
@@ -187,6 +191,7 @@ def _g_loss(gan, batch):
 
 
 def test_gan_phases_lower_their_losses_in_bfloat16():
+    _skip_where_refused(BF16)
     gan = _build("gan")
     batch, _ = _batch("gan")
     keras.utils.set_random_seed(0)
@@ -213,6 +218,7 @@ def _loss_scales(gan):
 
 
 def test_gan_in_float16_scales_both_losses_and_reloads(tmp_path):
+    _skip_where_refused("mixed_float16")
     gan = _build("gan", "mixed_float16")
     for opt in (gan.g_optimizer, gan.d_optimizer):
         assert isinstance(opt, keras.optimizers.LossScaleOptimizer)
@@ -274,6 +280,7 @@ class _Restored(keras.callbacks.Callback):
 
 
 def test_resumed_float16_gan_run_keeps_its_policy_and_loss_scales(tmp_path):
+    _skip_where_refused("mixed_float16")
     sets = {"precision": "mixed_float16", "epochs": "2", "steps_per_epoch": "2",
             "batch_size": "8", "latent_dim": "4", "filters": "8,8", "d_filters": "8,8",
             "ema_decay": "0.9"}
@@ -347,6 +354,15 @@ def test_export_of_a_bfloat16_model_is_float32(family, tmp_path):
             kwargs.update(num_steps=2, guidance_scale=1.5)
         np.testing.assert_allclose(rows["images"][1], model.generate(1, seed=6, **kwargs)[0],
                                    atol=2e-2)
+
+
+def _skip_where_refused(policy):
+    """Convolutions cannot train in `policy` on PyTorch on this CPU (no
+    native bfloat16; float16 on any CPU): kgen refuses such a run
+    (`precision.refusal`, tested below), so the model-level check skips."""
+    reason = precision.refusal(policy)
+    if reason:
+        pytest.skip(f"PyTorch on this CPU: {reason}")
 
 
 # === The setting ===
@@ -475,6 +491,12 @@ def test_bfloat16_on_pytorch_without_native_bfloat16_is_refused():
     assert precision.refusal(BF16, "tensorflow", AMD_AVX2) is None
     assert precision.refusal("float32", "torch", AMD_AVX2) is None
     assert precision.refusal(BF16, "torch", precision.Device("gpu", "A100", (8, 0))) is None
+    for cpu in (AMD_AVX2, SAPPHIRE_RAPIDS):
+        assert "PyTorch cannot train in float16 on a CPU" in precision.refusal(
+            "mixed_float16", "torch", cpu)
+    assert precision.refusal("mixed_float16", "jax", AMD_AVX2) is None
+    assert precision.refusal("mixed_float16", "torch",
+                             precision.Device("gpu", "T4", (7, 5))) is None
 
 
 def test_a_forced_bfloat16_run_on_pytorch_without_it_is_a_named_error(monkeypatch):
