@@ -1,23 +1,25 @@
 """Class-conditional audio: diffusion over log-mel spectrograms, back to a
 waveform with Griffin-Lim."""
 
+import dataclasses
+
 import numpy as np
 
 from kgen.api import kgen_export
-from kgen.family import Family
 from kgen.family import declare_family
+from kgen.family import family_of
 from kgen.audio import LogMel
 from kgen.models.diffusion import DiffusionModel
 
 
-@declare_family(Family(
+# The image model's declaration (its options, uniform inputs and served
+# defaults), with audio out and the audio export's signatures.
+@declare_family(dataclasses.replace(
+    family_of(DiffusionModel),
     name="audio diffusion",
     output_kind="audio",
     signatures="kgen.export.audio:audio_diffusion_signatures",
-    options={"num_steps": "int32", "guidance_scale": "float32"},
-    # One sampling loop runs per call, for every row alike.
-    uniform_inputs=("num_steps",),
-    served_defaults="kgen.export.diffusion:served_defaults",
+    evaluation="audio",
 ))
 @kgen_export("kgen.models.AudioDiffusionModel")
 class AudioDiffusionModel(DiffusionModel):
