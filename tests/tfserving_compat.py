@@ -108,6 +108,8 @@ def main():
     parser.add_argument("--create", action="store_true",
                         help="create --venv first (pip install tensorflow-cpu==X.Y.*)")
     args = parser.parse_args()
+    # The checks run with the temporary folder as their working directory.
+    args.venv = args.venv.resolve()
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from kgen.export import serving_release
