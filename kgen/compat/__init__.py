@@ -27,6 +27,11 @@ Keras (`kgen.compat.keras`, pinned in `tests/compat/test_keras_members.py`):
 - `Trainer._initial_epoch`: the epoch a starting `fit()` begins at when a
   callback restores a backup in `on_train_begin` (`set_initial_epoch`, as
   Keras' own `BackupAndRestore` does).
+- `TFLayer._default_save_signature` (TensorFlow backend): a property that
+  makes a new `tf.function` of a model's forward pass at each read, which
+  TensorFlow's SavedModel writer traces at each of its walks; kgen's exports
+  name their own signatures and turn it off while writing
+  (`without_default_save_signatures`).
 
 KServe (`kgen.compat.kserve`, pinned in `tests/compat/test_kserve_members.py`):
 

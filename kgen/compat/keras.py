@@ -4,7 +4,9 @@ Written for Keras 3.15 (`kgen.compat.SUPPORTED["keras"]`); each member is
 pinned by `tests/compat/test_keras_members.py`.
 """
 
+import contextlib
 import inspect
+import threading
 import warnings
 
 from kgen import compat
@@ -119,3 +121,40 @@ def set_initial_epoch(model, epoch):
     starting epoch, since `fit()` has already read its argument.
     """
     model._initial_epoch = int(epoch)
+
+
+_SAVE_SIGNATURE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def without_default_save_signatures():
+    """Within the block, Keras models have no default save signature.
+
+    For Keras 3.15 on TensorFlow, whose `TFLayer._default_save_signature`
+    (`keras.src.backend.tensorflow.layer`) is a property that makes a new
+    `tf.function` of the model's forward pass at every read. TensorFlow's
+    SavedModel writer reads every attribute of every object it saves and
+    traces each `tf.function` it finds, so each Keras model inside an
+    export is traced several times (once per walk) for a function no
+    signature uses: a quarter to a third of a small export's time. kgen
+    exports name their signatures (`keras.export.ExportArchive`), and no
+    public API turns the property off. Not thread-safe against another
+    thread saving a bare Keras model meanwhile; kgen exports one at a time
+    per process.
+    """
+    from keras.src.backend.tensorflow.layer import TFLayer
+
+    with _SAVE_SIGNATURE_LOCK:
+        original = TFLayer.__dict__.get("_default_save_signature")
+        if not isinstance(original, property):
+            warnings.warn(compat.changed(
+                "keras", "TFLayer._default_save_signature", "it is no longer a property")
+                + "; exports trace each model's forward pass once more", RuntimeWarning,
+                stacklevel=3)
+            yield
+            return
+        TFLayer._default_save_signature = property(lambda self: None)
+        try:
+            yield
+        finally:
+            TFLayer._default_save_signature = original

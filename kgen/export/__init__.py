@@ -104,6 +104,7 @@ def export_model(model, to, max_rows=DEFAULT_MAX_ROWS, verbose=False):
     """
     import keras
 
+    from kgen.compat.keras import without_default_save_signatures
     from kgen.export.warmup import check_requests
     from kgen.export.warmup import warmup_requests
     from kgen.export.warmup import write_warmup_file
@@ -130,6 +131,10 @@ def export_model(model, to, max_rows=DEFAULT_MAX_ROWS, verbose=False):
     check_requests(endpoints, warmup, max_rows)
 
     def write(directory):
+        with without_default_save_signatures():
+            write_archive(directory)
+
+    def write_archive(directory):
         archive = keras.export.ExportArchive()
         archive.track(model)
         for name, fn in endpoints.items():

@@ -187,3 +187,55 @@ def test_set_initial_epoch_in_on_train_begin_moves_the_first_epoch():
     assert epochs == [2, 3], _changed(
         "keras.src.trainers.trainer.Trainer._initial_epoch",
         f"set in on_train_begin, fit(epochs=4) ran epochs {epochs}, not [2, 3]")
+
+
+# === TFLayer._default_save_signature ===
+
+
+@tensorflow_only
+def test_default_save_signature_is_a_property_making_a_tf_function():
+    import tensorflow as tf
+    from keras.src.backend.tensorflow.layer import TFLayer
+
+    member = "keras.src.backend.tensorflow.layer.TFLayer._default_save_signature"
+    assert isinstance(TFLayer.__dict__.get("_default_save_signature"), property), \
+        _changed(member, "it is no longer a property")
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    made = model._default_save_signature
+    assert isinstance(made, tf.types.experimental.GenericFunction), \
+        _changed(member, f"it gives {type(made).__name__}, not a tf.function")
+    assert model._default_save_signature is not made, \
+        _changed(member, "it no longer makes a new tf.function at each read")
+
+
+@tensorflow_only
+def test_without_default_save_signatures_turns_it_off_and_back_on():
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    with keras_compat.without_default_save_signatures():
+        assert model._default_save_signature is None
+    assert model._default_save_signature is not None
+
+
+@tensorflow_only
+def test_an_export_traces_no_forward_pass_of_its_models(tmp_path, monkeypatch):
+    """The reason for the fence: while kgen writes a SavedModel, no model's
+    default save signature is made (so none is traced)."""
+    from keras.src.backend.tensorflow.layer import TFLayer
+
+    from kgen import models, networks
+    from kgen.export import export_model
+
+    reads = []
+    original = TFLayer.__dict__["_default_save_signature"]
+
+    def counted(self):
+        reads.append(type(self).__name__)
+        return original.fget(self)
+
+    monkeypatch.setattr(TFLayer, "_default_save_signature", property(counted))
+    vae = models.VAE(*networks.conv_vae_networks((8, 8, 1), 2, (4,), 8))
+    version = export_model(vae, tmp_path / "vae", max_rows=2)
+    assert (version / "saved_model.pb").is_file()
+    assert reads == [], f"default save signatures made during the export: {reads}"
