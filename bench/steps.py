@@ -8,9 +8,11 @@ Builds RECIPE with its defaults plus `--set` overrides, once per value of
 process one after the other, runs `fit()` for `--steps` steps and prints
 the median and 90th-percentile milliseconds per step (the first 10 steps,
 compilation included, are left out) with `os.getloadavg()`: the figures
-behind "N ms a step instead of M" in docs/results.md. Run it alone: other
-work on the machine skews it. `--write-results` also writes the table into
-docs/results.md.
+behind "N ms a step instead of M" in docs/results.md, and the recipe's
+whole run estimated from them (its epochs times its steps per epoch at the
+median step). Run it alone: other work on the machine skews it.
+`--write-results` also writes the table into the recipe's section of
+docs/results.md (`bench:steps-RECIPE`).
 """
 
 import argparse
@@ -39,12 +41,32 @@ def worker(recipe_name, sets, steps):
         def on_train_batch_end(self, batch, logs=None):
             ends.append(time.perf_counter())
 
+    per_epoch = steps_per_epoch(config, data.train)
     model.fit(data.train, epochs=1, steps_per_epoch=steps, verbose=0,
               callbacks=[StepEnds()])
     ms = np.diff(ends[10:]) * 1000
-    print(json.dumps({"median_ms": float(np.median(ms)),
+    median = float(np.median(ms))
+    run_steps = per_epoch * config["epochs"] if per_epoch and "epochs" in config else None
+    print(json.dumps({"median_ms": median,
                       "p90_ms": float(np.percentile(ms, 90)),
+                      "run_steps": run_steps,
+                      "run_minutes": run_steps * median / 60000 if run_steps else None,
                       "load": os.getloadavg()[0]}), flush=True)
+
+
+def steps_per_epoch(config, train):
+    """The training steps of one epoch of the recipe's run: its
+    `steps_per_epoch`, else the training split's batches (None if unknown)."""
+    if config.get("steps_per_epoch"):
+        return int(config["steps_per_epoch"])
+    try:
+        n = int(train.cardinality())
+    except (AttributeError, TypeError):
+        try:
+            n = len(train)
+        except TypeError:
+            return None
+    return n if n > 0 else None
 
 
 def main():
@@ -84,19 +106,24 @@ def main():
         label = " ".join(f"{k}={v}" for k, v in extra.items()) or "defaults"
         if out.returncode or not lines:
             print(f"{args.recipe} {label}: failed\n{out.stderr[-2000:]}", flush=True)
-            rows.append((args.recipe, args.backend, label, "failed", "", args.steps, ""))
+            rows.append((args.recipe, args.backend, label, "failed", "", args.steps, "", ""))
             continue
         r = json.loads(lines[-1])
+        run = (f"{r['run_steps']} steps: {r['run_minutes']:.0f} min" if r.get("run_steps")
+               else "unknown")
         print(f"{args.recipe} backend={args.backend} {label}: "
               f"{r['median_ms']:.1f} ms/step median, {r['p90_ms']:.1f} p90 "
-              f"({args.steps} steps) load={r['load']:.2f}", flush=True)
+              f"({args.steps} steps) load={r['load']:.2f}; its whole run: {run}", flush=True)
         rows.append((args.recipe, args.backend, label, f"{r['median_ms']:.1f}",
-                     f"{r['p90_ms']:.1f}", args.steps, f"{r['load']:.2f}"))
+                     f"{r['p90_ms']:.1f}", args.steps, run, f"{r['load']:.2f}"))
     sets = " ".join(f"--set {s}" for s in args.set)
-    _results.report("steps", ("recipe", "backend", "setting", "median ms/step", "p90 ms/step",
-                              "steps", "load (1 min)"), rows, args,
+    _results.report(f"steps-{args.recipe}", ("recipe", "backend", "setting", "median ms/step", "p90 ms/step",
+                              "steps", "whole run (estimate)", "load (1 min)"), rows, args,
                     note="The first 10 steps (compilation included) are left out"
-                         + (f"; recipe defaults plus {sets}." if sets else "; recipe defaults."))
+                         + (f"; recipe defaults plus {sets}." if sets else "; recipe defaults.")
+                         + " The whole run is the recipe's training steps (epochs x steps "
+                           "per epoch) at the median step time: validation, sample grids "
+                           "and checkpoints come on top.")
 
 
 if __name__ == "__main__":

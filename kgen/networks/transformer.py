@@ -21,7 +21,6 @@ them: `token_embedding`, `position_embedding`, `embedding_dropout`,
 """
 
 import keras
-import keras_hub
 from keras import layers
 from keras import ops
 
@@ -202,6 +201,10 @@ def transformer_lm(vocabulary_size, sequence_length, num_layers=4, num_heads=4,
         raise ValueError(
             f"hidden_dim={hidden_dim} must be divisible by num_heads={num_heads}"
         )
+    # Imported here: keras-hub takes seconds to import, and only the LM uses
+    # it (a saved LM's layers import it again when the file is loaded).
+    import keras_hub
+
     intermediate_dim = intermediate_dim or 4 * hidden_dim
     initializer = keras.initializers.RandomNormal(stddev=0.02)
     tokens = keras.Input((None,), dtype="int32", name="token_ids")
