@@ -189,7 +189,6 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
     """
     recipe = kgen_recipe.load(recipe)
     config = kgen_config.apply_overrides(recipe.CONFIG, sets or {})
-    config = _resolve_precision(config, verbose)
     if export_to and not recipe.EXPORT:
         raise ConfigError(
             f"--export {export_to}: recipe {recipe.name} trains a model "
@@ -200,6 +199,9 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
     # Made before any other TensorFlow work: a multi-worker strategy must
     # configure the collectives at program start.
     dist = kgen_distribute.distribution(strategy)
+    # After the distribution: reading the device starts the backend, which a
+    # multi-process JAX or multi-worker TensorFlow cluster must be joined before.
+    config = _resolve_precision(config, verbose)
     settings = _settings(recipe, config, strategy)
     if not dist.is_chief:
         return _train_worker(recipe, config, run_dir, settings, dist, verbose,
