@@ -15,6 +15,7 @@ import pytest
 
 from kgen.trainers import jax_distribution
 from kgen.trainers.jax_distribution import DistributionError
+from tests.conftest import FAST_XLA_FLAGS
 from tests.conftest import REPO
 from tests.conftest import backend
 
@@ -110,7 +111,7 @@ def test_two_processes_train_as_one(tmp_path):
     for index in range(2):
         env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
                "TF_CPP_MIN_LOG_LEVEL": "3",
-               "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+               "XLA_FLAGS": f"--xla_force_host_platform_device_count=1 {FAST_XLA_FLAGS}",
                **cluster(address, "2", str(index))}
         processes.append(subprocess.Popen(
             [sys.executable, "-m", "kgen", "train", "vae_digits", "--strategy",
