@@ -20,7 +20,11 @@ Keras (`kgen.compat.keras`, pinned in `tests/compat/test_keras_members.py`):
 - `TensorFlowTrainer._maybe_symbolic_build(iterator, data_batch)` and the
   `(begin, end, iterator)` triples its epoch iterator yields: kgen builds the
   model from this worker's first replica's batch under a multi-worker
-  strategy (`TensorFlowTrainerHooks.build_from_local_batch`).
+  strategy (`TensorFlowTrainerHooks.build_from_local_batch`). With no
+  strategy (`TensorFlowTrainer._distribute_strategy` is None) it builds the
+  model and its optimizer there with `Trainer._symbolic_build(data_batch=)`
+  before the first trace, which Keras leaves to the trace itself (each step
+  was then traced twice).
   `kgen.trainers.tensorflow` also checks both methods when it is imported
   and warns, naming the method and the Keras version, when either changed
   (`warn_on_trainer_changes`).

@@ -160,6 +160,58 @@ def test_first_local_batch_reads_a_tensorflow_epoch_iterator():
         f"its first batch read as (begin, end, iterator) triples has shapes {shapes}")
 
 
+@tensorflow_only
+def test_fit_without_a_strategy_builds_before_the_first_trace():
+    """With no strategy, kgen's hook builds the model, its metrics and its
+    optimizer from the epoch iterator's first batch (`first_batch`,
+    `Trainer._symbolic_build`, `TensorFlowTrainer._distribute_strategy`), so
+    the train step is traced once, creating no variable."""
+    import tensorflow as tf
+    from keras.src.backend.tensorflow.trainer import TFEpochIterator
+    from keras.src.trainers.trainer import Trainer
+
+    member = "keras.src.trainers.trainer.Trainer._symbolic_build"
+    parameters = list(inspect.signature(Trainer._symbolic_build).parameters)
+    assert parameters == ["self", "iterator", "data_batch"], \
+        _changed(member, f"its parameters are {parameters}")
+    x, y = _data()
+    iterator = TFEpochIterator(distribute_strategy=tf.distribute.get_strategy(), x=x, y=y,
+                               batch_size=4)
+    shapes = tf.nest.map_structure(lambda v: tuple(v.shape), keras_compat.first_batch(iterator))
+    assert shapes == ((4, 3), (4, 1)), _changed(
+        "keras.src.backend.tensorflow.trainer.TFEpochIterator",
+        f"its first batch read as (begin, end, iterator) triples has shapes {shapes}")
+
+    built_at_start, step_traces = [], []
+
+    class Probe(keras_compat.TensorFlowTrainerHooks, keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(1)
+
+        def call(self, x):
+            return self.dense(x)
+
+        def train_step(self, data):
+            step_traces.append(True)
+            return super().train_step(data)
+
+    class AtStart(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            built_at_start.append((self.model.built, self.model.optimizer.built))
+
+    model = Probe()
+    assert model._distribute_strategy is None, _changed(
+        "keras.src.backend.tensorflow.trainer.TensorFlowTrainer._distribute_strategy",
+        f"a model outside any strategy holds {model._distribute_strategy!r}, not None")
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[AtStart()])
+    assert built_at_start == [(True, True)], _changed(
+        "TensorFlowTrainer._maybe_symbolic_build", "the model or its optimizer was "
+        f"not built when fit() started (built, optimizer built: {built_at_start})")
+    assert len(step_traces) == 1, f"the train step was traced {len(step_traces)} times"
+
+
 # === Trainer._initial_epoch ===
 
 
