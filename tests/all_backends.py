@@ -9,13 +9,13 @@ once. A `-m EXPR` given here applies to every backend: JAX and PyTorch run
 `(EXPR) and not tf_only and not backend_agnostic`. A backend left with no
 test by the selection (pytest's exit status 5) does not fail the run.
 
-Each backend runs in its own pytest process with KERAS_BACKEND set (Keras
-fixes its backend at import). `KGEN_TEST_JOBS` backends run at a time
-(default 2: on two cores the suites overlap well, since much of each is
-compilation, process start-up and waiting on subprocesses and servers;
-1 runs them one after another). Each backend's output is printed whole
-when it finishes, with its slowest tests. Exits non-zero if any backend
-fails.
+Each backend runs in its own pytest processes with KERAS_BACKEND set
+(Keras fixes its backend at import). TensorFlow's share comes in two
+lanes, the tiers that run once (`tf_only or backend_agnostic`) and the
+rest, so that the four lanes pack evenly onto the workers. `KGEN_TEST_JOBS`
+lanes run at a time (default 2, one per core; 1 runs them one after
+another), the longest first. Each lane's output is printed whole when it
+finishes, with its slowest tests. Exits non-zero if any lane fails.
 """
 
 import concurrent.futures
@@ -28,10 +28,18 @@ import tempfile
 import threading
 import time
 
-# The longest first, so that the last to start is the shortest.
 BACKENDS = ("tensorflow", "jax", "torch")
-# Tiers that run once, on TensorFlow.
-ONCE = "not tf_only and not backend_agnostic"
+# Tests of the tiers that run once (on TensorFlow), and the others.
+ONCE = "tf_only or backend_agnostic"
+EACH = "not tf_only and not backend_agnostic"
+# (lane, backend, the tests it takes), the longest first (measured on two
+# cores, docs/results.md), so that the last to start is the shortest.
+LANES = (
+    ("jax", "jax", EACH),
+    ("tensorflow", "tensorflow", EACH),
+    ("tensorflow (once)", "tensorflow", ONCE),
+    ("torch", "torch", EACH),
+)
 NO_TESTS_COLLECTED = 5  # pytest's exit status when a selection leaves none
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _print_lock = threading.Lock()
@@ -64,26 +72,24 @@ def split_marker_expression(args):
     return rest, expression
 
 
-def backend_args(backend, args):
-    """The pytest arguments for `backend`: the user's, with the tiers that
-    run once deselected everywhere but on TensorFlow."""
-    if backend == "tensorflow":
-        return list(args)
+def lane_args(tests, args):
+    """The pytest arguments for a lane taking `tests` (a marker expression):
+    the user's, with their `-m` expression combined with the lane's."""
     rest, expression = split_marker_expression(args)
-    selection = f"({expression}) and {ONCE}" if expression else ONCE
+    selection = f"({expression}) and ({tests})" if expression else tests
     return [*rest, "-m", selection]
 
 
-def run_backend(backend, args):
-    """One backend's pytest run: (exit code, counts, seconds)."""
+def run_lane(lane, backend, tests, args):
+    """One lane's pytest run: (exit code, counts, seconds)."""
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
     start = time.time()
     with _print_lock:
-        print(f"===== KERAS_BACKEND={backend}: started", flush=True)
+        print(f"===== {lane} (KERAS_BACKEND={backend}): started", flush=True)
     with tempfile.TemporaryFile("w+") as log:
         code = subprocess.call(
             [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--durations=15",
-             "tests", *backend_args(backend, args)],
+             "tests", *lane_args(tests, args)],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
         )
         log.seek(0)
@@ -93,36 +99,36 @@ def run_backend(backend, args):
     last = lines[-1] if lines else ""
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|error)", last)}
     with _print_lock:
-        print(f"\n===== KERAS_BACKEND={backend} =====\n{output}", end="", flush=True)
-        print(f"----- {backend}: exit {code} in {seconds:.0f}s", flush=True)
+        print(f"\n===== {lane} (KERAS_BACKEND={backend}) =====\n{output}", end="", flush=True)
+        print(f"----- {lane}: exit {code} in {seconds:.0f}s", flush=True)
     return code, counts, seconds
 
 
 def main():
     totals = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
-    failed_backends, empty_backends = [], []
+    failed_lanes, empty_lanes = [], []
     start = time.time()
     with concurrent.futures.ThreadPoolExecutor(_jobs()) as pool:
-        futures = {backend: pool.submit(run_backend, backend, sys.argv[1:])
-                   for backend in BACKENDS}
-        for backend, future in futures.items():
+        futures = {lane: pool.submit(run_lane, lane, backend, tests, sys.argv[1:])
+                   for lane, backend, tests in LANES}
+        for lane, future in futures.items():
             code, counts, _ = future.result()
             for key, n in counts.items():
                 totals[key] += n
             if code == NO_TESTS_COLLECTED:
-                empty_backends.append(backend)  # the selection left it nothing
+                empty_lanes.append(lane)  # the selection left it nothing
                 continue
             if code != 0 or not counts.get("passed"):
-                failed_backends.append(backend)
+                failed_lanes.append(lane)
     summary = (f"{totals['passed']} passed, {totals['failed'] + totals['error']} failed"
                f", {totals['skipped']} skipped")
-    nothing_ran = len(empty_backends) == len(BACKENDS)
+    nothing_ran = len(empty_lanes) == len(LANES)
     if nothing_ran:
-        print("\nno backend ran a test: the selection left every backend none")
-    if failed_backends:
-        print(f"\nfailing backends: {', '.join(failed_backends)}")
+        print("\nno lane ran a test: the selection left every backend none")
+    if failed_lanes:
+        print(f"\nfailing lanes: {', '.join(failed_lanes)}")
     print(f"\nall backends: {summary} in {time.time() - start:.0f}s")
-    sys.exit(1 if failed_backends or nothing_ran else 0)
+    sys.exit(1 if failed_lanes or nothing_ran else 0)
 
 
 if __name__ == "__main__":

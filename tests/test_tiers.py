@@ -20,17 +20,28 @@ def test_pytest_ini_declares_the_three_markers_strictly():
     assert declared == ["tf_only", "backend_agnostic", "slow"]
 
 
-@pytest.mark.parametrize("args, other", [
-    ([], ["-m", "not tf_only and not backend_agnostic"]),
-    (["-m", "not slow"], ["-m", "(not slow) and not tf_only and not backend_agnostic"]),
+EACH = "not tf_only and not backend_agnostic"
+ONCE = "tf_only or backend_agnostic"
+
+
+@pytest.mark.parametrize("args, each, once", [
+    ([], ["-m", EACH], ["-m", ONCE]),
+    (["-m", "not slow"], ["-m", f"(not slow) and ({EACH})"], ["-m", f"(not slow) and ({ONCE})"]),
     (["-x", "-mslow", "-k", "vae"],
-     ["-x", "-k", "vae", "-m", "(slow) and not tf_only and not backend_agnostic"]),
-    (["-m", "a", "-m", "b or c"], ["-m", "(b or c) and not tf_only and not backend_agnostic"]),
+     ["-x", "-k", "vae", "-m", f"(slow) and ({EACH})"],
+     ["-x", "-k", "vae", "-m", f"(slow) and ({ONCE})"]),
+    (["-m", "a", "-m", "b or c"], ["-m", f"(b or c) and ({EACH})"],
+     ["-m", f"(b or c) and ({ONCE})"]),
 ])
-def test_tensorflow_runs_every_tier_and_the_others_skip_the_once_tiers(args, other):
-    assert all_backends.backend_args("tensorflow", args) == args
-    for backend in ("jax", "torch"):
-        assert all_backends.backend_args(backend, args) == other
+def test_lanes_combine_the_users_selection_with_their_tiers(args, each, once):
+    assert all_backends.lane_args(all_backends.EACH, args) == each
+    assert all_backends.lane_args(all_backends.ONCE, args) == once
+
+
+def test_every_backend_runs_the_per_backend_tiers_and_tensorflow_the_once_tiers():
+    lanes = {(backend, tests) for _, backend, tests in all_backends.LANES}
+    assert lanes == {("tensorflow", EACH), ("tensorflow", ONCE), ("jax", EACH), ("torch", EACH)}
+    assert len(all_backends.LANES) == len(lanes)
 
 
 @pytest.mark.parametrize("reason, flagged", [
