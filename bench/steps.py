@@ -11,8 +11,8 @@ compilation included, are left out) with `os.getloadavg()`: the figures
 behind "N ms a step instead of M" in docs/results.md, and the recipe's
 whole run estimated from them (its epochs times its steps per epoch at the
 median step). Run it alone: other work on the machine skews it.
-`--write-results` also writes the table into the recipe's section of
-docs/results.md (`bench:steps-RECIPE`).
+`--write-results` also writes the table into the run's section of
+docs/results.md (`section_name`).
 """
 
 import argparse
@@ -69,6 +69,14 @@ def steps_per_epoch(config, train):
     return n if n > 0 else None
 
 
+def section_name(args):
+    """This run's section of docs/results.md: `steps-RECIPE` for a `--vary`
+    comparison, `steps-defaults-RECIPE` for the recipe at its defaults, with
+    `-BACKEND` for a backend other than TensorFlow."""
+    name = f"steps-{args.recipe}" if args.vary else f"steps-defaults-{args.recipe}"
+    return name if args.backend == "tensorflow" else f"{name}-{args.backend}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("recipe")
@@ -117,7 +125,7 @@ def main():
         rows.append((args.recipe, args.backend, label, f"{r['median_ms']:.1f}",
                      f"{r['p90_ms']:.1f}", args.steps, run, f"{r['load']:.2f}"))
     sets = " ".join(f"--set {s}" for s in args.set)
-    _results.report(f"steps-{args.recipe}", ("recipe", "backend", "setting", "median ms/step", "p90 ms/step",
+    _results.report(section_name(args), ("recipe", "backend", "setting", "median ms/step", "p90 ms/step",
                               "steps", "whole run (estimate)", "load (1 min)"), rows, args,
                     note="The first 10 steps (compilation included) are left out"
                          + (f"; recipe defaults plus {sets}." if sets else "; recipe defaults.")
