@@ -92,7 +92,9 @@ def commit():
                               capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "not a git checkout"
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+    # The results page itself changes as each bench writes its section.
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                            ".", f":!{RESULTS.relative_to(REPO)}"],
                            cwd=REPO, capture_output=True, text=True).stdout.strip()
     return f"{head} + uncommitted changes" if dirty else head
 
