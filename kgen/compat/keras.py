@@ -126,13 +126,13 @@ def first_local_batch(strategy, iterator):
     """
     import tensorflow as tf
 
-    for _, _, batches in iterator:
-        batch = next(batches)
-        return tf.nest.map_structure(
-            lambda v: (strategy.experimental_local_results(v)[0]
-                       if isinstance(v, tf.distribute.DistributedValues) else v),
-            batch)
-    return None
+    batch = first_batch(iterator)
+    if batch is None:
+        return None
+    return tf.nest.map_structure(
+        lambda v: (strategy.experimental_local_results(v)[0]
+                   if isinstance(v, tf.distribute.DistributedValues) else v),
+        batch)
 
 
 def set_initial_epoch(model, epoch):

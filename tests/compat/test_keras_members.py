@@ -30,6 +30,18 @@ def _parameters(function):
     return list(inspect.signature(function).parameters)
 
 
+class DenseProbe(keras_compat.TensorFlowTrainerHooks, keras.Model):
+    """One Dense layer on kgen's TensorFlow trainer hooks; tests subclass it
+    to watch one hook."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(1)
+
+    def call(self, x):
+        return self.dense(x)
+
+
 def test_installed_keras_is_a_verified_release():
     assert compat.is_supported("keras"), (
         f"keras {compat.installed_version('keras')} is outside "
@@ -54,14 +66,7 @@ def test_make_function_signature():
 def test_make_function_receives_the_train_and_test_steps_it_runs():
     wrapped, ran = [], []
 
-    class Probe(keras_compat.TensorFlowTrainerHooks, keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.dense = keras.layers.Dense(1)
-
-        def call(self, x):
-            return self.dense(x)
-
+    class Probe(DenseProbe):
         def wrap_step_function(self, step_function):
             wrapped.append(step_function.__name__)
 
@@ -117,11 +122,7 @@ def test_fit_under_a_strategy_builds_from_the_epoch_iterators_first_batch():
 
     asked, seen = [], []
 
-    class Probe(keras_compat.TensorFlowTrainerHooks, keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.dense = keras.layers.Dense(1)
-
+    class Probe(DenseProbe):
         def call(self, x):
             seen.append(tuple(x.shape))
             return self.dense(x)
@@ -184,14 +185,7 @@ def test_fit_without_a_strategy_builds_before_the_first_trace():
 
     built_at_start, step_traces = [], []
 
-    class Probe(keras_compat.TensorFlowTrainerHooks, keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.dense = keras.layers.Dense(1)
-
-        def call(self, x):
-            return self.dense(x)
-
+    class Probe(DenseProbe):
         def train_step(self, data):
             step_traces.append(True)
             return super().train_step(data)
