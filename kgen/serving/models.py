@@ -299,6 +299,8 @@ class ServedModel(kserve.Model):
         self.root = pathlib.Path(root) if root is not None else self.base.parent
         self.settings = settings
         self.latest = None
+        # Set when a version was unloaded: the repository frees its memory.
+        self.dropped = False
         self._old = collections.OrderedDict()
         self._failed = {}
         self._lock = threading.Lock()
@@ -323,12 +325,9 @@ class ServedModel(kserve.Model):
             log.info("model %s: version %d %s; unloading it", self.name, latest.number,
                      "was replaced on disk" if latest.number in on_disk else
                      "is gone from disk")
-        try:
-            return self._serve_newest(on_disk, None if stale else latest)
-        finally:
-            if forgotten or stale:
-                del latest
-                _release()
+        if forgotten or stale:
+            self.dropped = True
+        return self._serve_newest(on_disk, None if stale else latest)
 
     def _serve_newest(self, on_disk, current):
         """Swaps in the newest loadable version above `current` (the loaded
@@ -638,11 +637,17 @@ class Repository(ModelRepository):
         loaded and swapped in, deleted ones unloaded."""
         self._warn_unaddressable()
         names = {path.name for path in model_dirs(self.root)} | set(self._seen)
+        dropped = False
         for name in sorted(names):
+            model = self._seen.get(name)
             try:
                 self.load(name)
             except Exception:  # keep polling the other models
                 log.exception("model %s: refresh failed", name)
+            if model is not None and model.dropped:
+                model.dropped, dropped = False, True
+        if dropped:
+            _release()
 
     def _warn_unaddressable(self):
         """Warns once about each folder skipped for its name."""

@@ -27,9 +27,10 @@ from tensorflow_serving.apis import get_model_status_pb2
 
 
 def find_model(repository, name, version=None):
-    """The registered model `name`, or NOT_FOUND in TF Serving's words."""
+    """The registered model `name`, or NOT_FOUND in TF Serving's words (also
+    while a model whose last version was deleted is being unregistered)."""
     model = repository.get_model(name) if name else None
-    if model is None:
+    if model is None or getattr(model, "latest", True) is None:
         which = f"Latest({name})" if version is None else f"Specific({name}, {version})"
         known = ", ".join(sorted(repository.get_models())) or "none"
         raise not_found(f"Servable not found for request: {which} (models: {known})")
