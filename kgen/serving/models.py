@@ -357,6 +357,7 @@ class ServedModel(kserve.Model):
             with self._lock:
                 self.latest = None
             self.ready = False
+            metrics.VERSION.remove(self.name)
             log.warning("model %s: no loadable version left on disk; unloaded until one "
                         "is exported", self.name)
             return True
