@@ -21,11 +21,11 @@ import time
 import keras
 import pytest
 
-pytestmark = pytest.mark.skipif(
+# The server's tests; the tree's rules (names, stamps, paths) run once, fast.
+SERVER = [pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
     reason="the server runs TensorFlow SavedModels whatever the training backend; "
-           "checked once, on tensorflow")
-pytestmark = [pytestmark, pytest.mark.tf_only, pytest.mark.slow]
+           "checked once, on tensorflow"), pytest.mark.tf_only, pytest.mark.slow]
 
 POLL = 0.3
 SKIPPED = ("a:b", "has space")
@@ -173,9 +173,84 @@ def status_versions(server, name):
     return [v["version"] for v in answer.json()["model_version_status"]]
 
 
+def server_test(test):
+    for mark in SERVER:
+        test = mark(test)
+    return test
+
+
+# === The tree's rules ===
+
+
+@pytest.mark.backend_agnostic
+@pytest.mark.parametrize("name, served", [
+    ("vae_digits", True), ("lm-2.1", True), ("V", True), ("_x", True), ("7", True),
+    ("a:b", False), ("has space", False), ("-x", False), (".x", False), ("caf\u00e9", False),
+    ("a%2Fb", False), ("a?b", False), ("a#b", False), ("a\\b", False), ("", False)])
+def test_which_names_a_url_can_hold(name, served):
+    from kgen.serving.tree import addressable
+
+    assert addressable(name) is served
+
+
+@pytest.mark.backend_agnostic
+def test_a_tree_of_unaddressable_folders_alone_is_refused(tmp_path):
+    from kgen.serving.tree import ServeError
+    from kgen.serving.tree import check_tree
+
+    for name in SKIPPED:
+        (tmp_path / name / "1").mkdir(parents=True)
+        (tmp_path / name / "1" / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(ServeError, match=r"no model folder whose name can be served "
+                                         r"\(skipped 'a:b', 'has space'"):
+        check_tree(tmp_path)
+    (tmp_path / "ok" / "1").mkdir(parents=True)
+    (tmp_path / "ok" / "1" / "saved_model.pb").write_bytes(b"")
+    assert check_tree(tmp_path) == ["ok"]
+
+
+@pytest.mark.backend_agnostic
+def test_server_paths_are_stripped_from_client_messages(tmp_path, monkeypatch):
+    from kgen.serving.tree import without_paths
+
+    root = tmp_path / "saved_models"
+    root.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(root)
+    text = (f"Cannot parse file b'{root}/vae/2/saved_model.pb'; files for "
+            f"{root.resolve()}/vae/2/variables/variables; /other{root}/x")
+    assert without_paths(text, link) == (
+        "Cannot parse file b'vae/2/saved_model.pb'; files for vae/2/variables/variables; "
+        f"/other{root}/x")
+    monkeypatch.chdir(tmp_path)
+    assert without_paths("at saved_models/vae/1 and my_saved_models/vae",
+                         "saved_models") == "at vae/1 and my_saved_models/vae"
+
+
+@pytest.mark.backend_agnostic
+def test_a_version_stamp_changes_with_its_files(tmp_path):
+    from kgen.serving.tree import version_stamp
+
+    version = tmp_path / "vae" / "1"
+    (version / "variables").mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"graph")
+    first = version_stamp(version)
+    assert version_stamp(version) == first
+    (version / "variables" / "variables.index").write_bytes(b"index")
+    second = version_stamp(version)
+    assert second != first
+    copy = tmp_path / "copy"
+    os.rename(version, copy)
+    shutil.copytree(copy, version)  # the same files in a new folder
+    assert version_stamp(version) != second
+    shutil.rmtree(version)
+    assert version_stamp(version) is None
+
+
 # === Start-up: what is skipped and what is logged ===
 
 
+@server_test
 def test_unaddressable_folders_are_skipped_with_a_warning(server):
     import requests
 
@@ -189,6 +264,7 @@ def test_unaddressable_folders_are_skipped_with_a_warning(server):
     assert predict(server, "keep").status_code == 200
 
 
+@server_test
 def test_a_damaged_only_version_is_logged_once_until_its_files_change(server, tree):
     line = "model broken: version 1 cannot be loaded"
     time.sleep(5 * POLL)
@@ -201,6 +277,7 @@ def test_a_damaged_only_version_is_logged_once_until_its_files_change(server, tr
     assert _text(server["log"]).count(line) == 2
 
 
+@server_test
 def test_a_failed_version_is_told_without_server_paths(server, tree):
     import grpc
     import requests
@@ -234,6 +311,7 @@ def test_a_failed_version_is_told_without_server_paths(server, tree):
 # === Changes to the tree (in order: each test starts where the last ended) ===
 
 
+@server_test
 def test_a_deleted_version_answers_404_within_one_poll(server, tree):
     assert predict(server, "keep/versions/1").status_code == 200  # loaded, kept
     assert grpc_predict(server, 1) == ("OK", 1)
@@ -254,6 +332,7 @@ def test_a_deleted_version_answers_404_within_one_poll(server, tree):
     assert grpc_predict(server) == ("OK", 3)
 
 
+@server_test
 def test_a_deleted_newest_version_hands_over_to_the_one_below(server, tree):
     shutil.rmtree(tree / "keep" / "3")
     assert predict(server, "keep/versions/3").status_code == 404
@@ -264,6 +343,7 @@ def test_a_deleted_newest_version_hands_over_to_the_one_below(server, tree):
     assert status_versions(server, "keep") == ["2"]
 
 
+@server_test
 def test_a_replaced_version_is_loaded_again(server, tree, export):
     assert predict(server, "keep", seeds=range(3)).status_code == 200
     # The same number, a new folder whose export allows 2 rows per request.
@@ -280,6 +360,7 @@ def test_a_replaced_version_is_loaded_again(server, tree, export):
     assert "model keep: version 2 was replaced on disk" in _text(server["log"])
 
 
+@server_test
 def test_a_model_left_without_versions_is_unloaded(server, tree):
     import requests
 
