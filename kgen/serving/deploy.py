@@ -273,6 +273,19 @@ def _host(bind):
     return f"[{bind}]" if ":" in bind else bind
 
 
+def _exposure(bind):
+    """The Compose header's lines on who can reach the published ports."""
+    address = ipaddress.ip_address(bind)
+    if address.is_loopback:
+        return ("TF Serving has no authentication: the ports are published on this "
+                "machine alone\n(kgen deploy --bind 0.0.0.0 publishes them on every "
+                "interface).\n")
+    where = "every interface" if address.is_unspecified else bind
+    return (f"TF Serving has no authentication: the ports are published on {where}, "
+            "and whoever\nreaches them can call every model; put an authenticating "
+            "proxy in front of them.\n")
+
+
 def check_bind(bind):
     """`bind` as an IP address Compose can publish ports on.
 
@@ -425,11 +438,7 @@ def write_deployment(tree, out, overwrite=False, image=None, runtime_version=Non
         f"{image}: the TF Serving release proven to load these exports.\n"
         "Start: docker compose up -d   (REST on "
         f"{_host(bind)}:{rest_port}, gRPC on {_host(bind)}:{grpc_port})\n"
-        + ("TF Serving has no authentication: the ports are published on this "
-           "machine alone\n(kgen deploy --bind 0.0.0.0 publishes them on every "
-           "interface).\n" if ipaddress.ip_address(bind).is_loopback else
-           f"TF Serving has no authentication: anyone who reaches {bind} can call "
-           "and query\nevery model; put an authenticating proxy in front of it.\n")
+        + _exposure(bind)
         + f"Check: curl localhost:{rest_port}/v1/models/{models[0]['name']}")
     for model in models:
         name = service_name(model)

@@ -173,7 +173,8 @@ def test_bind_publishes_the_ports_on_that_address(tree, tmp_path, bind, host):
     assert ports == [f"{host}:8500:8500", f"{host}:9501:8501"]
     loopback = bind == "::1"
     assert ("published on this machine alone" in text) == loopback
-    assert ("put an authenticating proxy in front of it" in text) == (not loopback)
+    assert ("put an authenticating" in text) == (not loopback)
+    assert ("published on every interface" in text) == (bind in ("0.0.0.0", "[::]"))
 
 
 def test_storage_uri_and_overwrite(tree, written):

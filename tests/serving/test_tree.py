@@ -21,7 +21,8 @@ import time
 import keras
 import pytest
 
-# The server's tests; the tree's rules (names, stamps, paths) run once, fast.
+# The server's tests (and the in-process one sharing their export); the tree's
+# rules (names, stamps, paths) run once, fast.
 SERVER = [pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
     reason="the server runs TensorFlow SavedModels whatever the training backend; "
@@ -173,7 +174,7 @@ def status_versions(server, name):
     return [v["version"] for v in answer.json()["model_version_status"]]
 
 
-def server_test(test):
+def tf_slow(test):
     for mark in SERVER:
         test = mark(test)
     return test
@@ -247,10 +248,33 @@ def test_a_version_stamp_changes_with_its_files(tmp_path):
     assert version_stamp(version) is None
 
 
+@tf_slow
+def test_an_unloaded_version_is_freed(export, tmp_path):
+    """In process: once a poll unloads a deleted version, nothing holds it."""
+    import weakref
+
+    from kgen.serving.models import Repository
+    from kgen.serving.models import Settings
+
+    root = tmp_path / "saved_models"
+    for number in (1, 2):
+        shutil.copytree(export, root / "m" / str(number))
+    repository = Repository(root, Settings(batching=False))
+    repository.load_models()
+    model = repository.get_model("m")
+    old, newest = weakref.ref(model.get(1)), weakref.ref(model.get())
+    shutil.rmtree(root / "m" / "1")
+    repository.poll()
+    assert old() is None and newest() is not None
+    shutil.rmtree(root / "m" / "2")
+    repository.poll()
+    assert newest() is None and repository.get_model("m") is None
+
+
 # === Start-up: what is skipped and what is logged ===
 
 
-@server_test
+@tf_slow
 def test_unaddressable_folders_are_skipped_with_a_warning(server):
     import requests
 
@@ -264,7 +288,7 @@ def test_unaddressable_folders_are_skipped_with_a_warning(server):
     assert predict(server, "keep").status_code == 200
 
 
-@server_test
+@tf_slow
 def test_a_damaged_only_version_is_logged_once_until_its_files_change(server, tree):
     line = "model broken: version 1 cannot be loaded"
     time.sleep(5 * POLL)
@@ -277,7 +301,7 @@ def test_a_damaged_only_version_is_logged_once_until_its_files_change(server, tr
     assert _text(server["log"]).count(line) == 2
 
 
-@server_test
+@tf_slow
 def test_a_failed_version_is_told_without_server_paths(server, tree):
     import grpc
     import requests
@@ -311,7 +335,7 @@ def test_a_failed_version_is_told_without_server_paths(server, tree):
 # === Changes to the tree (in order: each test starts where the last ended) ===
 
 
-@server_test
+@tf_slow
 def test_a_deleted_version_answers_404_within_one_poll(server, tree):
     assert predict(server, "keep/versions/1").status_code == 200  # loaded, kept
     assert grpc_predict(server, 1) == ("OK", 1)
@@ -332,7 +356,7 @@ def test_a_deleted_version_answers_404_within_one_poll(server, tree):
     assert grpc_predict(server) == ("OK", 3)
 
 
-@server_test
+@tf_slow
 def test_a_deleted_newest_version_hands_over_to_the_one_below(server, tree):
     shutil.rmtree(tree / "keep" / "3")
     assert predict(server, "keep/versions/3").status_code == 404
@@ -343,7 +367,7 @@ def test_a_deleted_newest_version_hands_over_to_the_one_below(server, tree):
     assert status_versions(server, "keep") == ["2"]
 
 
-@server_test
+@tf_slow
 def test_a_replaced_version_is_loaded_again(server, tree, export):
     assert predict(server, "keep", seeds=range(3)).status_code == 200
     # The same number, a new folder whose export allows 2 rows per request.
@@ -360,7 +384,7 @@ def test_a_replaced_version_is_loaded_again(server, tree, export):
     assert "model keep: version 2 was replaced on disk" in _text(server["log"])
 
 
-@server_test
+@tf_slow
 def test_a_model_left_without_versions_is_unloaded(server, tree):
     import requests
 
