@@ -66,11 +66,11 @@ with kgen serve in a predictor container of your own (kgen[serving] installed,
 kgen serve --host 0.0.0.0), which answers 401 to a request without the key it
 is given: keep the key in a Secret and pass it to that container as
 KGEN_API_KEY:
-  kubectl create secret generic kgen-api-key --from-literal=key=YOUR-KEY
+  kubectl create secret generic kgen-api-key --from-literal=key=$(openssl rand -hex 32)
   env:
   - name: KGEN_API_KEY
     valueFrom: {secretKeyRef: {name: kgen-api-key, key: key}}
-Clients then send the header  Authorization: Bearer YOUR-KEY"""
+Clients then send the header  Authorization: Bearer KEY"""
 
 
 class DeployError(UserError, ValueError):

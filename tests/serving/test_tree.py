@@ -161,7 +161,8 @@ def wait_for(check, seconds, what, server):
         if value:
             return value, time.monotonic() - start
         if time.monotonic() - start > seconds:
-            raise AssertionError(f"{what} not seen in {seconds} s:\n" + _text(server["log"])[-3000:])
+            raise AssertionError(f"{what} not seen in {seconds} s:\n"
+                                 + _text(server["log"])[-3000:])
         time.sleep(0.02)
 
 
