@@ -213,6 +213,9 @@ def _parser():
                         help="host port of the REST API (default 8501)")
     deploy.add_argument("--grpc-port", type=int, default=8500,
                         help="host port of the gRPC API (default 8500)")
+    deploy.add_argument("--bind", default="127.0.0.1", metavar="ADDRESS",
+                        help="host address the Compose file publishes the ports on "
+                             "(default 127.0.0.1, this machine only; 0.0.0.0: all)")
     deploy.add_argument("--poll-seconds", type=int, default=30,
                         help="how often TF Serving looks for new versions (default 30)")
     deploy.add_argument("--enable-batching", action="store_true",
@@ -588,7 +591,7 @@ def _cmd_deploy(args):
                "grpc_port": args.grpc_port, "poll_seconds": args.poll_seconds,
                "batching": args.enable_batching, "min_replicas": args.min_replicas,
                "max_replicas": args.max_replicas, "scale_metric": args.scale_metric,
-               "scale_target": args.scale_target}
+               "scale_target": args.scale_target, "bind": args.bind}
     if args.image:
         options["image"] = args.image
     if args.runtime_version:

@@ -7,13 +7,16 @@ inside) `write_deployment` writes a folder holding:
   `config { name base_path model_platform }` per model, built with TF
   Serving's own proto classes, so it is valid by construction;
 - `docker-compose.yml`: `tensorflow/serving` on the tree, mounted
-  read-only at `/models`: gRPC on 8500, REST on 8501, a new version picked
-  up by polling the file system, a health check that every model is
-  AVAILABLE, and optionally server-side batching (`batching.config`);
+  read-only at `/models`: gRPC on 8500, REST on 8501, published on
+  127.0.0.1 only unless `bind` names another address (TF Serving has no
+  authentication of its own), a new version picked up by polling the file
+  system, a health check that every model is AVAILABLE, and optionally
+  server-side batching (`batching.config`);
 - `kserve/<name>.yaml`: one KServe `InferenceService` per model
   (`serving.kserve.io/v1beta1`, the `tensorflow` model format, whose
   runtime is TF Serving), with a `storageUri` placeholder to replace with
-  where the model's base path is uploaded, resources and autoscaling.
+  where the model's base path is uploaded, resources and autoscaling, and
+  a comment saying how to put authentication in front of it.
 
 The folder is written beside its final name and renamed into place, so a
 failed run leaves the earlier folder as it was.
@@ -27,6 +30,7 @@ write_deployment("saved_models", "deploy")
 ```
 """
 
+import ipaddress
 import os
 import pathlib
 import re
@@ -50,6 +54,23 @@ CONTAINER_ROOT = "/models"
 CONFIG_DIR = "/config"
 SCALE_METRICS = ("concurrency", "rps", "cpu", "memory")
 DEFAULT_STORAGE_URI = "s3://REPLACE-WITH-YOUR-BUCKET/saved_models"
+# The host address Compose publishes the ports on: this machine alone.
+DEFAULT_BIND = "127.0.0.1"
+# How to add authentication, written into each InferenceService's header.
+AUTH_NOTE = """\
+Authentication: TF Serving, the runtime this InferenceService deploys, has
+none of its own, so whoever reaches the predictor can call it. Require a token
+where traffic enters the cluster (with Istio: an AuthorizationPolicy on the
+predictor's pods, or a RequestAuthentication for JWTs). Or serve the model
+with kgen serve in a predictor container of your own (kgen[serving] installed,
+kgen serve --host 0.0.0.0), which answers 401 to a request without the key it
+is given: keep the key in a Secret and pass it to that container as
+KGEN_API_KEY:
+  kubectl create secret generic kgen-api-key --from-literal=key=$(openssl rand -hex 32)
+  env:
+  - name: KGEN_API_KEY
+    valueFrom: {secretKeyRef: {name: kgen-api-key, key: key}}
+Clients then send the header  Authorization: Bearer KEY"""
 
 
 class DeployError(UserError, ValueError):
@@ -215,8 +236,9 @@ def runtime(models, image=None, runtime_version=None):
 
 
 def compose(models, tree_source, image, rest_port=8501, grpc_port=8500,
-            poll_seconds=30, batching=False):
-    """The Docker Compose document (a dict) running TF Serving on the tree."""
+            poll_seconds=30, batching=False, bind=DEFAULT_BIND):
+    """The Docker Compose document (a dict) running TF Serving on the tree,
+    its ports published on the host address `bind` alone."""
     command = [f"--model_config_file={CONFIG_DIR}/models.config",
                f"--file_system_poll_wait_seconds={int(poll_seconds)}"]
     volumes = [
@@ -235,7 +257,8 @@ def compose(models, tree_source, image, rest_port=8501, grpc_port=8500,
         # The image's entrypoint starts tensorflow_model_server with gRPC on
         # 8500 and REST on 8501 and passes these arguments on.
         "command": command,
-        "ports": [f"{int(grpc_port)}:8500", f"{int(rest_port)}:8501"],
+        "ports": [f"{_host(bind)}:{int(grpc_port)}:8500",
+                  f"{_host(bind)}:{int(rest_port)}:8501"],
         "volumes": volumes,
         "healthcheck": {
             "test": ["CMD", "bash", "-c", health_command(models)],
@@ -243,6 +266,38 @@ def compose(models, tree_source, image, rest_port=8501, grpc_port=8500,
         },
         "restart": "unless-stopped",
     }}}
+
+
+def _host(bind):
+    """An address as Compose's `ports` entries write it (IPv6 in brackets)."""
+    return f"[{bind}]" if ":" in bind else bind
+
+
+def _exposure(bind):
+    """The Compose header's lines on who can reach the published ports."""
+    address = ipaddress.ip_address(bind)
+    if address.is_loopback:
+        return ("TF Serving has no authentication: the ports are published on this "
+                "machine alone\n(kgen deploy --bind 0.0.0.0 publishes them on every "
+                "interface).\n")
+    where = "every interface" if address.is_unspecified else bind
+    return (f"TF Serving has no authentication: the ports are published on {where}, "
+            "and whoever\nreaches them can call every model; put an authenticating "
+            "proxy in front of them.\n")
+
+
+def check_bind(bind):
+    """`bind` as an IP address Compose can publish ports on.
+
+    Raises:
+        DeployError: naming it when it is not an IPv4 or IPv6 address.
+    """
+    try:
+        return str(ipaddress.ip_address(str(bind).strip("[]")))
+    except ValueError:
+        raise DeployError(f"--bind {bind!r}: not an IP address; expected the host "
+                          f"address to publish the ports on, e.g. {DEFAULT_BIND} (this "
+                          "machine only, the default) or 0.0.0.0 (every interface)") from None
 
 
 def inference_service(model, runtime_version, storage_uri=DEFAULT_STORAGE_URI,
@@ -312,7 +367,7 @@ def write_deployment(tree, out, overwrite=False, image=None, runtime_version=Non
                      rest_port=8501,
                      grpc_port=8500, poll_seconds=30, batching=False,
                      storage_uri=DEFAULT_STORAGE_URI, min_replicas=1, max_replicas=3,
-                     scale_metric="concurrency", scale_target=4):
+                     scale_metric="concurrency", scale_target=4, bind=DEFAULT_BIND):
     """Write models.config, docker-compose.yml and kserve/<name>.yaml to `out`.
 
     Args:
@@ -324,6 +379,8 @@ def write_deployment(tree, out, overwrite=False, image=None, runtime_version=Non
         runtime_version: KServe's `runtimeVersion` (default: the same
             release as `image`).
         rest_port, grpc_port: the host ports Compose publishes.
+        bind: the host address Compose publishes them on (default
+            127.0.0.1, this machine alone; 0.0.0.0 for every interface).
         poll_seconds: how often TF Serving looks for a new version.
         batching: turn on TF Serving's server-side batching.
         storage_uri: where the tree is uploaded for KServe; each model's
@@ -337,6 +394,7 @@ def write_deployment(tree, out, overwrite=False, image=None, runtime_version=Non
     """
     check_options(min_replicas, max_replicas, scale_metric, scale_target,
                   poll_seconds, rest_port, grpc_port)
+    bind = check_bind(bind)
     tree, out = pathlib.Path(tree), pathlib.Path(out)
     models = find_models(tree)
     names = {}
@@ -373,13 +431,15 @@ def write_deployment(tree, out, overwrite=False, image=None, runtime_version=Non
                 f"must then share {', '.join(shared)} (one loop runs per merged batch)")
     tree_source = os.path.relpath(tree.resolve(), out.resolve().parent / out.name)
     files["docker-compose.yml"] = _yaml(
-        compose(models, tree_source, image, rest_port, grpc_port, poll_seconds, batching),
+        compose(models, tree_source, image, rest_port, grpc_port, poll_seconds, batching,
+                bind),
         "TensorFlow Serving on the models exported under "
         f"{tree_source} (written by kgen deploy).\n"
         f"{image}: the TF Serving release proven to load these exports.\n"
         "Start: docker compose up -d   (REST on "
-        f"{rest_port}, gRPC on {grpc_port})\n"
-        f"Check: curl localhost:{rest_port}/v1/models/{models[0]['name']}")
+        f"{_host(bind)}:{rest_port}, gRPC on {_host(bind)}:{grpc_port})\n"
+        + _exposure(bind)
+        + f"Check: curl localhost:{rest_port}/v1/models/{models[0]['name']}")
     for model in models:
         name = service_name(model)
         files[f"kserve/{model['name']}.yaml"] = _yaml(
@@ -391,7 +451,7 @@ def write_deployment(tree, out, overwrite=False, image=None, runtime_version=Non
             + ".\n"
             f"Apply: kubectl apply -f kserve/{model['name']}.yaml\n"
             f"Served as /v1/models/{name}:predict (KServe names the model after the "
-            "InferenceService).")
+            "InferenceService).\n" + AUTH_NOTE)
     if storage_uri == DEFAULT_STORAGE_URI:
         notes.append(f"replace the storageUri placeholder ({DEFAULT_STORAGE_URI}/NAME) "
                      "in kserve/*.yaml, or pass --storage-uri")

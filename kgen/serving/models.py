@@ -8,6 +8,12 @@ unversioned requests; `Repository.poll()` loads a version published later
 (the atomic rename of `kgen.export.publish`) and swaps it in once it is
 ready, while requests already holding the previous version finish on it.
 An older version is loaded when a request names it, and a few stay loaded.
+A version deleted from disk is refused at once (NOT_FOUND) and unloaded
+at the next poll; one replaced by another folder of the same number is
+loaded again; a model left with no version is unregistered, as TF Serving
+unloads a servable whose base path empties. A version that cannot be
+loaded is logged once, and tried again when its files change. What a
+client is told about it names no path of the server.
 
 Every request goes through `ServedModel.infer`: the version and signature
 are looked up, the inputs checked against the signature (names, dtype,
@@ -19,11 +25,13 @@ failed, which names the input.
 
 import asyncio
 import collections
+import gc
 import logging
 import pathlib
 import threading
 import time
 import uuid
+import weakref
 
 import numpy as np
 
@@ -39,8 +47,13 @@ from kgen.serving.errors import invalid
 from kgen.serving.errors import not_found
 from kgen.serving.tensors import dt_name
 from kgen.serving.tree import PLAIN_VERSION
+from kgen.serving.tree import addressable
 from kgen.serving.tree import model_dirs
 from kgen.serving.tree import plain_versions
+from kgen.serving.tree import unaddressable_dirs
+from kgen.serving.tree import unaddressable_text
+from kgen.serving.tree import version_stamp
+from kgen.serving.tree import without_paths
 
 import kserve
 from kserve.model_repository import ModelRepository
@@ -83,12 +96,14 @@ class Version:
     """One loaded version: its signatures, their input and output specs,
     its `kgen.json` and the SignatureDefs TF Serving's metadata lists."""
 
-    def __init__(self, model, number, path):
+    def __init__(self, model, number, path, stamp=None):
         import tensorflow as tf
 
         self.model = model
         self.number = number
         self.path = pathlib.Path(path)
+        # The folder's files as they were loaded (`tree.version_stamp`).
+        self.stamp = stamp
         self.loaded = tf.saved_model.load(str(path))  # holds the variables
         self.signatures = dict(self.loaded.signatures)
         self.inputs = {k: dict(fn.structured_input_signature[1])
@@ -177,8 +192,11 @@ class Version:
         if batcher is None:
             size = settings.batch_size if self.max_rows is None else min(
                 settings.batch_size, self.max_rows)
+            # Through a weak reference: the batcher, held by this version,
+            # must not keep it alive once it is unloaded.
+            version = weakref.ref(self)
             batcher = self._batchers[signature] = Batcher(
-                lambda merged: self.call(signature, merged), max_rows=size,
+                lambda merged: version().call(signature, merged), max_rows=size,
                 wait_s=settings.batch_wait_s, uniform=self.uniform,
                 executor=settings.executor, on_call=lambda n: _count_call(labels, n))
         return await batcher.submit(inputs, rows)
@@ -206,6 +224,13 @@ class Version:
                 log.warning("%s version %d: warm-up request failed: %s", self.model,
                             self.number, e)
         return done
+
+
+def _release():
+    """Frees the memory of unloaded versions now: a loaded SavedModel's
+    objects refer to each other, so dropping the last reference leaves
+    them to Python's cycle collector."""
+    gc.collect()
 
 
 def _count_call(labels, requests):
@@ -264,13 +289,18 @@ class ServedModel(kserve.Model):
         name: the model's name (its folder under the tree).
         base: its base path, `saved_models/NAME`.
         settings: a `Settings`.
+        root: the tree, stripped from what clients are told (default: the
+            folder holding `base`).
     """
 
-    def __init__(self, name, base, settings):
+    def __init__(self, name, base, settings, root=None):
         super().__init__(name)
         self.base = pathlib.Path(base)
+        self.root = pathlib.Path(root) if root is not None else self.base.parent
         self.settings = settings
         self.latest = None
+        # Set when a version was unloaded: the repository frees its memory.
+        self.dropped = False
         self._old = collections.OrderedDict()
         self._failed = {}
         self._lock = threading.Lock()
@@ -284,49 +314,87 @@ class ServedModel(kserve.Model):
         return self.ready
 
     def refresh(self):
-        """Serves the newest loadable version on disk; True when it changed."""
+        """Serves the newest loadable version on disk, unloading versions
+        deleted from disk or replaced by another folder of the same number;
+        True when the version served changed."""
         on_disk = plain_versions(self.base)
+        forgotten = self._forget(on_disk)
         latest = self.latest
+        stale = latest is not None and not self._unchanged(latest, on_disk)
+        if stale:
+            log.info("model %s: version %d %s; unloading it", self.name, latest.number,
+                     "was replaced on disk" if latest.number in on_disk else
+                     "is gone from disk")
+        if forgotten or stale:
+            self.dropped = True
+        return self._serve_newest(on_disk, None if stale else latest)
+
+    def _serve_newest(self, on_disk, current):
+        """Swaps in the newest loadable version above `current` (the loaded
+        version still on disk as it was, or None)."""
         for number in reversed(on_disk):
-            if latest is not None and (number == latest.number or (
-                    number < latest.number and latest.number in on_disk)):
+            if current is not None and number <= current.number:
                 return False
             if self._still_failed(number):
                 continue
-            version = self._load(number)
+            with self._lock:
+                version = self._old.pop(number, None)
+            if version is None:
+                version = self._load(number)
             if version is None:
                 continue
             with self._lock:
                 previous, self.latest = self.latest, version
                 self._old.pop(number, None)
-                if previous is not None and previous.number in on_disk:
+                if current is not None:
                     self._remember(previous)
             metrics.VERSION.labels(self.name).set(number)
             log.info("model %s: serving version %d (%s)", self.name, number,
                      ", ".join(sorted(version.signatures)))
             self.ready = True
             return True
+        if current is None and self.latest is not None:
+            with self._lock:
+                self.latest = None
+            self.ready = False
+            metrics.VERSION.remove(self.name)
+            log.warning("model %s: no loadable version left on disk; unloaded until one "
+                        "is exported", self.name)
+            return True
         return False
 
+    def _unchanged(self, version, on_disk):
+        """Whether `version`'s folder is still the one it was loaded from."""
+        return version.number in on_disk and version.stamp == version_stamp(version.path)
+
+    def _forget(self, on_disk):
+        """Unloads older versions deleted or replaced on disk, and forgets
+        the failures of folders that are gone; True when one was unloaded."""
+        gone = []
+        with self._lock:
+            for number, version in list(self._old.items()):
+                if not self._unchanged(version, on_disk):
+                    gone.append(self._old.pop(number).number)
+        for number in gone:
+            log.info("model %s: version %d %s; unloaded", self.name, number,
+                     "was replaced on disk" if number in on_disk else "is gone from disk")
+        for number in [n for n in self._failed if n not in on_disk]:
+            del self._failed[number]
+        return bool(gone)
+
     def failure(self, number):
-        """Why `number` could not be loaded, or None."""
+        """Why `number` could not be loaded, or None (what a client may be
+        told: no path of the server)."""
         failed = self._failed.get(number)
         return failed[0] if failed else None
 
-    def _stamp(self, number):
-        try:
-            found = (self.base / str(number) / "saved_model.pb").stat()
-        except OSError:
-            return None
-        return (found.st_mtime_ns, found.st_size)
-
     def _still_failed(self, number):
-        """A version that failed to load is tried again once its
-        saved_model.pb changes (a copy that was not finished)."""
+        """A version that failed to load is tried again once its files
+        change (a copy that was not finished)."""
         failed = self._failed.get(number)
         if failed is None:
             return False
-        if failed[1] == self._stamp(number):
+        if failed[1] == version_stamp(self.base / str(number)):
             return True
         del self._failed[number]
         return False
@@ -334,15 +402,16 @@ class ServedModel(kserve.Model):
     def _load(self, number):
         path = self.base / str(number)
         start = time.monotonic()
-        stamp = self._stamp(number)
+        stamp = version_stamp(path)
         try:
-            version = Version(self.name, number, path)
+            version = Version(self.name, number, path, stamp)
             warmed = version.warm_up()
         except Exception as e:  # a damaged version must not stop the server
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            self._failed[number] = (f"{type(e).__name__}: {reason}", stamp)
+            reason = f"{type(e).__name__}: {reason}"
+            self._failed[number] = (without_paths(reason, self.root), stamp)
             log.error("model %s: version %d cannot be loaded (%s); still serving %s",
-                      self.name, number, self._failed[number][0],
+                      self.name, number, reason,
                       self.latest.number if self.latest else "nothing")
             return None
         log.info("model %s: loaded version %d in %.1fs%s", self.name, number,
@@ -355,45 +424,62 @@ class ServedModel(kserve.Model):
         while len(self._old) > KEEP_OLD_VERSIONS:
             self._old.popitem(last=False)
 
-    def get(self, number=None):
-        """The version a request names (blocking: may load it).
+    def _not_found(self, number, why=None):
+        if why is None:
+            found = ", ".join(str(v) for v in plain_versions(self.base)
+                              if v not in self._failed) or "none"
+            why = f"versions: {found}"
+        return not_found(f"Servable not found for request: Specific({self.name}, {number}) "
+                         f"({why})")
+
+    def _resident(self, number):
+        """The loaded version `number`, or None when it is not loaded.
 
         Raises:
-            ServingError: NOT_FOUND naming the model and version.
+            ServingError: NOT_FOUND when its folder is no longer on disk
+                (it is unloaded at the next poll).
         """
+        if not (self.base / str(number) / "saved_model.pb").is_file():
+            raise self._not_found(number)
         latest = self.latest
-        if number is None:
-            if latest is None:
-                raise not_found(f"Servable not found for request: Latest({self.name}) "
-                                "(no loadable version)")
-            return latest
         if latest is not None and number == latest.number:
             return latest
         with self._lock:
             cached = self._old.get(number)
             if cached is not None:
                 self._old.move_to_end(number)
-                return cached
-        on_disk = plain_versions(self.base)
-        if number not in on_disk or self._still_failed(number):
-            found = ", ".join(str(v) for v in on_disk if v not in self._failed) or "none"
-            raise not_found(f"Servable not found for request: Specific({self.name}, {number}) "
-                            f"(versions: {found})")
+            return cached
+
+    def get(self, number=None):
+        """The version a request names (blocking: may load it).
+
+        Raises:
+            ServingError: NOT_FOUND naming the model and version.
+        """
+        if number is None:
+            latest = self.latest
+            if latest is None:
+                raise not_found(f"Servable not found for request: Latest({self.name}) "
+                                "(no loadable version)")
+            return latest
+        resident = self._resident(number)
+        if resident is not None:
+            return resident
+        if self._still_failed(number):
+            raise self._not_found(number, f"it cannot be loaded: {self.failure(number)}")
         version = self._load(number)
         if version is None:
-            raise not_found(f"Servable not found for request: Specific({self.name}, {number}) "
-                            f"(it cannot be loaded: {self._failed[number][0]})")
+            raise self._not_found(number, f"it cannot be loaded: {self.failure(number)}")
         with self._lock:
             self._remember(version)
         return version
 
     async def get_async(self, number=None):
-        latest = self.latest
-        if number is None or (latest is not None and number == latest.number):
-            return self.get(number)
-        with self._lock:
-            if number in self._old:
-                return self._old[number]
+        if number is None:
+            return self.get()
+        resident = self._resident(number)
+        if resident is not None:
+            return resident
         return await asyncio.get_running_loop().run_in_executor(
             self.settings.executor, self.get, number)
 
@@ -503,29 +589,45 @@ def _version_number(text, model):
 
 class Repository(ModelRepository):
     """KServe's model repository over a `saved_models/` tree: one
-    `ServedModel` per folder holding versions, found again by `poll()`."""
+    `ServedModel` per folder holding versions, found again by `poll()`.
+
+    A model is registered with KServe while it has a version to serve and
+    unregistered when it has none left (requests to it then get NOT_FOUND).
+    Models seen but not registered (their only versions failed to load)
+    are kept, so a damaged version is logged once, not at every poll. A
+    folder whose name cannot be put in a URL is skipped with a warning.
+    """
 
     def __init__(self, root, settings):
         super().__init__(models_dir=str(root))
         self.root = pathlib.Path(root)
         self.settings = settings
+        self._seen = {}
+        self._skipped = set()
 
     def load_models(self):
-        for path in model_dirs(self.root):
-            self.load(path.name)
+        self.poll()
 
     def load(self, name):
-        """Loads (or refreshes) the model `name` of the tree."""
-        model = self.get_model(name)
+        """Loads (or refreshes) the model `name` of the tree; True when it
+        has a version to serve."""
+        model = self._seen.get(name)
+        base = self.root / name
         if model is None:
-            base = self.root / name
-            if not plain_versions(base):
+            if not addressable(name) or not plain_versions(base):
                 return False
-            model = ServedModel(name, base, self.settings)
-            if model.load():
-                self.update(model)
-            return model.ready
-        model.refresh()
+            model = self._seen[name] = ServedModel(name, base, self.settings, self.root)
+            model.load()
+        else:
+            model.refresh()
+        model.ready = model.latest is not None
+        registered = self.get_model(name)
+        if model.ready and registered is not model:
+            self.update(model)
+        elif not model.ready and registered is model:
+            del self.models[name]
+        if not model.ready and not plain_versions(base):
+            del self._seen[name]
         return model.ready
 
     def load_model(self, name):
@@ -533,12 +635,27 @@ class Repository(ModelRepository):
 
     def poll(self):
         """One pass over the tree: new models registered, new versions
-        loaded and swapped in."""
-        for path in model_dirs(self.root):
+        loaded and swapped in, deleted ones unloaded."""
+        self._warn_unaddressable()
+        names = {path.name for path in model_dirs(self.root)} | set(self._seen)
+        dropped = False
+        for name in sorted(names):
+            model = self._seen.get(name)
             try:
-                self.load(path.name)
+                self.load(name)
             except Exception:  # keep polling the other models
-                log.exception("model %s: refresh failed", path.name)
+                log.exception("model %s: refresh failed", name)
+            if model is not None and model.dropped:
+                model.dropped, dropped = False, True
+        if dropped:
+            _release()
+
+    def _warn_unaddressable(self):
+        """Warns once about each folder skipped for its name."""
+        found = {path.name for path in unaddressable_dirs(self.root)}
+        for name in sorted(found - self._skipped):
+            log.warning("%s", unaddressable_text(name))
+        self._skipped = found
 
     def start_polling(self, every_s):
         """Polls every `every_s` seconds in a daemon thread; returns its stop event."""

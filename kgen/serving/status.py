@@ -27,9 +27,10 @@ from tensorflow_serving.apis import get_model_status_pb2
 
 
 def find_model(repository, name, version=None):
-    """The registered model `name`, or NOT_FOUND in TF Serving's words."""
+    """The registered model `name`, or NOT_FOUND in TF Serving's words (also
+    while a model whose last version was deleted is being unregistered)."""
     model = repository.get_model(name) if name else None
-    if model is None:
+    if model is None or model.latest is None:
         which = f"Latest({name})" if version is None else f"Specific({name}, {version})"
         known = ", ".join(sorted(repository.get_models())) or "none"
         raise not_found(f"Servable not found for request: {which} (models: {known})")
@@ -45,17 +46,17 @@ def known_signature(model, name):
 
 
 def status_proto(model, version=None):
-    """`GetModelStatusResponse`: every version on disk (or the one asked)."""
+    """`GetModelStatusResponse`: every version on disk (or the one asked); a
+    version deleted from disk is not listed, even before it is unloaded."""
     response = get_model_status_pb2.GetModelStatusResponse()
     on_disk = plain_versions(model.base)
     if version is not None:
-        if version not in on_disk and not (model.latest and model.latest.number == version):
+        if version not in on_disk:
             raise not_found(f"Servable not found for request: Specific({model.name}, "
                             f"{version}) (versions: {', '.join(map(str, on_disk)) or 'none'})")
         numbers = [version]
     else:
-        numbers = sorted(set(on_disk) | ({model.latest.number} if model.latest else set()),
-                         reverse=True)
+        numbers = sorted(on_disk, reverse=True)
     for number in numbers:
         entry = response.model_version_status.add()
         entry.version = number

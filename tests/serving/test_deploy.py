@@ -88,7 +88,8 @@ def test_compose_runs_tf_serving_on_the_tree(written, tree):
     # The release proven to load what this TensorFlow writes, never latest.
     release = serving_release.release_for(serving_release.tensorflow_version())
     assert release and service["image"] == f"tensorflow/serving:{release}"
-    assert service["ports"] == ["8500:8500", "8501:8501"]
+    # Published on this machine alone: TF Serving has no authentication.
+    assert service["ports"] == ["127.0.0.1:8500:8500", "127.0.0.1:8501:8501"]
     mounts = {v["target"]: v for v in service["volumes"]}
     models = mounts["/models"]
     assert models["read_only"] is True
@@ -150,6 +151,32 @@ def test_each_inference_service_names_its_model(written, tree):
                              "metadata") == []
 
 
+def test_each_inference_service_says_how_to_add_auth(written):
+    text = (written / "kserve" / "lm.yaml").read_text()
+    header = "".join(line[2:] + "\n" for line in text.splitlines() if line.startswith("# "))
+    assert "TF Serving, the runtime this InferenceService deploys, has\nnone of its own" \
+        in header
+    assert "name: KGEN_API_KEY" in header and "secretKeyRef: {name: kgen-api-key" in header
+    assert "Authorization: Bearer" in header
+    # The note is a comment: the document itself holds no env or secret.
+    assert "KGEN_API_KEY" not in str(yaml.safe_load(text))
+
+
+@pytest.mark.parametrize("bind, host", [("0.0.0.0", "0.0.0.0"), ("10.1.2.3", "10.1.2.3"),
+                                        ("::1", "[::1]"), ("[::]", "[::]")])
+def test_bind_publishes_the_ports_on_that_address(tree, tmp_path, bind, host):
+    status, _, stderr = deploy_cli(tree, "--out", tmp_path / "d", "--bind", bind,
+                                   "--rest-port", "9501")
+    assert status == 0, stderr
+    text = (tmp_path / "d" / "docker-compose.yml").read_text()
+    ports = yaml.safe_load(text)["services"]["tf-serving"]["ports"]
+    assert ports == [f"{host}:8500:8500", f"{host}:9501:8501"]
+    loopback = bind == "::1"
+    assert ("published on this machine alone" in text) == loopback
+    assert ("put an authenticating" in text) == (not loopback)
+    assert ("published on every interface" in text) == (bind in ("0.0.0.0", "[::]"))
+
+
 def test_storage_uri_and_overwrite(tree, written):
     status, _, stderr = deploy_cli(tree, "--out", written)
     assert status == 2 and f"--out {written}: exists and is not empty" in stderr
@@ -189,6 +216,9 @@ def test_refusals_name_the_path_or_value(tree, tmp_path):
     _refused([tree, "--out", out, "--min-replicas", "3", "--max-replicas", "2"],
              "--max-replicas 2: must be at least --min-replicas 3")
     _refused([tree, "--out", out, "--rest-port", "8500"], "--rest-port 8500")
+    for bind in ("localhost", "0.0.0.0:8501", "300.1.1.1", ""):
+        _refused([tree, "--out", out, "--bind", bind], f"--bind {bind!r}: not an IP address",
+                 "0.0.0.0")
     assert not out.exists(), "a refused deploy writes nothing"
 
 
