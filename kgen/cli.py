@@ -697,12 +697,58 @@ def _user_errors():
     return (UserError, *_PATH_ERRORS)
 
 
+def _is_user_error(error):
+    """A `_user_errors()` exception, or an OS error about a name the user
+    typed that the file system cannot hold (too long)."""
+    import errno
+
+    return isinstance(error, _user_errors()) or (
+        isinstance(error, OSError) and error.errno == errno.ENAMETOOLONG)
+
+
 def _message(error):
     """The one line a failure is shown as: a path error's path and reason,
     else the first line of the message."""
+    import errno
+
+    if isinstance(error, OSError) and error.errno == errno.ENAMETOOLONG:
+        return _name_too_long(error.filename or "", "a path you gave")
     if isinstance(error, OSError) and error.filename and error.strerror:
         return f"{error.filename}: {error.strerror}"
     return first_line(error)
+
+
+def _name_max(path):
+    """The longest file name (in bytes) the file system holding `path` allows."""
+    # os.path.exists is False (not an error) for a name that is too long.
+    existing = next((p for p in (path, *path.parents) if os.path.exists(p)),
+                    pathlib.Path("."))
+    try:
+        return os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def _name_too_long(path, what):
+    """`PATH: file name too long (...)` naming the part that is too long."""
+    path = pathlib.Path(path)
+    limit = _name_max(path)
+    longest = max(path.parts or ("",), key=lambda part: len(os.fsencode(part)))
+    return (f"{path}: file name too long ({what}: {len(os.fsencode(longest))} bytes "
+            f"in one name, {longest[:12]}...; this file system allows {limit})")
+
+
+def _check_name_lengths(args):
+    """Refuse a path argument with a name longer than the file system
+    allows, before anything is written under it."""
+    for flag in ("run_dir", "export", "to", "out", "model_dir", "dir"):
+        path = getattr(args, flag, None)
+        if not isinstance(path, pathlib.Path):
+            continue
+        limit = _name_max(path)
+        if any(len(os.fsencode(part)) > limit for part in path.parts):
+            option = "--" + flag.replace("_", "-") if flag != "model_dir" else "the model"
+            raise CommandError(_name_too_long(path, option))
 
 
 def _quiet_tensorflow():
@@ -751,6 +797,7 @@ def main(argv=None):
         if args.command == "export" and "keras" not in sys.modules:
             backend = "tensorflow"
         _select_backend(backend)
+        _check_name_lengths(args)
         if args.command in _TENSORFLOW_COMMANDS and not debug:
             _quiet_tensorflow()
         _COMMANDS[args.command](args)
@@ -762,7 +809,7 @@ def main(argv=None):
             import traceback
 
             traceback.print_exc()
-        if isinstance(e, _user_errors()):
+        if _is_user_error(e):
             _fail(_message(e))
         print(f"kgen: internal error: {type(e).__name__}: {_message(e)}"
               + ("" if debug else " (run again with --debug for the traceback)"),

@@ -175,6 +175,8 @@ def _setting(name, text, dtype):
             value = int(text)
         elif dtype.kind == "f":
             value = float(text)
+            if not np.isfinite(value):
+                raise ValueError
         elif dtype.kind == "b":
             value = {"true": True, "false": False}[str(text).lower()]
         else:
@@ -185,6 +187,7 @@ def _setting(name, text, dtype):
     except (ValueError, KeyError, OverflowError):
         raise SampleError(
             f"--set {name}={text}: expected a value of the input's dtype {dtype.name}"
+            + (" (a finite number)" if dtype.kind == "f" else "")
         ) from None
     return value
 
