@@ -248,9 +248,16 @@ def _keras_file(source, keras_path):
     for path in candidates:
         if path.is_file() or keras_path is not None:
             try:
-                return _load(path)
+                model = _load(path)
             except ValueError as e:
                 raise EvaluateError(str(e)) from None
+            kinds = {cls.__name__ for cls in type(model).__mro__}
+            if source.family and source.family not in kinds:
+                raise EvaluateError(
+                    f"--keras {path}: a {type(model).__name__} model, but the model "
+                    f"evaluated ({source.name}) is a {source.family}; pass the .keras "
+                    f"file it was exported from (e.g. runs/{source.name}/best.keras)")
+            return model
     return None
 
 
@@ -680,10 +687,11 @@ def format_report(report):
                 lines.append(f"  class {k:<3} {fa:>8} {fb:>8}")
     test = report.get("test")
     if test:
-        for name, value in test.items():
-            lines.append(f"test {name:<22}{value:.4f}" if isinstance(value, float)
-                         else f"test {name:<22}{value}")
-        for name, value in floor.items():
-            if "samples" not in report:
-                lines.append(f"floor {name:<21}{value:.4f}")
+        rows = [(f"test {name}", value) for name, value in test.items()]
+        if "samples" not in report:
+            rows += [(f"floor {name}", value) for name, value in floor.items()]
+        width = max(len(label) for label, _ in rows) + 2
+        for label, value in rows:
+            cell = f"{value:.4f}" if isinstance(value, float) else f"{value}"
+            lines.append(f"{label:<{width}}{cell:>12}")
     return "\n".join(lines)

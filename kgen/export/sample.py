@@ -31,6 +31,8 @@ from kgen.export.messages import graph_reason
 from kgen.random import MAX_SEED
 from kgen.random import MIN_SEED
 
+# The suffixes a text model's samples may be written to.
+TEXT_SUFFIXES = (".txt", ".md")
 # A version folder as TF Serving reads it: a plain whole number.
 _PLAIN_VERSION = re.compile(r"(0|[1-9][0-9]*)\Z")
 
@@ -227,7 +229,12 @@ def _output_path(out, kind):
         out = pathlib.Path(out or "samples.png")
         media.image_format(out)
         return media.check_writable(out)
-    return media.check_writable(pathlib.Path(out or "samples.txt"))
+    out = pathlib.Path(out or "samples.txt")
+    if out.suffix.lower() not in TEXT_SUFFIXES:
+        raise media.OutputError(
+            f"{out}: cannot write text as {out.suffix or 'a file without a suffix'!r} "
+            f"(this model writes text; use a file ending in {', '.join(TEXT_SUFFIXES)})")
+    return media.check_writable(out)
 
 
 def _run(signature, inputs, max_rows, version_dir):
