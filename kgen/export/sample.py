@@ -471,7 +471,7 @@ def _check_finite(values, seed, where):
         rows = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
         raise SampleError(
             f"{where}: the model produced non-finite values (NaN or inf) in "
-            f"{len(rows)} of the {len(values)} rows from seed {seed} (first: seed "
+            f"{len(rows)} of {len(values)} rows (from seed {seed}; first: seed "
             f"{seed + int(rows[0])}); its weights are probably not finite. Nothing written"
         )
 
