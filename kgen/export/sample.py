@@ -341,13 +341,15 @@ class _Progress:
     def __init__(self, total, out, chunk, enabled):
         self.total, self.done, self.enabled = total, 0, enabled
         self.last = time.monotonic()
-        if enabled:
-            self._print(f"drawing {total} rows into {out}, {chunk} rows per call")
+        # Shown once the first call succeeded: a refused request prints only its error.
+        self.header = f"drawing {total} rows into {out}, {chunk} rows per call"
 
     def _print(self, text):
         print(f"kgen sample: {text}", file=sys.stderr, flush=True)
 
     def add(self, count):
+        if self.enabled and not self.done:
+            self._print(self.header)
         self.done += count
         now = time.monotonic()
         if self.enabled and (now - self.last >= 5.0 or self.done == self.total):
