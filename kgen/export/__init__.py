@@ -51,15 +51,17 @@ def _family(model, source=None):
     where = source or type(model).__name__
     known = ", ".join(sorted(cls.__name__ for cls in families()))
     shape = getattr(model, "output_shape", None)
-    if isinstance(shape, tuple) and len(shape) == 2 and isinstance(shape[-1], int):
+    if (isinstance(shape, tuple) and len(shape) == 2 and isinstance(shape[-1], int)
+            and shape[-1] >= 2):
         raise NotGenerativeError(
             f"{where}: a classifier ({shape[-1]} classes), not a generative model; "
             f"kgen export publishes generative families ({known}). "
             "A classifier judges samples: pass it to `kgen evaluate saved_models/NAME "
             f"--classifier {where}`") from None
     raise NotGenerativeError(
-        f"{where}: a {type(model).__name__} model, which declares no generative family; "
-        f"kgen export publishes {known}") from None
+        f"{where}: no serving signatures for {type(model).__name__}: it declares no "
+        f"generative family (kgen.family.declare_family); kgen export publishes {known}"
+    ) from None
 
 
 def _load(path):
