@@ -581,6 +581,19 @@ def _cmd_sample(args):
         print(sample_saved_model(args.model_dir, **options))
 
 
+def _check_sample(args):
+    """`kgen sample`'s own checks, before TensorFlow loads: a mistake (an
+    `--n` too large for the output, a bad suffix) is refused at once."""
+    from kgen.export.sample import check_request
+
+    if args.model_dir is not None and args.url is None:
+        check_request(args.model_dir, args.version, args.n, args.seed, args.out)
+
+
+# Checks a command makes before TensorFlow is imported.
+_EARLY_CHECKS = {"sample": _check_sample}
+
+
 def _cmd_deploy(args):
     from kgen.serving import deploy
 
@@ -798,6 +811,7 @@ def main(argv=None):
             backend = "tensorflow"
         _select_backend(backend)
         _check_name_lengths(args)
+        _EARLY_CHECKS.get(args.command, lambda _: None)(args)
         if args.command in _TENSORFLOW_COMMANDS and not debug:
             _quiet_tensorflow()
         _COMMANDS[args.command](args)

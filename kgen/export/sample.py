@@ -297,13 +297,7 @@ def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=No
         a text file any number, drawn and written one chunk of `max_rows`
         rows at a time.
     """
-    _check_count(n)
-    _check_seed(seed, n)
-    version_dir = resolve_version_dir(model_dir, version)
-    metadata = read_metadata(version_dir)
-    kind = export_metadata.output_kind(metadata)
-    out = _output_path(out, kind)
-    check_output_rows(n, out, kind)
+    version_dir, metadata, kind, out = check_request(model_dir, version, n, seed, out)
     loaded = _load(version_dir)  # holds the variables the signature reads
     signature = loaded.signatures["generate"]
     max_rows = metadata.get("max_rows")
@@ -316,6 +310,26 @@ def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=No
     # Rows cycling through the classes: one column per class.
     columns = metadata.get("num_classes") if label is None else None
     return draw(call, n, seed, chunk, out, kind, version_dir, columns, progress)
+
+
+def check_request(model_dir, version=None, n=16, seed=0, out=None):
+    """What `sample_saved_model` checks before it loads TensorFlow: the
+    count, the seeds, the version, its `kgen.json` and the output path.
+
+    Returns:
+        `(version_dir, metadata, output kind, checked output path)`.
+
+    Raises:
+        SampleError, `kgen.media.OutputError`: naming the bad value.
+    """
+    _check_count(n)
+    _check_seed(seed, n)
+    version_dir = resolve_version_dir(model_dir, version)
+    metadata = read_metadata(version_dir)
+    kind = export_metadata.output_kind(metadata)
+    out = _output_path(out, kind)
+    check_output_rows(n, out, kind)
+    return version_dir, metadata, kind, out
 
 
 def check_output_rows(n, out, kind):
