@@ -39,8 +39,11 @@ from kgen.random import MIN_SEED
 # folder of them); more rows go to a `.npy` array or a text file, which are
 # written chunk by chunk with bounded memory.
 MAX_VIEW_ROWS = 10_000
-# Rows per call of the signature when the export records no max_rows.
+# Rows per call of the signature when the export records no max_rows, and
+# the most whatever it records (an export may allow more rows per request
+# than one chunk of a long draw should hold in memory).
 DEFAULT_CHUNK_ROWS = 256
+MAX_CHUNK_ROWS = 1024
 # Between two texts in a text file of samples.
 TEXT_SEPARATOR = "\n\n---\n\n"
 # The suffixes a text model's samples may be written to.
@@ -301,7 +304,8 @@ def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=No
     loaded = _load(version_dir)  # holds the variables the signature reads
     signature = loaded.signatures["generate"]
     max_rows = metadata.get("max_rows")
-    chunk = max_rows if isinstance(max_rows, int) and max_rows > 0 else DEFAULT_CHUNK_ROWS
+    chunk = (min(max_rows, MAX_CHUNK_ROWS) if isinstance(max_rows, int) and max_rows > 0
+             else DEFAULT_CHUNK_ROWS)
 
     def call(first_seed, count):
         inputs = generate_inputs(signature, metadata, count, first_seed, label, settings)
