@@ -170,7 +170,10 @@ def _parser():
                              "an LM --set prompt=..., a diffusion model --set num_steps=N")
     sample.add_argument("--version", type=int, help="version to use (default: newest)")
     sample.add_argument("--n", type=_positive_int, default=16,
-                        help="number of samples (default 16)")
+                        help="number of samples (default 16), drawn in chunks of the "
+                             "export's max_rows; an image grid or WAV output holds at "
+                             "most 10000, a .npy array or a text file any number "
+                             "(written chunk by chunk)")
     sample.add_argument("--seed", type=int, default=0,
                         help="seed of the first sample; row i uses seed+i (default 0)")
     sample.add_argument("--label", type=int,
