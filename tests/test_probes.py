@@ -160,3 +160,17 @@ def test_chunked_rows_equal_one_call(models, tmp_path):
 
     a, b = (np.asarray(Image.open(tmp_path / f"{x}.png"), "int32") for x in "ab")
     assert a.shape == b.shape and np.abs(a - b).max() <= 1
+
+
+@pytest.mark.tf_only
+def test_an_array_larger_than_the_free_disk_is_refused(models, tmp_path, monkeypatch):
+    import collections
+
+    from kgen.export import sample
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(sample.shutil, "disk_usage", lambda _: usage(10**6, 10**6 - 100, 100))
+    code, _, err = kgen_main("sample", models["vae"], "--n", "10", "--out", "rows.npy",
+                             cwd=tmp_path, check=False)
+    assert code == 2 and "kgen: error: --n 10: rows.npy would take" in err
+    assert "free on its disk" in err and list(tmp_path.iterdir()) == []
