@@ -305,7 +305,8 @@ def _feature_extractor(classifier, features, inception_weights, image_shape):
         except FileNotFoundError as e:
             raise EvaluateError(f"--classifier {classifier}: {first_line(e)}") from None
         except ValueError as e:
-            raise EvaluateError(f"--classifier {classifier}: {first_line(e)}") from None
+            reason = first_line(e).removeprefix(f"{classifier}: ")
+            raise EvaluateError(f"--classifier {classifier}: {reason}") from None
         expected = tuple(model.input_shape[1:])
         if tuple(image_shape) != expected:
             raise EvaluateError(
