@@ -51,6 +51,9 @@ from kgen.errors import first_line
 # The held-out share of the data: the recipes' and the classifiers' own
 # validation split (the last 10%).
 HELD_OUT_FRACTION = 0.1
+# Generated clips an audio evaluation holds in memory at most (the images'
+# count is bounded by the held-out split, the text's by its windows).
+MAX_AUDIO_N = 10_000
 
 
 class EvaluateError(UserError, ValueError):
@@ -508,6 +511,10 @@ def _evaluate_audio(source, *, data, n, classifier, seed, batch, settings, progr
     from kgen.metrics.audio import load_classifier
     from kgen.metrics.audio import score_audio
 
+    if n > MAX_AUDIO_N:
+        raise EvaluateError(
+            f"--n {n}: an audio evaluation scores at most {MAX_AUDIO_N} generated clips "
+            "(it holds them all in memory); ask for fewer")
     if classifier is None:
         raise EvaluateError(
             "--classifier: needed for audio models (train one with `kgen train "
@@ -611,7 +618,8 @@ def evaluate(model, *, version=None, data=None, n=1000, classifier=None, seed=0,
         version: the export version (default: the newest).
         data: the real data: images as `kgen train` reads them (`digits`,
             an MNIST IDX directory, ...), or a text file for a language model.
-        n: samples (and real images) compared; at most the held-out split.
+        n: samples (and real images) compared; at most the held-out split
+            (images), its windows (text) or `MAX_AUDIO_N` clips (audio).
         classifier: a classifier `.keras` (see `kgen.metrics.features`):
             its features for FID/KID, its labels for conditional accuracy.
         seed: seed of the first sample; row `i` uses `seed + i`.

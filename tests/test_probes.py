@@ -174,3 +174,12 @@ def test_an_array_larger_than_the_free_disk_is_refused(models, tmp_path, monkeyp
                              cwd=tmp_path, check=False)
     assert code == 2 and "kgen: error: --n 10: rows.npy would take" in err
     assert "free on its disk" in err and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.backend_agnostic
+def test_audio_evaluation_count_is_bounded():
+    from kgen import evaluate
+
+    with pytest.raises(evaluate.EvaluateError, match=r"^--n 10000000: an audio evaluation"):
+        evaluate._evaluate_audio(None, data=None, n=10**7, classifier=None, seed=0,
+                                 batch=None, settings=None, progress=False)
