@@ -170,7 +170,10 @@ def _parser():
                              "an LM --set prompt=..., a diffusion model --set num_steps=N")
     sample.add_argument("--version", type=int, help="version to use (default: newest)")
     sample.add_argument("--n", type=_positive_int, default=16,
-                        help="number of samples (default 16)")
+                        help="number of samples (default 16), drawn in chunks of the "
+                             "export's max_rows; an image grid or WAV output holds at "
+                             "most 10000, a .npy array or a text file any number "
+                             "(written chunk by chunk)")
     sample.add_argument("--seed", type=int, default=0,
                         help="seed of the first sample; row i uses seed+i (default 0)")
     sample.add_argument("--label", type=int,
@@ -584,6 +587,19 @@ def _cmd_sample(args):
         print(sample_saved_model(args.model_dir, **options))
 
 
+def _check_sample(args):
+    """`kgen sample`'s own checks, before TensorFlow loads: a mistake (an
+    `--n` too large for the output, a bad suffix) is refused at once."""
+    from kgen.export.sample import check_request
+
+    if args.model_dir is not None and args.url is None:
+        check_request(args.model_dir, args.version, args.n, args.seed, args.out)
+
+
+# Checks a command makes before TensorFlow is imported.
+_EARLY_CHECKS = {"sample": _check_sample}
+
+
 def _cmd_deploy(args):
     from kgen.serving import deploy
 
@@ -700,12 +716,58 @@ def _user_errors():
     return (UserError, *_PATH_ERRORS)
 
 
+def _is_user_error(error):
+    """A `_user_errors()` exception, or an OS error about a name the user
+    typed that the file system cannot hold (too long)."""
+    import errno
+
+    return isinstance(error, _user_errors()) or (
+        isinstance(error, OSError) and error.errno == errno.ENAMETOOLONG)
+
+
 def _message(error):
     """The one line a failure is shown as: a path error's path and reason,
     else the first line of the message."""
+    import errno
+
+    if isinstance(error, OSError) and error.errno == errno.ENAMETOOLONG:
+        return _name_too_long(error.filename or "", "a path you gave")
     if isinstance(error, OSError) and error.filename and error.strerror:
         return f"{error.filename}: {error.strerror}"
     return first_line(error)
+
+
+def _name_max(path):
+    """The longest file name (in bytes) the file system holding `path` allows."""
+    # os.path.exists is False (not an error) for a name that is too long.
+    existing = next((p for p in (path, *path.parents) if os.path.exists(p)),
+                    pathlib.Path("."))
+    try:
+        return os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def _name_too_long(path, what):
+    """`PATH: file name too long (...)` naming the part that is too long."""
+    path = pathlib.Path(path)
+    limit = _name_max(path)
+    longest = max(path.parts or ("",), key=lambda part: len(os.fsencode(part)))
+    return (f"{path}: file name too long ({what}: {len(os.fsencode(longest))} bytes "
+            f"in one name, {longest[:12]}...; this file system allows {limit})")
+
+
+def _check_name_lengths(args):
+    """Refuse a path argument with a name longer than the file system
+    allows, before anything is written under it."""
+    for flag in ("run_dir", "export", "to", "out", "model_dir", "dir"):
+        path = getattr(args, flag, None)
+        if not isinstance(path, pathlib.Path):
+            continue
+        limit = _name_max(path)
+        if any(len(os.fsencode(part)) > limit for part in path.parts):
+            option = "--" + flag.replace("_", "-") if flag != "model_dir" else "the model"
+            raise CommandError(_name_too_long(path, option))
 
 
 def _quiet_tensorflow():
@@ -754,6 +816,8 @@ def main(argv=None):
         if args.command == "export" and "keras" not in sys.modules:
             backend = "tensorflow"
         _select_backend(backend)
+        _check_name_lengths(args)
+        _EARLY_CHECKS.get(args.command, lambda _: None)(args)
         if args.command in _TENSORFLOW_COMMANDS and not debug:
             _quiet_tensorflow()
         _COMMANDS[args.command](args)
@@ -765,7 +829,7 @@ def main(argv=None):
             import traceback
 
             traceback.print_exc()
-        if isinstance(e, _user_errors()):
+        if _is_user_error(e):
             _fail(_message(e))
         print(f"kgen: internal error: {type(e).__name__}: {_message(e)}"
               + ("" if debug else " (run again with --debug for the traceback)"),

@@ -87,9 +87,12 @@ def _coerce(key, text, default):
             raise ConfigError(f"{where}: expected an integer") from None
     if isinstance(default, float):
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
             raise ConfigError(f"{where}: expected a number") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number (not nan or inf)")
+        return value
     if isinstance(default, (tuple, list)):
         parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
         if not parts:
@@ -100,9 +103,12 @@ def _coerce(key, text, default):
         if lowered in _TRUE - {"1"} or lowered in _FALSE - {"0"}:
             return lowered in _TRUE
         try:
-            return ast.literal_eval(text)
+            value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
             return text
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number (not nan or inf)")
+        return value
     return text
 
 

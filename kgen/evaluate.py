@@ -51,6 +51,9 @@ from kgen.errors import first_line
 # The held-out share of the data: the recipes' and the classifiers' own
 # validation split (the last 10%).
 HELD_OUT_FRACTION = 0.1
+# Generated clips an audio evaluation holds in memory at most (the images'
+# count is bounded by the held-out split, the text's by its windows).
+MAX_AUDIO_N = 10_000
 
 
 class EvaluateError(UserError, ValueError):
@@ -248,9 +251,16 @@ def _keras_file(source, keras_path):
     for path in candidates:
         if path.is_file() or keras_path is not None:
             try:
-                return _load(path)
+                model = _load(path)
             except ValueError as e:
                 raise EvaluateError(str(e)) from None
+            kinds = {cls.__name__ for cls in type(model).__mro__}
+            if source.family and source.family not in kinds:
+                raise EvaluateError(
+                    f"--keras {path}: a {type(model).__name__} model, but the model "
+                    f"evaluated ({source.name}) is a {source.family}; pass the .keras "
+                    f"file it was exported from (e.g. runs/{source.name}/best.keras)")
+            return model
     return None
 
 
@@ -298,7 +308,8 @@ def _feature_extractor(classifier, features, inception_weights, image_shape):
         except FileNotFoundError as e:
             raise EvaluateError(f"--classifier {classifier}: {first_line(e)}") from None
         except ValueError as e:
-            raise EvaluateError(f"--classifier {classifier}: {first_line(e)}") from None
+            reason = first_line(e).removeprefix(f"{classifier}: ")
+            raise EvaluateError(f"--classifier {classifier}: {reason}") from None
         expected = tuple(model.input_shape[1:])
         if tuple(image_shape) != expected:
             raise EvaluateError(
@@ -500,6 +511,10 @@ def _evaluate_audio(source, *, data, n, classifier, seed, batch, settings, progr
     from kgen.metrics.audio import load_classifier
     from kgen.metrics.audio import score_audio
 
+    if n > MAX_AUDIO_N:
+        raise EvaluateError(
+            f"--n {n}: an audio evaluation scores at most {MAX_AUDIO_N} generated clips "
+            "(it holds them all in memory); ask for fewer")
     if classifier is None:
         raise EvaluateError(
             "--classifier: needed for audio models (train one with `kgen train "
@@ -603,7 +618,8 @@ def evaluate(model, *, version=None, data=None, n=1000, classifier=None, seed=0,
         version: the export version (default: the newest).
         data: the real data: images as `kgen train` reads them (`digits`,
             an MNIST IDX directory, ...), or a text file for a language model.
-        n: samples (and real images) compared; at most the held-out split.
+        n: samples (and real images) compared; at most the held-out split
+            (images), its windows (text) or `MAX_AUDIO_N` clips (audio).
         classifier: a classifier `.keras` (see `kgen.metrics.features`):
             its features for FID/KID, its labels for conditional accuracy.
         seed: seed of the first sample; row `i` uses `seed + i`.
@@ -680,10 +696,11 @@ def format_report(report):
                 lines.append(f"  class {k:<3} {fa:>8} {fb:>8}")
     test = report.get("test")
     if test:
-        for name, value in test.items():
-            lines.append(f"test {name:<22}{value:.4f}" if isinstance(value, float)
-                         else f"test {name:<22}{value}")
-        for name, value in floor.items():
-            if "samples" not in report:
-                lines.append(f"floor {name:<21}{value:.4f}")
+        rows = [(f"test {name}", value) for name, value in test.items()]
+        if "samples" not in report:
+            rows += [(f"floor {name}", value) for name, value in floor.items()]
+        width = max(len(label) for label, _ in rows) + 2
+        for label, value in rows:
+            cell = f"{value:.4f}" if isinstance(value, float) else f"{value}"
+            lines.append(f"{label:<{width}}{cell:>12}")
     return "\n".join(lines)

@@ -129,6 +129,61 @@ def save_array(path, array):
     return path
 
 
+@contextlib.contextmanager
+def array_stream(path, shape, dtype="float32"):
+    """Write a `.npy` file of `shape` block by block, in row order.
+
+    Yields `write(rows)`, which appends `rows` (`(k, *shape[1:])`); memory
+    holds one block at a time. The file is renamed into place only when
+    the block ends with all `shape[0]` rows written; otherwise nothing is.
+    """
+    import numpy.lib.format as npy
+
+    path = pathlib.Path(path)
+    dtype = np.dtype(dtype)
+    shape = tuple(int(d) for d in shape)
+    written = 0
+    with _atomic(path) as tmp:
+        with open(tmp, "wb") as f:
+            npy.write_array_header_2_0(f, {"descr": npy.dtype_to_descr(dtype),
+                                           "fortran_order": False, "shape": shape})
+
+            def write(rows):
+                nonlocal written
+                rows = np.ascontiguousarray(rows, dtype=dtype)
+                if rows.shape[1:] != shape[1:] or written + len(rows) > shape[0]:
+                    raise ValueError(f"rows of shape {rows.shape} do not fit {shape} "
+                                     f"after {written} rows")
+                f.write(rows.tobytes())
+                written += len(rows)
+
+            yield write
+            if written != shape[0]:
+                raise ValueError(f"{path}: {written} of {shape[0]} rows written")
+    return path
+
+
+@contextlib.contextmanager
+def text_stream(path, separator):
+    """Write UTF-8 texts one block at a time, `separator` between two texts.
+
+    Yields `write(texts)`; the file is renamed into place when the block
+    ends normally, and nothing is written otherwise.
+    """
+    path = pathlib.Path(path)
+    first = True
+    with _atomic(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+
+            def write(texts):
+                nonlocal first
+                for text in texts:
+                    f.write(text if first else separator + text)
+                    first = False
+
+            yield write
+
+
 def wav_samples(audio):
     """float `(samples,)` in [-1, 1] -> int16 PCM (clipped, rounded)."""
     audio = np.asarray(audio, dtype="float64")

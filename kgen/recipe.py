@@ -55,6 +55,7 @@ load only recipes you trust.
 
 import ast
 import importlib
+import os
 import pathlib
 import pkgutil
 import re
@@ -302,7 +303,11 @@ def load(name_or_path):
             an optional part) with the wrong type.
     """
     text = str(name_or_path)
-    if text.endswith(".py") or "/" in text or pathlib.Path(text).is_file():
+    # A recipe's name means the recipe that ships with kgen, whatever files
+    # the working directory holds; a path is one ending in .py or holding a
+    # separator (`./vae_digits.py`, `recipes/mine.py`).
+    if text.endswith(".py") or "/" in text or os.sep in text or (
+            text not in names() and pathlib.Path(text).is_file()):
         name = pathlib.Path(text).stem
         module = _load_file(pathlib.Path(text))
     else:

@@ -38,6 +38,7 @@ from kgen import callbacks as kgen_callbacks
 from kgen import config as kgen_config
 from kgen import distribute as kgen_distribute
 from kgen import io as kgen_io
+from kgen import memory
 from kgen import precision as kgen_precision
 from kgen import recipe as kgen_recipe
 from kgen.callbacks.checkpoints import NonFiniteError  # noqa: F401  (part of the API)
@@ -189,6 +190,7 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
     """
     recipe = kgen_recipe.load(recipe)
     config = kgen_config.apply_overrides(recipe.CONFIG, sets or {})
+    memory.check(config, sets, recipe.CONFIG, where=f"recipe {recipe.name}")  # before building
     if export_to and not recipe.EXPORT:
         raise ConfigError(
             f"--export {export_to}: recipe {recipe.name} trains a model "

@@ -464,6 +464,12 @@ def load_images(source, image_size=None):
         if list(path.glob("*-images-idx3-ubyte*")):
             images, labels = load_mnist(path)
         else:
+            if not _image_files(path):
+                raise DataError(
+                    f"{path}: the folder holds no images (looked for files ending in "
+                    f"{', '.join(_IMAGE_SUFFIXES)}, in it and its sub-folders, and for "
+                    "MNIST IDX files named *-images-idx3-ubyte)"
+                )
             if image_size is None:
                 raise DataError(
                     f"{path}: an image folder needs image_size=(height, width)"

@@ -13,6 +13,7 @@ import json
 import os
 import pathlib
 
+from kgen.errors import UserError
 from kgen.export.metadata import METADATA_FILE
 from kgen.export.metadata import MetadataError  # noqa: F401  (re-exported)
 from kgen.export.metadata import read_metadata  # noqa: F401  (re-exported)
@@ -27,16 +28,40 @@ from kgen.export.publish import versions
 DEFAULT_MAX_ROWS = 256
 
 
-def _family(model):
+class NotGenerativeError(UserError, TypeError):
+    """The model to export belongs to no generative family (a classifier)."""
+
+
+def _family(model, source=None):
     """The model's family declaration (`kgen.family`): its signature
-    builder and the facts `kgen.json` records."""
+    builder and the facts `kgen.json` records.
+
+    Raises:
+        NotGenerativeError: naming the model (`source`) when it declares no
+            family: a classifier says so, and what it is for.
+    """
     from kgen.family import FamilyError
     from kgen.family import family_of
+    from kgen.family import families
 
     try:
         return family_of(model)
-    except FamilyError as e:
-        raise TypeError(f"no serving signatures for {type(model).__name__}: {e}") from None
+    except FamilyError:
+        pass
+    where = source or type(model).__name__
+    known = ", ".join(sorted(cls.__name__ for cls in families()))
+    shape = getattr(model, "output_shape", None)
+    if (isinstance(shape, tuple) and len(shape) == 2 and isinstance(shape[-1], int)
+            and shape[-1] >= 2):
+        raise NotGenerativeError(
+            f"{where}: a classifier ({shape[-1]} classes), not a generative model; "
+            f"kgen export publishes generative families ({known}). "
+            "A classifier judges samples: pass it to `kgen evaluate saved_models/NAME "
+            f"--classifier {where}`") from None
+    raise NotGenerativeError(
+        f"{where}: no serving signatures for {type(model).__name__}: it declares no "
+        f"generative family (kgen.family.declare_family); kgen export publishes {known}"
+    ) from None
 
 
 def _load(path):
@@ -110,6 +135,7 @@ def export_model(model, to, max_rows=DEFAULT_MAX_ROWS, verbose=False):
     from kgen.export.warmup import write_warmup_file
 
     max_rows = _check_max_rows(max_rows)
+    source = None
     if isinstance(model, (str, os.PathLike)):
         _check_archive(model)
     else:
@@ -120,7 +146,7 @@ def export_model(model, to, max_rows=DEFAULT_MAX_ROWS, verbose=False):
         source = model
         model = _load(model)
         _check_finite(model, source)
-    family = _family(model)
+    family = _family(model, source)
     endpoints, metadata = family.signature_builder()(model, max_rows=max_rows)
     # The declaration's facts, recorded so that serving, deploy and
     # `kgen sample` read them from the export alone.

@@ -18,8 +18,12 @@ sample_saved_model("saved_models/vae_digits", n=16, seed=0, out="grid.png")
 ```
 """
 
+import contextlib
 import pathlib
 import re
+import shutil
+import sys
+import time
 
 import numpy as np
 
@@ -31,6 +35,19 @@ from kgen.export.messages import graph_reason
 from kgen.random import MAX_SEED
 from kgen.random import MIN_SEED
 
+# Rows of one file a person looks at (an image grid, a WAV file or a
+# folder of them); more rows go to a `.npy` array or a text file, which are
+# written chunk by chunk with bounded memory.
+MAX_VIEW_ROWS = 10_000
+# Rows per call of the signature when the export records no max_rows, and
+# the most whatever it records (an export may allow more rows per request
+# than one chunk of a long draw should hold in memory).
+DEFAULT_CHUNK_ROWS = 256
+MAX_CHUNK_ROWS = 1024
+# Between two texts in a text file of samples.
+TEXT_SEPARATOR = "\n\n---\n\n"
+# The suffixes a text model's samples may be written to.
+TEXT_SUFFIXES = (".txt", ".md")
 # A version folder as TF Serving reads it: a plain whole number.
 _PLAIN_VERSION = re.compile(r"(0|[1-9][0-9]*)\Z")
 
@@ -175,6 +192,8 @@ def _setting(name, text, dtype):
             value = int(text)
         elif dtype.kind == "f":
             value = float(text)
+            if not np.isfinite(value):
+                raise ValueError
         elif dtype.kind == "b":
             value = {"true": True, "false": False}[str(text).lower()]
         else:
@@ -185,6 +204,7 @@ def _setting(name, text, dtype):
     except (ValueError, KeyError, OverflowError):
         raise SampleError(
             f"--set {name}={text}: expected a value of the input's dtype {dtype.name}"
+            + (" (a finite number)" if dtype.kind == "f" else "")
         ) from None
     return value
 
@@ -224,7 +244,12 @@ def _output_path(out, kind):
         out = pathlib.Path(out or "samples.png")
         media.image_format(out)
         return media.check_writable(out)
-    return media.check_writable(pathlib.Path(out or "samples.txt"))
+    out = pathlib.Path(out or "samples.txt")
+    if out.suffix.lower() not in TEXT_SUFFIXES:
+        raise media.OutputError(
+            f"{out}: cannot write text as {out.suffix or 'a file without a suffix'!r} "
+            f"(this model writes text; use a file ending in {', '.join(TEXT_SUFFIXES)})")
+    return media.check_writable(out)
 
 
 def _run(signature, inputs, max_rows, version_dir):
@@ -249,7 +274,7 @@ def _run(signature, inputs, max_rows, version_dir):
 
 
 def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=None,
-                       settings=None):
+                       settings=None, progress=None):
     """Draw `n` samples from an exported model and write them to `out`.
 
     Args:
@@ -266,9 +291,40 @@ def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=No
             `.npy`; or a text file) to write.
         settings: `{input name: text}`, one value of a `generate` input
             for every row over the export's default (`--set NAME=VALUE`).
+        progress: print progress on stderr (default: when `n` needs more
+            than one call of at most the export's `max_rows` rows).
 
     Returns:
-        the path written.
+        the path written. An image grid or WAV output holds at most
+        `MAX_VIEW_ROWS` rows (more are refused at once); a `.npy` array or
+        a text file any number, drawn and written one chunk of `max_rows`
+        rows at a time.
+    """
+    version_dir, metadata, kind, out = check_request(model_dir, version, n, seed, out)
+    loaded = _load(version_dir)  # holds the variables the signature reads
+    signature = loaded.signatures["generate"]
+    max_rows = metadata.get("max_rows")
+    chunk = (min(max_rows, MAX_CHUNK_ROWS) if isinstance(max_rows, int) and max_rows > 0
+             else DEFAULT_CHUNK_ROWS)
+
+    def call(first_seed, count):
+        inputs = generate_inputs(signature, metadata, count, first_seed, label, settings)
+        return inputs, _run(signature, inputs, chunk, version_dir)
+
+    # Rows cycling through the classes: one column per class.
+    columns = metadata.get("num_classes") if label is None else None
+    return draw(call, n, seed, chunk, out, kind, version_dir, columns, progress)
+
+
+def check_request(model_dir, version=None, n=16, seed=0, out=None):
+    """What `sample_saved_model` checks before it loads TensorFlow: the
+    count, the seeds, the version, its `kgen.json` and the output path.
+
+    Returns:
+        `(version_dir, metadata, output kind, checked output path)`.
+
+    Raises:
+        SampleError, `kgen.media.OutputError`: naming the bad value.
     """
     _check_count(n)
     _check_seed(seed, n)
@@ -276,13 +332,116 @@ def sample_saved_model(model_dir, version=None, n=16, seed=0, label=None, out=No
     metadata = read_metadata(version_dir)
     kind = export_metadata.output_kind(metadata)
     out = _output_path(out, kind)
-    loaded = _load(version_dir)  # holds the variables the signature reads
-    signature = loaded.signatures["generate"]
-    inputs = generate_inputs(signature, metadata, n, seed, label, settings)
-    outputs = _run(signature, inputs, metadata.get("max_rows"), version_dir)
-    # Rows cycling through the classes: one column per class.
-    columns = metadata.get("num_classes") if label is None else None
-    return write_samples(out, outputs, kind, seed, columns, version_dir, inputs)
+    check_output_rows(n, out, kind)
+    return version_dir, metadata, kind, out
+
+
+def check_output_rows(n, out, kind):
+    """Refuse `n` rows for a file a person looks at (`MAX_VIEW_ROWS`), at
+    once: a `.npy` array or a text file takes any number, chunk by chunk."""
+    if _streamed(out, kind) or n <= MAX_VIEW_ROWS:
+        return
+    what = "an image grid" if kind == "images" else "WAV audio"
+    raise SampleError(
+        f"--n {n}: {out} would be {what} of {n} samples, more than the "
+        f"{MAX_VIEW_ROWS} a person can look at; write them as a float32 array "
+        f"with --out rows.npy (drawn and written in chunks, with bounded memory), "
+        f"or ask for --n {MAX_VIEW_ROWS} or fewer")
+
+
+def _streamed(out, kind):
+    return out.suffix.lower() == ".npy" or kind == "text"
+
+
+class _Progress:
+    """`kgen sample: DONE/N rows` on stderr, every few seconds and at the end."""
+
+    def __init__(self, total, out, chunk, enabled):
+        self.total, self.done, self.enabled = total, 0, enabled
+        self.last = time.monotonic()
+        # Shown once the first call succeeded: a refused request prints only its error.
+        self.header = f"drawing {total} rows into {out}, {chunk} rows per call"
+
+    def _print(self, text):
+        print(f"kgen sample: {text}", file=sys.stderr, flush=True)
+
+    def add(self, count):
+        if self.enabled and not self.done:
+            self._print(self.header)
+        self.done += count
+        now = time.monotonic()
+        if self.enabled and (now - self.last >= 5.0 or self.done == self.total):
+            self.last = now
+            self._print(f"{self.done}/{self.total} rows ({100 * self.done // self.total}%)")
+
+
+def draw(call, n, seed, chunk, out, kind, where, columns=None, progress=None):
+    """Draw rows `seed .. seed + n - 1`, `chunk` rows per `call`, and write them.
+
+    Args:
+        call: `call(first_seed, count) -> (inputs, outputs)` of the
+            `generate` signature for `count` rows from seed `first_seed`.
+        n, seed: the rows; row `i` has seed `seed + i` whatever the chunk,
+            so the rows are the ones a single call would give.
+        chunk: rows per call (the export's max_rows).
+        out, kind: the checked output path and the output kind.
+        where: the export or server named in errors.
+        columns: the image grid's columns (None: square).
+        progress: print progress on stderr (default: when there is more
+            than one chunk).
+
+    Returns:
+        the path written. A `.npy` array or a text file is written chunk
+        by chunk (memory holds one chunk); a grid or WAV files (at most
+        `MAX_VIEW_ROWS` rows) once all rows are drawn.
+    """
+    bar = _Progress(n, out, chunk, n > chunk if progress is None else progress)
+    if _streamed(out, kind):
+        return _draw_streamed(call, n, seed, chunk, out, kind, where, bar)
+    inputs, outputs = [], []
+    for start in range(0, n, chunk):
+        count = min(chunk, n - start)
+        part_inputs, part_outputs = call(seed + start, count)
+        inputs.append(part_inputs)
+        outputs.append(part_outputs)
+        bar.add(count)
+    joined = {k: np.concatenate([p[k] for p in outputs]) for k in outputs[0]}
+    joined_inputs = {k: np.concatenate([p[k] for p in inputs]) for k in inputs[0]}
+    return write_samples(out, joined, kind, seed, columns, where, joined_inputs)
+
+
+def _draw_streamed(call, n, seed, chunk, out, kind, where, bar):
+    with contextlib.ExitStack() as stack:
+        write = None
+        for start in range(0, n, chunk):
+            count = min(chunk, n - start)
+            _, outputs = call(seed + start, count)
+            values = _output_values(outputs, kind, where)
+            _check_finite(values, seed + start, where)
+            if write is None:
+                write = _open_stream(stack, out, kind, n, values)
+            write(values if kind != "text" else
+                  [t.decode("utf-8", "replace") for t in values])
+            bar.add(count)
+    return out
+
+
+def _open_stream(stack, out, kind, n, first):
+    """The writer of `n` rows shaped as `first`'s, after checking that the
+    disk holding `out` has room for them."""
+    if kind == "text":
+        return stack.enter_context(media.text_stream(out, TEXT_SEPARATOR))
+    shape = (n, *first.shape[1:])
+    needed = n * first[0].nbytes
+    folder = next((p for p in (out.parent, *out.parent.parents) if p.is_dir()),
+                  pathlib.Path("."))
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise SampleError(
+            f"--n {n}: {out} would take {needed / 2**30:.1f} GiB ({n} rows of "
+            f"{first[0].nbytes} bytes), more than the {free / 2**30:.1f} GiB free on "
+            f"its disk; ask for fewer rows or write elsewhere")
+    return stack.enter_context(media.array_stream(out, shape, first.dtype))
 
 
 def _check_count(n):
@@ -304,20 +463,8 @@ def write_samples(out, outputs, kind, seed, columns, where, inputs):
         inputs: the `generate` inputs (WAV file names hold each row's
             seed and label).
     """
-    values = outputs.get(kind if kind in ("images", "audio") else "text")
-    if values is None:
-        raise SampleError(
-            f"{where}: the generate signature has no {kind!r} output "
-            f"(it returns {', '.join(outputs)})"
-        )
-    n = len(values)
-    if values.dtype.kind == "f" and not np.isfinite(values).all():
-        rows = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
-        raise SampleError(
-            f"{where}: the model produced non-finite values (NaN or inf) in "
-            f"{len(rows)} of {n} rows (first: seed {seed + int(rows[0])}); its "
-            "weights are probably not finite. Nothing written"
-        )
+    values = _output_values(outputs, kind, where)
+    _check_finite(values, seed, where)
     if out.suffix.lower() == ".npy":
         return media.save_array(out, values)
     if kind == "audio":
@@ -325,7 +472,28 @@ def write_samples(out, outputs, kind, seed, columns, where, inputs):
     if kind == "images":
         return media.save_image_grid(out, values, columns=columns or None)
     texts = [t.decode("utf-8", "replace") for t in values]
-    return media.save_text(out, "\n\n---\n\n".join(texts))
+    return media.save_text(out, TEXT_SEPARATOR.join(texts))
+
+
+def _output_values(outputs, kind, where):
+    values = outputs.get(kind if kind in ("images", "audio") else "text")
+    if values is None:
+        raise SampleError(
+            f"{where}: the generate signature has no {kind!r} output "
+            f"(it returns {', '.join(outputs)})"
+        )
+    return values
+
+
+def _check_finite(values, seed, where):
+    """Refuse rows (the first with seed `seed`) holding NaN or inf."""
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        rows = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
+        raise SampleError(
+            f"{where}: the model produced non-finite values (NaN or inf) in "
+            f"{len(rows)} of {len(values)} rows (from seed {seed}; first: seed "
+            f"{seed + int(rows[0])}); its weights are probably not finite. Nothing written"
+        )
 
 
 def _save_audio(out, clips, rates, where, inputs):
@@ -439,7 +607,7 @@ def served_metadata(signature):
 
 
 def sample_from_server(url, version=None, n=16, seed=0, label=None, out=None,
-                       settings=None, timeout=None):
+                       settings=None, timeout=None, progress=None):
     """`sample_saved_model` through a server's `generate` signature.
 
     The server may be `kgen serve`, TF Serving or KServe: the rows are the
@@ -452,7 +620,8 @@ def sample_from_server(url, version=None, n=16, seed=0, label=None, out=None,
     Args:
         url: `http://HOST:PORT/v1/models/NAME[/versions/N]` (REST) or
             `grpc://HOST:PORT/v1/models/NAME` (gRPC).
-        version, n, seed, label, out, settings: as `sample_saved_model`.
+        version, n, seed, label, out, settings, progress: as
+            `sample_saved_model`.
         timeout: seconds one request may take (default the client's).
 
     Returns:
@@ -491,13 +660,19 @@ def sample_from_server(url, version=None, n=16, seed=0, label=None, out=None,
                     "the server does not publish (TF Serving serves no kgen.json); "
                     f"pass --set {input_name}=VALUE")
 
-        inputs = fill_inputs(dtypes, metadata, n, seed, label, settings, missing)
-        outputs = _run_remote(client, name, version, inputs, where)
+        check_output_rows(n, out, metadata["output_kind"])
+
+        def call(first_seed, count):
+            inputs = fill_inputs(dtypes, metadata, count, first_seed, label, settings,
+                                 missing)
+            return inputs, _run_remote(client, name, version, inputs, where)
+
+        return draw(call, n, seed, REMOTE_ROWS, out, metadata["output_kind"], where,
+                    progress=progress)
     except ServerError as e:
         raise SampleError(f"{e}") from None
     finally:
         client.close()
-    return write_samples(out, outputs, metadata["output_kind"], seed, None, where, inputs)
 
 
 def _run_remote(client, name, version, inputs, where):

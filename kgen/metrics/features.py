@@ -116,11 +116,14 @@ def load_feature_extractor(path):
             f"{path}: cannot be read as a .keras classifier ({type(e).__name__}: "
             f"{(str(e).strip().splitlines() or [''])[0]})"
         ) from None
-    if (not isinstance(classifier, keras.Model) or len(classifier.inputs or ()) != 1
+    # A generative model (a subclassed VAE, GAN, ...) has no `inputs`.
+    inputs = getattr(classifier, "inputs", None) if isinstance(classifier, keras.Model) else None
+    if (not inputs or len(inputs) != 1
             or len(classifier.input_shape) != 4 or len(classifier.output_shape) != 2):
         raise ValueError(
-            f"{path}: not an image classifier (expected one (batch, h, w, c) "
-            "input and (batch, classes) logits)"
+            f"{path}: a {type(classifier).__name__} model, not an image classifier "
+            "(expected one (batch, h, w, c) input and (batch, classes) logits, as "
+            "`kgen train digits_classifier` or `mnist_classifier` saves)"
         )
     return classifier, feature_model(classifier)
 

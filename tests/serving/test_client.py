@@ -250,12 +250,14 @@ def test_sample_url_says_what_the_server_cannot_tell(server, tmp_path):
         ([f"ftp://127.0.0.1/v1/models/vae"], "--url ftp://127.0.0.1/v1/models/vae: expected"),
     ]
     for args, expected in cases:
-        status, _, stderr = sample("--url", *args, "--out", tmp_path / "x.png")
+        # A language model writes text: to a .txt file (a .png is refused first).
+        out = tmp_path / ("x.txt" if args[0].endswith("/lm") else "x.png")
+        status, _, stderr = sample("--url", *args, "--out", out)
         assert status == 2, (args, stderr)
         line = stderr.strip()
         assert line.startswith("kgen: error: ") and "\n" not in line, line
         assert expected in line, (expected, line)
-    assert not (tmp_path / "x.png").exists()
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.txt").exists()
     status, _, stderr = sample(server["root"] / "vae", "--url", f"{url}/vae")
     assert status == 2 and "not both" in stderr
 
