@@ -67,6 +67,14 @@ FAST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensiv
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_XLA_FLAGS}".strip()
 
+# TensorFlow's C++ start-up lines (a failed CUDA probe where the full
+# tensorflow wheel is installed on a machine without a GPU) are written when
+# its devices are first listed, which may be inside a test that captures
+# stderr and checks it holds exactly one `kgen: error:` line. Set before
+# anything imports TensorFlow; tests that need a user's environment build
+# their own.
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 
