@@ -168,6 +168,11 @@ def _parser():
                              "gRPC): the same rows as from the export. The server does "
                              "not publish kgen.json: a conditional model needs --label, "
                              "an LM --set prompt=..., a diffusion model --set num_steps=N")
+    sample.add_argument("--api-key", default=None, metavar="KEY",
+                        help="with --url: the server's API key (default: $KGEN_API_KEY)")
+    sample.add_argument("--ca-cert", default=None, metavar="PEM",
+                        help="with an https:// or grpcs:// --url: the certificate "
+                             "authority to trust (default: the system's)")
     sample.add_argument("--version", type=int, help="version to use (default: newest)")
     sample.add_argument("--n", type=_positive_int, default=16,
                         help="number of samples (default 16)")
@@ -595,7 +600,8 @@ def _cmd_sample(args):
     options = dict(version=args.version, n=args.n, seed=args.seed, label=args.label,
                    out=args.out, settings=_input_settings(args.sets))
     if args.url:
-        print(sample_from_server(args.url, **options))
+        print(sample_from_server(args.url, api_key=args.api_key, ca_cert=args.ca_cert,
+                                 **options))
     else:
         print(sample_saved_model(args.model_dir, **options))
 
