@@ -272,14 +272,14 @@ class Client:
             self._session = requests.Session()
             if self.api_key is not None:
                 self._session.headers["Authorization"] = f"Bearer {self.api_key}"
-            if self.ca_cert is not None:
-                self._session.verify = self.ca_cert
         path = f"/v1/models/{urllib.parse.quote(model, safe='')}"
         if version is not None:
             path += f"/versions/{version}"
         url = self.url + path + suffix
         try:
-            answer = self._session.request(method, url, json=body, timeout=self.timeout)
+            # verify= on each call: a session's own gives way to REQUESTS_CA_BUNDLE.
+            answer = self._session.request(method, url, json=body, timeout=self.timeout,
+                                           verify=self.ca_cert or True)
         except requests.Timeout:
             raise ServerError(model, None, f"no answer within {self.timeout:g} s",
                               url) from None
