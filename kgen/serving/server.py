@@ -2,6 +2,7 @@
 
 ```
 kgen serve saved_models/ [--host 127.0.0.1] [--port 8501] [--grpc-port 8500]
+                         [--api-key KEY] [--tls-cert PEM --tls-key PEM] ...
 ```
 
 One `kserve.ModelServer` answers, for every model of the tree
@@ -36,10 +37,21 @@ laptop's server on 127.0.0.1 unless asked). `_GrpcServer` is a gRPC server
 holding KServe's V2 `InferenceServicer` and TF Serving's servicers. The
 KServe state kgen sets that is not public API is in `kgen.compat.kserve`.
 
-Bodies over `--max-body-bytes` are refused with 413 Payload Too Large
-before they are parsed (TF Serving has no such limit of its own; 413 is
-HTTP's status for exactly this, and proxies and clients know it), and gRPC
-messages over it with RESOURCE_EXHAUSTED (gRPC's own limit).
+Every REST request first passes kgen's front door, `_Guard` (ASGI
+middleware), and every gRPC call `_GrpcGuard` (the first interceptor),
+configured by `kgen.serving.options.NetworkOptions`: the API key on every
+route but health (401 / UNAUTHENTICATED), KServe's repository routes off
+unless allowed (403 / PERMISSION_DENIED), a declared `Content-Length` over
+`--max-body-bytes` answered 413 before any of the body is read (TF Serving
+has no such limit of its own; 413 is HTTP's status for exactly this; gRPC
+messages over it get RESOURCE_EXHAUSTED, gRPC's own limit), a body not in
+full within `--read-timeout` answered 408, a request not answered within
+`--request-timeout` answered 504 / DEADLINE_EXCEEDED. An exception no
+route answered is logged with its traceback and answered 500 with a
+generic message (a client's text with a lone surrogate, or a body nested
+too deeply for a JSON reader, is 400), and every answer >= 400 is counted
+in `kgen_request_errors_total` by code. TLS is uvicorn's own (KServe's
+`ssl_certfile` / `ssl_keyfile`) and gRPC's server credentials.
 """
 
 import asyncio

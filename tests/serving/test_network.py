@@ -491,3 +491,38 @@ def test_a_certificate_that_is_not_one_is_named(tmp_path):
     key.write_text("not a key")
     with pytest.raises(ServeError, match="--tls-cert .*cert.pem"):
         network_options(tls_cert=cert, tls_key=key, environ={})
+
+
+@pytest.mark.slow
+def test_a_grpc_request_over_the_deadline_is_deadline_exceeded(open_server):
+    from kgen.serving.client import Client
+    from kgen.serving.client import ServerError
+
+    before = _errors(open_server, model="lm", protocol="tfs_grpc", code="504")
+    n = MAX_ROWS
+    inputs = {k: v * n for k, v in LM_INPUTS.items()}
+    inputs.update(prompt=["ab"] * n, seed=list(range(n)), max_new_tokens=[4096] * n)
+    with Client(f"grpc://127.0.0.1:{open_server['grpc_port']}") as client:
+        with pytest.raises(ServerError) as late:
+            client.predict("lm", inputs, signature="generate")
+    assert late.value.status == "DEADLINE_EXCEEDED", late.value
+    assert "--request-timeout" in late.value.message
+    assert _errors(open_server, model="lm", protocol="tfs_grpc", code="504") - before == 1
+
+
+@pytest.mark.slow
+def test_kgen_sample_url_sends_the_key(keyed, tmp_path, monkeypatch):
+    from tests.conftest import kgen_main
+
+    url = f"https://127.0.0.1:{keyed['port']}/v1/models/vae"
+    monkeypatch.delenv("KGEN_API_KEY", raising=False)
+    code, _, err = kgen_main("sample", "--url", url, "--ca-cert", keyed["ca"], "--n", "2",
+                             "--out", tmp_path / "none.png", check=False)
+    assert code == 2 and "401" in err and "Authorization: Bearer" in err, err
+    code, out, err = kgen_main("sample", "--url", url, "--ca-cert", keyed["ca"], "--n", "2",
+                               "--api-key", KEY, "--out", tmp_path / "grid.png")
+    assert code == 0 and (tmp_path / "grid.png").is_file(), err
+    monkeypatch.setenv("KGEN_API_KEY", KEY)
+    code, out, err = kgen_main("sample", "--url", url, "--ca-cert", keyed["ca"], "--n", "2",
+                               "--out", tmp_path / "env.png")
+    assert code == 0 and (tmp_path / "env.png").is_file(), err
