@@ -119,8 +119,10 @@ def _check_tls(cert, key):
     try:
         context.load_cert_chain(cert, key)
     except ssl.SSLError as e:
+        reason = {"KEY_VALUES_MISMATCH": "the key is not the certificate's"}.get(
+            e.reason, "not readable as PEM")
         raise ServeError(f"--tls-cert {cert} / --tls-key {key}: not a PEM certificate "
-                         f"and its matching private key ({e.reason or e})") from None
+                         f"and its matching private key ({reason})") from None
     except OSError as e:
         raise ServeError(f"--tls-cert {cert} / --tls-key {key}: cannot be read "
                          f"({e.strerror or e})") from None
