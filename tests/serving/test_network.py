@@ -184,6 +184,16 @@ def _errors(server, **labels):
     return _metric(text, "kgen_request_errors_total", **labels)
 
 
+def _error_lines(server):
+    import requests
+
+    headers = {"Authorization": f"Bearer {KEY}"} if "ca" in server else {}
+    text = requests.get(server["url"] + "/metrics", headers=headers, timeout=30,
+                        verify=server.get("ca", True)).text
+    return "\n".join(line for line in text.splitlines()
+                     if line.startswith("kgen_request_errors_total"))
+
+
 def _no_python_words(message):
     for word in EXCEPTION_NAMES + ("/tmp", "site-packages", ".py"):
         assert word not in message, message
@@ -501,13 +511,20 @@ def test_a_grpc_request_over_the_deadline_is_deadline_exceeded(open_server):
     before = _errors(open_server, model="lm", protocol="tfs_grpc", code="504")
     n = MAX_ROWS
     inputs = {k: v * n for k, v in LM_INPUTS.items()}
-    inputs.update(prompt=["ab"] * n, seed=list(range(n)), max_new_tokens=[4096] * n)
+    inputs.update(prompt=[b"ab"] * n, seed=list(range(n)), max_new_tokens=[4096] * n,
+                  stop_token=[b""] * n)
+    # Typed arrays: the client sends the Predict call alone, no metadata call.
+    dtypes = {"prompt": object, "stop_token": object, "seed": np.int64,
+              "max_new_tokens": np.int32, "top_k": np.int32, "temperature": np.float32,
+              "top_p": np.float32}
+    inputs = {k: np.asarray(v, dtype=dtypes[k]) for k, v in inputs.items()}
     with Client(f"grpc://127.0.0.1:{open_server['grpc_port']}") as client:
         with pytest.raises(ServerError) as late:
             client.predict("lm", inputs, signature="generate")
     assert late.value.status == "DEADLINE_EXCEEDED", late.value
     assert "--request-timeout" in late.value.message
-    assert _errors(open_server, model="lm", protocol="tfs_grpc", code="504") - before == 1
+    counted = _errors(open_server, model="lm", protocol="tfs_grpc", code="504") - before
+    assert counted == 1, _error_lines(open_server)
 
 
 @pytest.mark.slow
