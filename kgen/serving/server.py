@@ -38,7 +38,7 @@ holding KServe's V2 `InferenceServicer` and TF Serving's servicers. The
 KServe state kgen sets that is not public API is in `kgen.compat.kserve`.
 
 Every REST request first passes kgen's front door, `_Guard` (ASGI
-middleware), and every gRPC call `_GrpcGuard` (the first interceptor),
+middleware), and every gRPC call `_GrpcGuard` (an interceptor),
 configured by `kgen.serving.options.NetworkOptions`: the API key on every
 route but health (401 / UNAUTHENTICATED), KServe's repository routes off
 unless allowed (403 / PERMISSION_DENIED), a declared `Content-Length` over
@@ -91,6 +91,7 @@ import kserve
 import orjson
 import uvicorn
 from fastapi import Request
+from grpc_interceptor.exceptions import GrpcException
 from grpc_interceptor.server import AsyncServerInterceptor
 from starlette.responses import Response
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
@@ -246,13 +247,12 @@ class _Guard:
         async def tracked(message):
             if message["type"] == "http.response.start":
                 sent["status"] = message["status"]
+                # Counted before the client can read the answer.
+                if message["status"] >= 400:
+                    metrics.record_error(*self._labels(scope), message["status"], answer)
             await send(message)
 
-        try:
-            await self._handle(scope, receive, tracked, sent)
-        finally:
-            if sent.get("status", 0) >= 400:
-                metrics.record_error(*self._labels(scope), sent["status"], answer)
+        await self._handle(scope, receive, tracked, sent)
 
     async def _handle(self, scope, receive, send, sent):
         path = scope["path"]
@@ -464,11 +464,12 @@ REPOSITORY_RPCS = frozenset({"/inference.GRPCInferenceService/RepositoryModelLoa
 
 
 class _GrpcGuard(AsyncServerInterceptor):
-    """gRPC's front door, the first interceptor: the API key
+    """gRPC's front door, inside KServe's `ExceptionToStatusInterceptor`
+    (which turns the errors raised here into statuses): the API key
     (UNAUTHENTICATED), the repository API switch (PERMISSION_DENIED) and
-    `request_timeout` (DEADLINE_EXCEEDED); every error status no service
-    counted is counted in `kgen_request_errors_total` (as the HTTP status
-    TF Serving maps it to)."""
+    `request_timeout` (DEADLINE_EXCEEDED). Every error no service counted
+    is counted in `kgen_request_errors_total` (as the HTTP status TF
+    Serving maps its code to) before its status is sent."""
 
     def __init__(self, options, repository):
         self.options = options
@@ -481,31 +482,26 @@ class _GrpcGuard(AsyncServerInterceptor):
             if self.key is not None and method_name not in OPEN_RPCS:
                 refusal = self._unauthorized(context)
                 if refusal is not None:
-                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
+                    raise ServingError("UNAUTHENTICATED", refusal)
             if method_name in REPOSITORY_RPCS and not self.options.allow_repository_api:
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                    "the model repository API (load, unload) is off on "
-                                    "this server; start kgen serve with "
-                                    "--allow-repository-api to allow it")
+                raise ServingError("PERMISSION_DENIED", "the model repository API (load, "
+                                   "unload) is off on this server; start kgen serve with "
+                                   "--allow-repository-api to allow it")
             response = method(request, context)
             if hasattr(response, "__aiter__"):
                 return response
             try:
                 return await asyncio.wait_for(response, self.options.request_timeout)
             except asyncio.TimeoutError:
-                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                    f"no answer within --request-timeout "
-                                    f"{self.options.request_timeout:g} s; send fewer rows "
-                                    "or fewer steps per request")
+                raise ServingError("DEADLINE_EXCEEDED", f"no answer within "
+                                   f"--request-timeout {self.options.request_timeout:g} s; "
+                                   "send fewer rows or fewer steps per request") from None
         except asyncio.CancelledError:
             raise
-        except BaseException:
-            code = context.code()
-            name = getattr(code, "name", None) or "UNKNOWN"
-            if name != "OK":
-                protocol = "v2" if method_name.startswith("/inference.") else "tfs_grpc"
-                metrics.record_error(self._model(request), protocol,
-                                     HTTP_STATUS.get(name, 500), answer)
+        except BaseException as error:
+            protocol = "v2" if method_name.startswith("/inference.") else "tfs_grpc"
+            metrics.record_error(self._model(request), protocol,
+                                 _grpc_http_status(error, context), answer)
             raise
 
     def _unauthorized(self, context):
@@ -524,6 +520,28 @@ class _GrpcGuard(AsyncServerInterceptor):
         if name is None and hasattr(request, "model_spec"):
             name = request.model_spec.name
         return name if name and self.repository.get_model(name) else ""
+
+
+def _grpc_http_status(error, context):
+    """The HTTP status of the gRPC status an exception is answered with, as
+    KServe's `ExceptionToStatusInterceptor` maps it."""
+    from kserve import errors
+
+    if isinstance(error, ServingError):
+        return error.http_status
+    if isinstance(error, GrpcException):
+        return HTTP_STATUS.get(error.status_code.name, 500)
+    if isinstance(error, (errors.InferenceError, errors.InvalidInput,
+                          errors.UnsupportedProtocol)):
+        return 400
+    if isinstance(error, errors.ModelNotFound):
+        return 404
+    if isinstance(error, (errors.ModelNotReady, errors.ServerNotReady, errors.ServerNotLive)):
+        return 503
+    if isinstance(error, NotImplementedError):
+        return 501
+    code = getattr(context.code(), "name", None)  # a service that aborted itself
+    return HTTP_STATUS.get(code, 500) if code and code != "OK" else 500
 
 
 class _GrpcServer:
@@ -560,8 +578,8 @@ class _GrpcServer:
 
         self.server = aio.server(
             concurrent.futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=(_GrpcGuard(self.options, self.repository),
-                          ExceptionToStatusInterceptor()),
+            interceptors=(ExceptionToStatusInterceptor(),
+                          _GrpcGuard(self.options, self.repository)),
             options=[("grpc.max_send_message_length", self.max_send_bytes),
                      ("grpc.max_receive_message_length", self.max_receive_bytes)],
         )
