@@ -2,7 +2,7 @@
 
     python bench/serve.py [--requests 2000] [--clients 8] [--rows 1]
                           [--vae saved_models/NAME] [--lm saved_models/NAME]
-                          [--batch-size 64] [--batch-wait-ms 2]
+                          [--batch-size 64] [--batch-wait-ms 2] [--api-key KEY]
 
 For the VAE's `generate` and the character LM's `generate` (tiny models
 exported into a temporary tree unless `--vae`/`--lm` name exports), the
@@ -13,14 +13,19 @@ answered three ways:
   request (what a single Python worker without a server does);
 - `kgen serve` with batching, `--clients` concurrent clients, each with
   one keep-alive connection, sending TF Serving REST bodies;
-- `kgen serve --no-batching`, the same clients.
+- `kgen serve --no-batching`, the same clients;
+- with `--api-key KEY`, also `kgen serve` with batching and that key
+  (`KGEN_API_KEY`), every request sending `Authorization: Bearer KEY`,
+  printed beside the same server without a key (the other servers run
+  without one whatever the environment holds).
 
 It prints requests/s, p50 and p99 latency side by side, with
 `os.getloadavg()` before each run (the machine's other work shows there),
 checks that every server answer is 200 and that a sample of them equals
 the in-process answer, and ends with one line per model:
 `serve model=NAME inprocess_rps=F batched_rps=F unbatched_rps=F
-batched_vs_inprocess=F batched_p99_over_p50=F errors=N`.
+batched_vs_inprocess=F batched_p99_over_p50=F errors=N` (and, with a
+key, `keyed_rps=F keyed_vs_batched=F keyed_p50_ms=F keyed_p99_ms=F`).
 Targets: batched_vs_inprocess >= 0.8 and p99 < 5 x p50, with zero errors.
 `--write-results` also writes the table into docs/results.md.
 """
@@ -111,13 +116,16 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_server(tree, batching, batch_size, batch_wait_ms, log):
+def start_server(tree, batching, batch_size, batch_wait_ms, log, api_key=None):
     port, grpc_port = free_port(), free_port()
     command = [sys.executable, "-m", "kgen", "serve", str(tree), "--port", str(port),
                "--grpc-port", str(grpc_port)]
     command += (["--batch-size", str(batch_size), "--batch-wait-ms", str(batch_wait_ms)]
                 if batching else ["--no-batching"])
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    env = {k: v for k, v in os.environ.items() if k != "KGEN_API_KEY"}
+    if api_key:
+        env["KGEN_API_KEY"] = api_key
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -143,9 +151,12 @@ def stop_server(process):
         process.wait()
 
 
-def load(port, model, bodies, clients):
+def load(port, model, bodies, clients, api_key=None):
     """Sends every body once from `clients` threads; latencies and answers."""
     path = f"/v1/models/{model}:predict"
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
     latencies = [None] * len(bodies)
     statuses = [None] * len(bodies)
     answers = {}
@@ -161,8 +172,7 @@ def load(port, model, bodies, clients):
                 break
             t = time.perf_counter()
             try:
-                connection.request("POST", path, bodies[i],
-                                   {"Content-Type": "application/json"})
+                connection.request("POST", path, bodies[i], headers)
                 response = connection.getresponse()
                 data = response.read()
                 statuses[i] = response.status
@@ -179,7 +189,7 @@ def load(port, model, bodies, clients):
 
     for body in bodies[:clients]:  # warm up: first calls trace the graph
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-        connection.request("POST", path, body, {"Content-Type": "application/json"})
+        connection.request("POST", path, body, headers)
         connection.getresponse().read()
         connection.close()
     start = time.perf_counter()
@@ -207,9 +217,13 @@ def main():
     parser.add_argument("--lm", type=pathlib.Path, help="an exported CausalLM's base path")
     parser.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE)
     parser.add_argument("--batch-wait-ms", type=float, default=defaults.BATCH_WAIT_MS)
+    parser.add_argument("--api-key", metavar="KEY",
+                        help="also run the batched server with this API key, side by side")
     _results.add_arguments(parser)
     args = parser.parse_args()
     _results.start()
+    # The keyed server right after the unkeyed one it is compared with.
+    runs = ("inprocess", "batched") + (("keyed",) if args.api_key else ()) + ("unbatched",)
 
     with tempfile.TemporaryDirectory() as tmp:
         tree = pathlib.Path(tmp) / "saved_models"
@@ -229,29 +243,31 @@ def main():
             results[kind]["load"] = os.getloadavg()
             results[kind]["inprocess"] = in_process(version, inputs)
         log = open(pathlib.Path(tmp) / "server.log", "w")
-        for mode in ("batched", "unbatched"):
-            process, port = start_server(tree, mode == "batched", args.batch_size,
-                                         args.batch_wait_ms, log)
+        for mode in runs[1:]:
+            key = args.api_key if mode == "keyed" else None
+            process, port = start_server(tree, mode != "unbatched", args.batch_size,
+                                         args.batch_wait_ms, log, api_key=key)
             try:
                 for kind, inputs in work.items():
                     bodies = [json.dumps({"signature_name": "generate", "inputs": x}).encode()
                               for x in inputs]
                     results[kind][f"load_{mode}"] = os.getloadavg()
-                    results[kind][mode] = load(port, kind, bodies, args.clients)
+                    results[kind][mode] = load(port, kind, bodies, args.clients, key)
             finally:
                 stop_server(process)
         log.close()
 
     print(f"\n{args.requests} requests of {args.rows} row(s), {args.clients} clients, "
           f"batching up to {args.batch_size} rows / {args.batch_wait_ms:g} ms; "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs" + ("; keyed: batched, with an API key on every "
+                                      "request" if args.api_key else ""))
     print(f"{'model':6} {'run':10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  "
           f"load average before (1, 5, 15 min)")
     summary = []
     table = []
     for kind, r in results.items():
         rps = {}
-        for run in ("inprocess", "batched", "unbatched"):
+        for run in runs:
             res = r[run]
             rps[run] = args.requests / res["seconds"]
             p50, p99 = percentiles(res["latencies"])
@@ -261,20 +277,31 @@ def main():
                   f"{len(res.get('errors', [])):6d}  {', '.join(f'{x:.2f}' for x in load_avg)}")
             table.append((kind, run, f"{rps[run]:.1f}", f"{p50 * 1e3:.2f}", f"{p99 * 1e3:.2f}",
                           len(res.get("errors", [])), "/".join(f"{x:.2f}" for x in load_avg)))
-        errors = len(r["batched"]["errors"]) + len(r["unbatched"]["errors"])
+        errors = sum(len(r[run]["errors"]) for run in runs[1:])
         mismatched = sum(not same(kind, r[run]["answers"][i], r["inprocess"]["answers"][i])
-                         for run in ("batched", "unbatched")
+                         for run in runs[1:]
                          for i in r[run]["answers"])
         if errors:
-            print(f"  {kind}: first errors: {(r['batched']['errors'] + r['unbatched']['errors'])[:3]}")
+            first = [e for run in runs[1:] for e in r[run]["errors"]][:3]
+            print(f"  {kind}: first errors: {first}")
+        keyed = ""
+        if args.api_key:
+            keyed = (f" keyed_rps={rps['keyed']:.1f} "
+                     f"keyed_vs_batched={rps['keyed'] / rps['batched']:.2f} "
+                     f"keyed_p50_ms={r['keyed']['p50'] * 1e3:.2f} "
+                     f"keyed_p99_ms={r['keyed']['p99'] * 1e3:.2f}")
         summary.append(
             f"serve model={kind} inprocess_rps={rps['inprocess']:.1f} "
             f"batched_rps={rps['batched']:.1f} unbatched_rps={rps['unbatched']:.1f} "
             f"batched_vs_inprocess={rps['batched'] / rps['inprocess']:.2f} "
             f"batched_p99_over_p50={r['batched']['p99'] / r['batched']['p50']:.2f} "
-            f"errors={errors} mismatched={mismatched}")
+            f"errors={errors} mismatched={mismatched}{keyed}")
     print()
     print("\n".join(summary))
+    # The command line in the results names the key's place, not the key.
+    sys.argv = [("KEY" if before == "--api-key" else
+                 "--api-key=KEY" if arg.startswith("--api-key=") else arg)
+                for before, arg in zip([None] + sys.argv[:-1], sys.argv)]
     _results.report("serve", ("model", "run", "requests/s", "p50 ms", "p99 ms", "errors",
                               "load before"), table, args,
                     note=f"{args.requests} requests of {args.rows} row(s), {args.clients} "

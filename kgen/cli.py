@@ -168,6 +168,11 @@ def _parser():
                              "gRPC): the same rows as from the export. The server does "
                              "not publish kgen.json: a conditional model needs --label, "
                              "an LM --set prompt=..., a diffusion model --set num_steps=N")
+    sample.add_argument("--api-key", default=None, metavar="KEY",
+                        help="with --url: the server's API key (default: $KGEN_API_KEY)")
+    sample.add_argument("--ca-cert", default=None, metavar="PEM",
+                        help="with an https:// or grpcs:// --url: the certificate "
+                             "authority to trust (default: the system's)")
     sample.add_argument("--version", type=int, help="version to use (default: newest)")
     sample.add_argument("--n", type=_positive_int, default=16,
                         help="number of samples (default 16), drawn in chunks of the "
@@ -279,6 +284,25 @@ def _parser():
                             f"(default {serving_defaults.POLL_SECONDS:g})")
     serve.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                        help="threads running TensorFlow calls (default: CPUs + 2)")
+    serve.add_argument("--api-key", default=None, metavar="KEY",
+                       help="require 'Authorization: Bearer KEY' (gRPC: authorization "
+                            "metadata) on every route but health (default: "
+                            "$KGEN_API_KEY, else none)")
+    serve.add_argument("--allow-repository-api", action="store_true",
+                       help="answer KServe's model load/unload routes (403 without it)")
+    serve.add_argument("--read-timeout", type=_positive_float,
+                       default=serving_defaults.READ_TIMEOUT, metavar="S",
+                       help="seconds a request body may take to arrive; 408 after "
+                            f"(default {serving_defaults.READ_TIMEOUT:g})")
+    serve.add_argument("--request-timeout", type=_positive_float,
+                       default=serving_defaults.REQUEST_TIMEOUT, metavar="S",
+                       help="seconds from a request's body to its answer; 504 after "
+                            f"(default {serving_defaults.REQUEST_TIMEOUT:g})")
+    serve.add_argument("--tls-cert", default=None, metavar="PEM",
+                       help="serve REST over HTTPS and gRPC with TLS: the certificate "
+                            "(chain); needs --tls-key")
+    serve.add_argument("--tls-key", default=None, metavar="PEM",
+                       help="the certificate's private key")
 
     evaluate = sub.add_parser(
         "evaluate", help="measure a model's samples against real data, with a real floor",
@@ -582,7 +606,8 @@ def _cmd_sample(args):
     options = dict(version=args.version, n=args.n, seed=args.seed, label=args.label,
                    out=args.out, settings=_input_settings(args.sets))
     if args.url:
-        print(sample_from_server(args.url, **options))
+        print(sample_from_server(args.url, api_key=args.api_key, ca_cert=args.ca_cert,
+                                 **options))
     else:
         print(sample_saved_model(args.model_dir, **options))
 
@@ -631,6 +656,12 @@ def _cmd_serve(args):
         _fail("--batch-wait-ms: not with --no-batching (nothing waits)")
     _require_extra("kserve", "kgen serve needs KServe", "serving")
     check_tree(args.root)  # before TensorFlow and KServe load: fails fast
+    from kgen.serving.options import network_options
+
+    options = network_options(
+        api_key=args.api_key, allow_repository_api=args.allow_repository_api,
+        read_timeout=args.read_timeout, request_timeout=args.request_timeout,
+        tls_cert=args.tls_cert, tls_key=args.tls_key)
     if not args.debug:
         _quiet_tensorflow()
     from kgen.serving.server import serve
@@ -640,7 +671,8 @@ def _cmd_serve(args):
           batch_size=args.batch_size or serving_defaults.BATCH_SIZE,
           batch_wait_ms=(serving_defaults.BATCH_WAIT_MS if args.batch_wait_ms is None
                          else args.batch_wait_ms),
-          poll_seconds=args.poll_seconds, threads=args.threads, debug=args.debug)
+          poll_seconds=args.poll_seconds, threads=args.threads, debug=args.debug,
+          options=options)
     # Stopped cleanly (SIGINT or SIGTERM): nothing is left to write, and the
     # C++ teardown of TensorFlow and gRPC would keep the process seconds longer.
     sys.stdout.flush()

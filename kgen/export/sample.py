@@ -553,7 +553,7 @@ def parse_model_url(url, version=None):
     import urllib.parse
 
     parts = urllib.parse.urlsplit(str(url))
-    if parts.scheme not in ("http", "https", "grpc") or not parts.netloc:
+    if parts.scheme not in ("http", "https", "grpc", "grpcs") or not parts.netloc:
         raise SampleError(
             f"--url {url}: expected http://HOST:PORT/v1/models/NAME (REST) or "
             "grpc://HOST:PORT/v1/models/NAME (gRPC)")
@@ -571,7 +571,7 @@ def parse_model_url(url, version=None):
         version = int(in_url)
     if version is not None and version < 1:
         raise SampleError(f"--version {version}: must be a whole number >= 1")
-    prefix = "" if parts.scheme == "grpc" else found.group("prefix")
+    prefix = "" if parts.scheme.startswith("grpc") else found.group("prefix")
     server = f"{parts.scheme}://{parts.netloc}{prefix}"
     return server, urllib.parse.unquote(found.group("name")), version
 
@@ -607,7 +607,8 @@ def served_metadata(signature):
 
 
 def sample_from_server(url, version=None, n=16, seed=0, label=None, out=None,
-                       settings=None, timeout=None, progress=None):
+                       settings=None, timeout=None, progress=None, api_key=None,
+                       ca_cert=None):
     """`sample_saved_model` through a server's `generate` signature.
 
     The server may be `kgen serve`, TF Serving or KServe: the rows are the
@@ -623,6 +624,7 @@ def sample_from_server(url, version=None, n=16, seed=0, label=None, out=None,
         version, n, seed, label, out, settings, progress: as
             `sample_saved_model`.
         timeout: seconds one request may take (default the client's).
+        api_key, ca_cert: as `kgen.serving.client.Client`'s.
 
     Returns:
         the path written.
@@ -634,7 +636,8 @@ def sample_from_server(url, version=None, n=16, seed=0, label=None, out=None,
     _check_count(n)
     _check_seed(seed, n)
     server, name, version = parse_model_url(url, version)
-    client = Client(server, timeout=timeout or DEFAULT_TIMEOUT)
+    client = Client(server, timeout=timeout or DEFAULT_TIMEOUT, api_key=api_key,
+                    ca_cert=ca_cert)
     where = f"{server} model {name!r}"
     try:
         signatures = client.metadata(name, version)["signatures"]

@@ -12,6 +12,13 @@ a KServe `InferenceService` with the tensorflow predictor:
   and `ModelService` (`GetModelStatus`) through the official
   `tensorflow-serving-api` stubs.
 
+A server started with an API key (`kgen serve --api-key`) is given it as
+`api_key=` (default: the `KGEN_API_KEY` environment variable), sent as
+`Authorization: Bearer KEY` (REST) or `authorization` metadata (gRPC). A
+server with TLS is reached with `https://` or `grpcs://`, or `grpc://`
+with `ca_cert=`; `ca_cert` is the PEM file of the certificate authority
+(or the self-signed certificate) to trust instead of the system's.
+
 Answers are numpy arrays typed by the signature (strings as `bytes`, as a
 SavedModel returns them), so a served answer compares with the SavedModel's
 own. A refusal or a failure to reach the server raises `ServerError`
@@ -30,6 +37,7 @@ client.metadata("vae_digits")["signatures"]["generate"]["inputs"]
 """
 
 import base64
+import os
 import urllib.parse
 
 import numpy as np
@@ -41,6 +49,7 @@ DEFAULT_TIMEOUT = 120.0
 # gRPC's default message limit is 4 MB; a batch of images can be larger.
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 PROTOCOLS = ("rest", "grpc")
+API_KEY_ENV = "KGEN_API_KEY"
 
 
 class ServerError(UserError, RuntimeError):
@@ -68,6 +77,9 @@ class Client:
             `host:port` with `protocol`.
         protocol: `"rest"` or `"grpc"` (default: from the URL's scheme).
         timeout: seconds one call may take.
+        api_key: the server's API key (default: `$KGEN_API_KEY`, else none).
+        ca_cert: a PEM file of certificates to trust for TLS (default: the
+            system's); with `grpc://` it turns TLS on.
 
     Example:
 
@@ -77,19 +89,22 @@ class Client:
     ```
     """
 
-    def __init__(self, url, protocol=None, timeout=DEFAULT_TIMEOUT):
+    def __init__(self, url, protocol=None, timeout=DEFAULT_TIMEOUT, api_key=None,
+                 ca_cert=None):
         if protocol is not None and protocol not in PROTOCOLS:
             raise ValueError(f"protocol={protocol!r}: must be one of {', '.join(PROTOCOLS)}")
         text = str(url)
         parsed = urllib.parse.urlsplit(text if "://" in text else f"//{text}")
         scheme = parsed.scheme.lower()
-        if scheme not in ("", "http", "https", "grpc"):
-            raise ValueError(f"{url}: unknown scheme {scheme!r} (use http://, https:// "
-                             "or grpc://)")
+        if scheme not in ("", "http", "https", "grpc", "grpcs"):
+            raise ValueError(f"{url}: unknown scheme {scheme!r} (use http://, https://, "
+                             "grpc:// or grpcs://)")
         if protocol is None:
             if not scheme:
                 raise ValueError(f"{url}: give a scheme (http:// or grpc://) or protocol=")
-            protocol = "grpc" if scheme == "grpc" else "rest"
+            protocol = "grpc" if scheme.startswith("grpc") else "rest"
+        if protocol == "rest" and scheme.startswith("grpc"):
+            raise ValueError(f"{url}: protocol='rest' needs http:// or https://")
         if protocol == "grpc" and scheme in ("http", "https"):
             raise ValueError(f"{url}: protocol='grpc' needs grpc://host:port or host:port")
         if not parsed.hostname:
@@ -102,15 +117,26 @@ class Client:
             raise ValueError(f"{url}: gRPC needs a port (TF Serving's is 8500)")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise ValueError(f"timeout={timeout!r}: must be a number of seconds > 0")
+        if api_key is None:
+            api_key = os.environ.get(API_KEY_ENV) or None
+        if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
+            raise ValueError("api_key= must be a non-empty string")
+        if ca_cert is not None and not os.path.isfile(ca_cert):
+            raise ValueError(f"ca_cert={str(ca_cert)!r}: no such file (a PEM file)")
+        if ca_cert is not None and scheme == "http":
+            raise ValueError(f"{url}: ca_cert= is for TLS; use https://")
         self.protocol = protocol
         self.timeout = float(timeout)
+        self.api_key = api_key
+        self.ca_cert = None if ca_cert is None else str(ca_cert)
         self._signatures = {}
         if protocol == "rest":
             base = f"{scheme or 'http'}://{parsed.netloc}{parsed.path.rstrip('/')}"
             self.url = base
             self._session = None
         else:
-            self.url = f"grpc://{parsed.hostname}:{parsed.port}"
+            self.tls = scheme == "grpcs" or ca_cert is not None
+            self.url = f"{'grpcs' if self.tls else 'grpc'}://{parsed.hostname}:{parsed.port}"
             self._target = f"{parsed.hostname}:{parsed.port}"
             self._channel = None
 
@@ -244,14 +270,22 @@ class Client:
 
         if self._session is None:
             self._session = requests.Session()
+            if self.api_key is not None:
+                self._session.headers["Authorization"] = f"Bearer {self.api_key}"
         path = f"/v1/models/{urllib.parse.quote(model, safe='')}"
         if version is not None:
             path += f"/versions/{version}"
         url = self.url + path + suffix
         try:
-            answer = self._session.request(method, url, json=body, timeout=self.timeout)
+            # verify= on each call: a session's own gives way to REQUESTS_CA_BUNDLE.
+            answer = self._session.request(method, url, json=body, timeout=self.timeout,
+                                           verify=self.ca_cert or True)
         except requests.Timeout:
             raise ServerError(model, None, f"no answer within {self.timeout:g} s",
+                              url) from None
+        except requests.exceptions.SSLError as e:
+            raise ServerError(model, None, f"TLS handshake failed ({first_line(e)}); give "
+                              "the server's certificate authority as ca_cert=",
                               url) from None
         except requests.ConnectionError:
             raise ServerError(model, None, "cannot connect (is the server running "
@@ -306,9 +340,17 @@ class Client:
         from tensorflow_serving.apis import prediction_service_pb2_grpc
 
         if self._channel is None:
-            self._channel = grpc.insecure_channel(self._target, options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+            options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                       ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+            if self.tls:
+                roots = None
+                if self.ca_cert is not None:
+                    with open(self.ca_cert, "rb") as f:
+                        roots = f.read()
+                credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+                self._channel = grpc.secure_channel(self._target, credentials, options=options)
+            else:
+                self._channel = grpc.insecure_channel(self._target, options=options)
         if service == "ModelService":
             return model_service_pb2_grpc.ModelServiceStub(self._channel)
         return prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
@@ -317,7 +359,10 @@ class Client:
         import grpc
 
         try:
-            return getattr(self._stub(service), method)(request, timeout=self.timeout)
+            metadata = (None if self.api_key is None
+                        else [("authorization", f"Bearer {self.api_key}")])
+            return getattr(self._stub(service), method)(request, timeout=self.timeout,
+                                                        metadata=metadata)
         except grpc.RpcError as e:
             code = e.code().name if callable(getattr(e, "code", None)) else None
             details = e.details() if callable(getattr(e, "details", None)) else str(e)

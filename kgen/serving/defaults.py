@@ -17,6 +17,10 @@ BATCH_SIZE = 64
 BATCH_WAIT_MS = 2.0
 # How often the tree is read for new models and versions.
 POLL_SECONDS = 2.0
+# Seconds a request body may take to arrive in full (408 after).
+READ_TIMEOUT = 30.0
+# Seconds from a request's full body to its answer (504 after).
+REQUEST_TIMEOUT = 60.0
 
 
 def size_text(n):

@@ -4,9 +4,17 @@ Labels hold only names the server knows (a model and signature that exist,
 or `""` for a request that named none that exist), so a client cannot grow
 the label sets. `code` is the HTTP status of the answer (a gRPC status is
 counted as the HTTP status TF Serving maps it to); `protocol` is `v1`
-(TF Serving REST), `v2` (Open Inference Protocol REST or gRPC) or
-`tfs_grpc` (TF Serving's `PredictionService`).
+(TF Serving REST), `v2` (Open Inference Protocol REST or gRPC),
+`tfs_grpc` (TF Serving's gRPC services) or `other` (any other route).
+
+`kgen_requests_total` counts the predict requests a model route answered;
+`kgen_request_errors_total` counts every answer with status >= 400 on any
+route, including those refused before a route read them (401, 403, 408,
+413, 504, a body that is not JSON): the server's front door counts each
+error answer that no route counted (`answering` / `record_error`).
 """
+
+import contextvars
 
 from prometheus_client import Counter
 from prometheus_client import Gauge
@@ -16,7 +24,8 @@ REQUESTS = Counter(
     "kgen_requests", "Predict requests answered, by model, signature, protocol "
     "and status code", ["model", "signature", "protocol", "code"])
 ERRORS = Counter(
-    "kgen_request_errors", "Predict requests answered with an error (status >= 400)",
+    "kgen_request_errors", "Requests answered with an error (status >= 400), on "
+    "every route, by model, signature, protocol and status code",
     ["model", "signature", "protocol", "code"])
 LATENCY = Histogram(
     "kgen_request_latency_seconds", "Time from a predict request's arrival to "
@@ -36,8 +45,36 @@ VERSION = Gauge(
     "kgen_model_version", "Newest version each model serves", ["model"])
 
 
+# The answer being made in this task: {"counted": bool}, set by `answering`.
+_ANSWER = contextvars.ContextVar("kgen_answer", default=None)
+
+
+def answering():
+    """Starts counting one request's answer (at the server's front door).
+
+    Returns:
+        `{"counted": False}`; `record` sets it to True when a route counts
+        the answer itself, so the front door counts only the others.
+    """
+    answer = {"counted": False}
+    _ANSWER.set(answer)
+    return answer
+
+
+def record_error(model, protocol, code, answer=None):
+    """Count an error answer no route counted (`answer` from `answering`)."""
+    if answer is not None:
+        if answer["counted"]:
+            return
+        answer["counted"] = True
+    ERRORS.labels(model, "", protocol, str(code)).inc()
+
+
 def record(model, signature, protocol, code, seconds=None, rows=0):
     """Count one answered predict request."""
+    answer = _ANSWER.get()
+    if answer is not None:
+        answer["counted"] = True
     code = str(code)
     REQUESTS.labels(model, signature, protocol, code).inc()
     if int(code) >= 400:

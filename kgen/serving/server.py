@@ -2,6 +2,7 @@
 
 ```
 kgen serve saved_models/ [--host 127.0.0.1] [--port 8501] [--grpc-port 8500]
+                         [--api-key KEY] [--tls-cert PEM --tls-key PEM] ...
 ```
 
 One `kserve.ModelServer` answers, for every model of the tree
@@ -36,14 +37,26 @@ laptop's server on 127.0.0.1 unless asked). `_GrpcServer` is a gRPC server
 holding KServe's V2 `InferenceServicer` and TF Serving's servicers. The
 KServe state kgen sets that is not public API is in `kgen.compat.kserve`.
 
-Bodies over `--max-body-bytes` are refused with 413 Payload Too Large
-before they are parsed (TF Serving has no such limit of its own; 413 is
-HTTP's status for exactly this, and proxies and clients know it), and gRPC
-messages over it with RESOURCE_EXHAUSTED (gRPC's own limit).
+Every REST request first passes kgen's front door, `_Guard` (ASGI
+middleware), and every gRPC call `_GrpcGuard` (an interceptor),
+configured by `kgen.serving.options.NetworkOptions`: the API key on every
+route but health (401 / UNAUTHENTICATED), KServe's repository routes off
+unless allowed (403 / PERMISSION_DENIED), a declared `Content-Length` over
+`--max-body-bytes` answered 413 before any of the body is read (TF Serving
+has no such limit of its own; 413 is HTTP's status for exactly this; gRPC
+messages over it get RESOURCE_EXHAUSTED, gRPC's own limit), a body not in
+full within `--read-timeout` answered 408, a request not answered within
+`--request-timeout` answered 504 / DEADLINE_EXCEEDED. An exception no
+route answered is logged with its traceback and answered 500 with a
+generic message (a client's text with a lone surrogate, or a body nested
+too deeply for a JSON reader, is 400), and every answer >= 400 is counted
+in `kgen_request_errors_total` by code. TLS is uvicorn's own (KServe's
+`ssl_certfile` / `ssl_keyfile`) and gRPC's server credentials.
 """
 
 import asyncio
 import concurrent.futures
+import hmac
 import logging
 import os
 import re
@@ -56,10 +69,12 @@ from kgen.serving import defaults
 from kgen.serving import metrics
 from kgen.serving import status
 from kgen.serving import tfs_grpc
+from kgen.serving.errors import HTTP_STATUS
 from kgen.serving.errors import ServingError
 from kgen.serving.errors import invalid
 from kgen.serving.models import Repository
 from kgen.serving.models import Settings
+from kgen.serving.options import network_options
 from kgen.serving.tensors import TensorError
 from kgen.serving.tensors import columnar_inputs
 from kgen.serving.tensors import error_body
@@ -71,10 +86,13 @@ from kgen.serving.tensors import to_array
 from kgen.serving.tree import ServeError
 from kgen.serving.tree import check_tree
 
+import grpc
 import kserve
 import orjson
 import uvicorn
 from fastapi import Request
+from grpc_interceptor.exceptions import GrpcException
+from grpc_interceptor.server import AsyncServerInterceptor
 from starlette.responses import Response
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 from kserve.errors import NoModelReady
@@ -191,40 +209,67 @@ def _json(doc, status_code=200):
     return Response(orjson.dumps(doc), status_code=status_code, media_type="application/json")
 
 
-class _BodyLimit:
-    """ASGI middleware: a request body over `limit` bytes is answered 413
-    with an `{"error": ...}` body before any route reads it."""
+# Routes open without the API key: liveness and readiness, which probes
+# (a kubelet's, a load balancer's) ask without credentials.
+OPEN_PATHS = frozenset({"/", "/v2/health/live", "/v2/health/ready"})
+# KServe's model repository routes (load, unload): off unless asked for.
+REPOSITORY_PREFIX = "/v2/repository/"
+_MODEL_PATH = re.compile(r"/v([12])/models/([^/:]+)")
+INTERNAL_ERROR = ("internal error while answering this request; the server's log "
+                  "holds the details")
 
-    def __init__(self, app, limit, repository):
+
+class _Guard:
+    """ASGI middleware, kgen serve's front door before every route.
+
+    In order: the API key (401), the repository API switch (403), the body
+    (413 when its declared or read size is over `limit`, 408 when it has
+    not arrived in full within `read_timeout` seconds), then the route,
+    bounded by `request_timeout` seconds (504). An exception no route
+    answered is logged here with its traceback and answered 500 with a
+    generic message. Every answer with status >= 400 that no route counted
+    is counted in `kgen_request_errors_total` by its code.
+    """
+
+    def __init__(self, app, options, limit, repository):
         self.app = app
+        self.options = options
         self.limit = limit
         self.repository = repository
+        self.key = options.api_key.encode("ascii") if options.api_key else None
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        declared = int(declared) if declared and declared.isdigit() else None
-        chunks, size, more = [], 0, True
-        while more and (declared is None or declared <= self.limit):
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            more = message.get("more_body", False)
-            if size > self.limit:
-                break
-            chunks.append(chunk)
-        if size > self.limit or (declared or 0) > self.limit:
-            while more and size <= DRAIN_FACTOR * self.limit:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                size += len(message.get("body", b""))
-                more = message.get("more_body", False)
-            return await self._refuse(scope, send, max(size, declared or 0))
-        body = b"".join(chunks)
+        answer = metrics.answering()
+        sent = {}
+
+        async def tracked(message):
+            if message["type"] == "http.response.start":
+                sent["status"] = message["status"]
+                # Counted before the client can read the answer.
+                if message["status"] >= 400:
+                    metrics.record_error(*self._labels(scope), message["status"], answer)
+            await send(message)
+
+        await self._handle(scope, receive, tracked, sent)
+
+    async def _handle(self, scope, receive, send, sent):
+        path = scope["path"]
+        deadline = asyncio.get_running_loop().time() + self.options.read_timeout
+        if self.key is not None and path not in OPEN_PATHS:
+            refusal = self._unauthorized(scope)
+            if refusal is not None:
+                return await self._refuse(scope, receive, send, deadline, 401, refusal, [
+                    (b"www-authenticate", b'Bearer realm="kgen serve"')])
+        if path.startswith(REPOSITORY_PREFIX) and not self.options.allow_repository_api:
+            return await self._refuse(
+                scope, receive, send, deadline, 403, "the model repository API (load, "
+                "unload) is off on this server; start kgen serve with "
+                "--allow-repository-api to allow it")
+        body = await self._read_body(scope, receive, send, deadline)
+        if body is None:  # answered (413, 408), or the client left
+            return
         replayed = False
 
         async def replay():
@@ -234,32 +279,154 @@ class _BodyLimit:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        try:
+            await asyncio.wait_for(self.app(scope, replay, send),
+                                   self.options.request_timeout)
+        except asyncio.TimeoutError:
+            if "status" not in sent:
+                await _answer(send, 504, f"no answer within --request-timeout "
+                              f"{self.options.request_timeout:g} s; send fewer rows or "
+                              "fewer steps per request", close=False)
+        except Exception as error:
+            fault = _client_fault(error)
+            if fault is None:
+                log.exception("%s %s failed", scope["method"], path)
+            if "status" not in sent:
+                await _answer(send, 500 if fault is None else 400, fault or INTERNAL_ERROR,
+                              close=False)
 
-    async def _refuse(self, scope, send, size):
+    def _unauthorized(self, scope):
+        """None when the request carries the key, else the refusal's message."""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.strip().partition(b" ")
+                if scheme.lower() != b"bearer":
+                    break
+                if hmac.compare_digest(token.strip(), self.key):
+                    return None
+                return "the API key in the Authorization header is not this server's"
+        return ("this server needs an API key: send the header 'Authorization: Bearer "
+                "KEY' (the key kgen serve was given with --api-key or KGEN_API_KEY)")
+
+    async def _read_body(self, scope, receive, send, deadline):
+        """The whole body, or None once answered (or the client left)."""
+        declared = _declared_length(scope)
+        if declared is not None and declared > self.limit:
+            await self._refuse(scope, receive, send, deadline, 413,
+                               self._too_large(declared))
+            return None
+        chunks, size = [], 0
+        while True:
+            message = await _receive(receive, deadline)
+            if message is None:
+                await self._stalled(send, size)
+                return None
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._refuse(scope, receive, send, deadline, 413,
+                                   self._too_large(size), read=size,
+                                   more=message.get("more_body", False))
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def _too_large(self, size):
+        return (f"request body of {size} bytes is larger than this server accepts "
+                f"(--max-body-bytes {self.limit}); send fewer rows per request")
+
+    async def _refuse(self, scope, receive, send, deadline, status_code, message,
+                      headers=(), read=0, more=True):
+        """Answers before the body is read in full, at once. A body the
+        client may really be sending (declared or read up to DRAIN_FACTOR
+        times the limit) is then read and dropped, within the read deadline,
+        so the client reads the answer rather than a reset connection; a
+        larger one is left unread and the connection closed."""
+        declared = _declared_length(scope)
+        drain = finish = more and (declared is None or declared <= DRAIN_FACTOR * self.limit)
+        await _answer(send, status_code, message, headers, more=drain)
+        while drain and read <= DRAIN_FACTOR * self.limit:
+            received = await _receive(receive, deadline)
+            if received is None or received["type"] == "http.disconnect":
+                break
+            read += len(received.get("body", b""))
+            drain = received.get("more_body", False)
+        if finish:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _stalled(self, send, size):
+        await _answer(send, 408, f"the request body did not arrive within --read-timeout "
+                      f"{self.options.read_timeout:g} s ({size} bytes came); the "
+                      "connection is closed")
+
+    def _labels(self, scope):
+        """`(model, protocol)` of a request's path, for its metrics."""
         path = scope.get("path", "")
-        found = re.match(r"/v([12])/models/([^/:]+)", path)
+        found = _MODEL_PATH.match(path)
         model = found[2] if found and self.repository.get_model(found[2]) else ""
-        if found:
-            metrics.record(model, "", "v1" if found[1] == "1" else "v2", 413)
-        message = (f"request body of {size} bytes is larger than this server accepts "
-                   f"(--max-body-bytes {self.limit}); send fewer rows per request")
-        body = error_body(message)
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+        if path.startswith("/v1/"):
+            return model, "v1"
+        if path.startswith("/v2/") or path == "/v2":
+            return model, "v2"
+        return model, "other"
+
+
+async def _receive(receive, deadline):
+    """The next ASGI message, or None when `deadline` (loop time) passed."""
+    left = deadline - asyncio.get_running_loop().time()
+    if left <= 0:
+        return None
+    try:
+        return await asyncio.wait_for(receive(), left)
+    except asyncio.TimeoutError:
+        return None
+
+
+def _client_fault(error):
+    """The message of an exception a client's request caused where no route
+    names it (a body nested too deeply for a JSON reader, text holding a
+    lone surrogate), or None for the server's own failures."""
+    if isinstance(error, RecursionError):
+        return "the request body nests arrays or objects too deeply to be read"
+    if isinstance(error, UnicodeEncodeError) and error.reason == "surrogates not allowed":
+        return (f"a string in the request holds a lone UTF-16 surrogate "
+                f"({error.object[error.start:error.end]!a}), which is not Unicode text; "
+                "send valid UTF-8")
+    return None
+
+
+def _declared_length(scope):
+    declared = dict(scope["headers"]).get(b"content-length")
+    return int(declared) if declared and declared.isdigit() else None
+
+
+async def _answer(send, status_code, message, headers=(), more=False, close=True):
+    """An `{"error": message}` answer from the front door; one sent before
+    the body was read closes the connection (`close`)."""
+    body = error_body(message)
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode()), *headers]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": more})
 
 
 class _RestServer(RESTServer):
-    """KServe's REST server on `host`, with TF Serving's V1 routes first."""
+    """KServe's REST server on `host`, with TF Serving's V1 routes first and
+    kgen's front door (`_Guard`) before every route; HTTPS through
+    uvicorn's own TLS when `options` name a certificate."""
 
-    def __init__(self, *args, host, repository, max_body_bytes, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, host, repository, max_body_bytes, options, **kwargs):
+        super().__init__(*args, ssl_certfile=options.tls_cert, ssl_keyfile=options.tls_key,
+                         **kwargs)
         self.config.host = host
         self.repository = repository
         self.max_body_bytes = max_body_bytes
+        self.options = options
         self.server = uvicorn.Server(self.config)
 
     def create_application(self):
@@ -274,7 +441,8 @@ class _RestServer(RESTServer):
             return _json({"error": error.message}, error.http_status)
 
         app.add_exception_handler(ServingError, serving_error)
-        app.add_middleware(_BodyLimit, limit=self.max_body_bytes, repository=self.repository)
+        app.add_middleware(_Guard, options=self.options, limit=self.max_body_bytes,
+                           repository=self.repository)
         super().create_application()
 
     async def start(self):
@@ -286,6 +454,94 @@ class _RestServer(RESTServer):
 
 
 # === gRPC: KServe V2 and TF Serving ===
+
+
+# gRPC methods open without the API key, and the repository's.
+OPEN_RPCS = frozenset({"/inference.GRPCInferenceService/ServerLive",
+                       "/inference.GRPCInferenceService/ServerReady"})
+REPOSITORY_RPCS = frozenset({"/inference.GRPCInferenceService/RepositoryModelLoad",
+                             "/inference.GRPCInferenceService/RepositoryModelUnload"})
+
+
+class _GrpcGuard(AsyncServerInterceptor):
+    """gRPC's front door, inside KServe's `ExceptionToStatusInterceptor`
+    (which turns the errors raised here into statuses): the API key
+    (UNAUTHENTICATED), the repository API switch (PERMISSION_DENIED) and
+    `request_timeout` (DEADLINE_EXCEEDED). Every error no service counted
+    is counted in `kgen_request_errors_total` (as the HTTP status TF
+    Serving maps its code to) before its status is sent."""
+
+    def __init__(self, options, repository):
+        self.options = options
+        self.repository = repository
+        self.key = options.api_key.encode("ascii") if options.api_key else None
+
+    async def intercept(self, method, request, context, method_name):
+        answer = metrics.answering()
+        try:
+            if self.key is not None and method_name not in OPEN_RPCS:
+                refusal = self._unauthorized(context)
+                if refusal is not None:
+                    raise ServingError("UNAUTHENTICATED", refusal)
+            if method_name in REPOSITORY_RPCS and not self.options.allow_repository_api:
+                raise ServingError("PERMISSION_DENIED", "the model repository API (load, "
+                                   "unload) is off on this server; start kgen serve with "
+                                   "--allow-repository-api to allow it")
+            response = method(request, context)
+            if hasattr(response, "__aiter__"):
+                return response
+            try:
+                return await asyncio.wait_for(response, self.options.request_timeout)
+            except asyncio.TimeoutError:
+                raise ServingError("DEADLINE_EXCEEDED", f"no answer within "
+                                   f"--request-timeout {self.options.request_timeout:g} s; "
+                                   "send fewer rows or fewer steps per request") from None
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:
+            protocol = "v2" if method_name.startswith("/inference.") else "tfs_grpc"
+            metrics.record_error(self._model(request), protocol,
+                                 _grpc_http_status(error, context), answer)
+            raise
+
+    def _unauthorized(self, context):
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                scheme, _, token = value.strip().partition(" ")
+                if scheme.lower() == "bearer" and hmac.compare_digest(
+                        token.strip().encode("utf-8"), self.key):
+                    return None
+                return "the API key in the authorization metadata is not this server's"
+        return ("this server needs an API key: send the metadata 'authorization: "
+                "Bearer KEY' (the key kgen serve was given with --api-key or KGEN_API_KEY)")
+
+    def _model(self, request):
+        name = getattr(request, "model_name", None)
+        if name is None and hasattr(request, "model_spec"):
+            name = request.model_spec.name
+        return name if name and self.repository.get_model(name) else ""
+
+
+def _grpc_http_status(error, context):
+    """The HTTP status of the gRPC status an exception is answered with, as
+    KServe's `ExceptionToStatusInterceptor` maps it."""
+    from kserve import errors
+
+    if isinstance(error, ServingError):
+        return error.http_status
+    if isinstance(error, GrpcException):
+        return HTTP_STATUS.get(error.status_code.name, 500)
+    if isinstance(error, (errors.InferenceError, errors.InvalidInput,
+                          errors.UnsupportedProtocol)):
+        return 400
+    if isinstance(error, errors.ModelNotFound):
+        return 404
+    if isinstance(error, (errors.ModelNotReady, errors.ServerNotReady, errors.ServerNotLive)):
+        return 503
+    if isinstance(error, NotImplementedError):
+        return 501
+    code = getattr(context.code(), "name", None)  # a service that aborted itself
+    return HTTP_STATUS.get(code, 500) if code and code != "OK" else 500
 
 
 class _GrpcServer:
@@ -301,10 +557,11 @@ class _GrpcServer:
         max_receive_bytes: the largest request message.
         max_send_bytes: the largest response message.
         grace_period: seconds calls in flight get when it stops.
+        options: the `NetworkOptions` (key, repository API, deadline, TLS).
     """
 
     def __init__(self, host, port, dataplane, model_repository_extension, repository,
-                 max_receive_bytes, max_send_bytes, grace_period):
+                 max_receive_bytes, max_send_bytes, grace_period, options):
         self.host = host
         self.port = port
         self.dataplane = dataplane
@@ -313,6 +570,7 @@ class _GrpcServer:
         self.max_receive_bytes = max_receive_bytes
         self.max_send_bytes = max_send_bytes
         self.grace_period = grace_period
+        self.options = options
         self.server = None
 
     async def start(self, max_workers):
@@ -320,14 +578,22 @@ class _GrpcServer:
 
         self.server = aio.server(
             concurrent.futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=(ExceptionToStatusInterceptor(),),
+            interceptors=(ExceptionToStatusInterceptor(),
+                          _GrpcGuard(self.options, self.repository)),
             options=[("grpc.max_send_message_length", self.max_send_bytes),
                      ("grpc.max_receive_message_length", self.max_receive_bytes)],
         )
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.dataplane, self.model_repository_extension), self.server)
         tfs_grpc.add_to_server(self.repository, self.server)
-        self.server.add_insecure_port(_address(self.host, self.port))
+        address = _address(self.host, self.port)
+        if self.options.tls:
+            with open(self.options.tls_key, "rb") as key, \
+                    open(self.options.tls_cert, "rb") as cert:
+                credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
+            self.server.add_secure_port(address, credentials)
+        else:
+            self.server.add_insecure_port(address)
         await self.server.start()
         await self.server.wait_for_termination()
 
@@ -343,7 +609,8 @@ def _address(host, port):
 class _ModelServer(kserve.ModelServer):
     """`kserve.ModelServer` starting kgen's REST and gRPC servers."""
 
-    def __init__(self, repository, host, port, grpc_port, max_body_bytes, poll_seconds):
+    def __init__(self, repository, host, port, grpc_port, max_body_bytes, poll_seconds,
+                 options):
         taken = kserve_compat.reset_model_server_arguments()
         if taken:
             log.warning("KServe's flags on this command line are not used by kgen "
@@ -359,7 +626,11 @@ class _ModelServer(kserve.ModelServer):
                          access_log_format=None, event_loop=flags.event_loop,
                          timeout_keep_alive=flags.timeout_keep_alive, grace_period=5,
                          predictor_config=kserve.PredictorConfig(predictor_host=None),
-                         ssl_certfile=flags.ssl_certfile, ssl_keyfile=flags.ssl_keyfile)
+                         ssl_certfile=options.tls_cert, ssl_keyfile=options.tls_key)
+        # KServe moves its default port to its HTTPS one when given TLS;
+        # kgen serve listens on the port it was given.
+        self.http_port = port
+        self.options = options
         self.repository = repository
         self.host = host
         self.max_body_bytes = max_body_bytes
@@ -381,12 +652,13 @@ class _ModelServer(kserve.ModelServer):
             FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension,
             self.http_port, grace_period=self.grace_period, event_loop=self.event_loop,
             timeout_keep_alive=self.timeout_keep_alive, host=self.host,
-            repository=self.repository, max_body_bytes=self.max_body_bytes)
+            repository=self.repository, max_body_bytes=self.max_body_bytes,
+            options=self.options)
         self.grpc = _GrpcServer(
             self.host, self.grpc_port, self.dataplane, self.model_repository_extension,
             self.repository, max_receive_bytes=self.max_body_bytes,
             max_send_bytes=max(self.max_body_bytes, 4 << 20) * 4,
-            grace_period=self.grace_period)
+            grace_period=self.grace_period, options=self.options)
         self.servers += [self.rest.start(), self.grpc.start(self.max_threads)]
         stop_polling = self.repository.start_polling(self.poll_seconds)
         self.register_signal_handler()
@@ -423,6 +695,17 @@ def _check_port(host, port, flag):
                              f"({e.strerror or e})") from None
 
 
+def _loopback(host):
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _configure_logging(debug):
     import warnings
 
@@ -454,7 +737,7 @@ def _client_errors_filter(record):
 def serve(root, host=defaults.HOST, port=defaults.REST_PORT, grpc_port=defaults.GRPC_PORT,
           max_body_bytes=defaults.MAX_BODY_BYTES, batching=True,
           batch_size=defaults.BATCH_SIZE, batch_wait_ms=defaults.BATCH_WAIT_MS,
-          poll_seconds=defaults.POLL_SECONDS, threads=None, debug=False):
+          poll_seconds=defaults.POLL_SECONDS, threads=None, debug=False, options=None):
     """Serves every model under `root` until interrupted (SIGINT or SIGTERM).
 
     Args:
@@ -469,7 +752,12 @@ def serve(root, host=defaults.HOST, port=defaults.REST_PORT, grpc_port=defaults.
         poll_seconds: how often the tree is read for new models and versions.
         threads: threads running TensorFlow calls (default: CPU count + 2).
         debug: KServe's and uvicorn's request logs on stderr.
+        options: the front door's `kgen.serving.options.NetworkOptions`
+            (API key, repository API, read and request deadlines, TLS);
+            default: `network_options()`, which reads `KGEN_API_KEY`.
     """
+    if options is None:
+        options = network_options()
     for flag, value in (("--port", port), ("--grpc-port", grpc_port)):
         if not 0 < value < 65536:
             raise ServeError(f"{flag} {value}: must be a port number in [1, 65535]")
@@ -497,12 +785,22 @@ def serve(root, host=defaults.HOST, port=defaults.REST_PORT, grpc_port=defaults.
     if not models:
         raise ServeError(f"{root}: none of the models ({', '.join(names)}) could be loaded "
                          "(see the errors above)")
-    server = _ModelServer(repository, host, port, grpc_port, max_body_bytes, poll_seconds)
+    server = _ModelServer(repository, host, port, grpc_port, max_body_bytes, poll_seconds,
+                          options)
     _configure_logging(debug)
-    log.info("REST http://%s:%d (TF Serving /v1, V2 /v2, /metrics), gRPC %s "
+    log.info("REST %s://%s:%d (TF Serving /v1, V2 /v2, /metrics), gRPC %s%s "
              "(V2 and tensorflow.serving.PredictionService); batching %s",
-             host, port, _address(host, grpc_port),
+             "https" if options.tls else "http", host, port, _address(host, grpc_port),
+             " with TLS" if options.tls else "",
              f"up to {batch_size} rows, {batch_wait_ms:g} ms" if batching else "off")
+    log.info("API key %s; repository API (load, unload) %s; read deadline %g s, "
+             "request deadline %g s",
+             "required (all but health)" if options.api_key else "off",
+             "on" if options.allow_repository_api else "off",
+             options.read_timeout, options.request_timeout)
+    if not options.api_key and not _loopback(host):
+        log.warning("listening on %s without an API key: anyone who reaches this address "
+                    "can use every model (give --api-key or KGEN_API_KEY)", host)
     try:
         server.start(models)
     finally:

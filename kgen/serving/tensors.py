@@ -41,6 +41,9 @@ DT_NAMES = {
     "float16": "DT_HALF", "bfloat16": "DT_BFLOAT16",
 }
 BYTES_SUFFIX = "_bytes"
+# The deepest nesting of a request body (orjson's own limit; a tensor of
+# any rank the exports take is far shallower).
+MAX_JSON_DEPTH = 1024
 
 
 class TensorError(UserError, ValueError):
@@ -59,10 +62,14 @@ def parse_json(body):
         raise TensorError("JSON Parse error: The document is empty")
     try:
         doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as e:
+        if "recursion" in str(e).lower():
+            raise _too_deep() from None
         # orjson refuses NaN and Infinity, which TF Serving accepts.
         try:
             doc = json.loads(body)
+        except RecursionError:
+            raise _too_deep() from None
         except (ValueError, UnicodeDecodeError) as e:
             raise TensorError(f"JSON Parse error: {e}") from None
     if not isinstance(doc, dict):
@@ -70,6 +77,11 @@ def parse_json(body):
             f"JSON Value: {_short(doc)} Is not object (a predict body is a JSON "
             "object with 'instances' or 'inputs')")
     return doc
+
+
+def _too_deep():
+    return TensorError(f"JSON Parse error: the request body nests arrays or objects "
+                       f"deeper than {MAX_JSON_DEPTH} levels")
 
 
 def request_format(doc):
@@ -255,7 +267,13 @@ def _string_array(value, name):
         if depth != len(shape):
             raise TensorError(f"{name}: ragged list (values found at different depths)")
         if isinstance(item, str):
-            flat.append(item.encode("utf-8"))
+            try:
+                flat.append(item.encode("utf-8"))
+            except UnicodeEncodeError as e:
+                raise TensorError(
+                    f"{name}: string {_short(item)} holds a lone UTF-16 surrogate "
+                    f"({item[e.start]!a} at character {e.start}), which is not "
+                    "Unicode text; send valid UTF-8, or bytes as {\"b64\": ...}") from None
         elif _is_b64(item):
             try:
                 flat.append(base64.b64decode(item["b64"], validate=True))
@@ -357,5 +375,8 @@ def _float32(value):
 
 
 def error_body(message):
-    """TF Serving's error body: `{"error": message}`."""
+    """TF Serving's error body: `{"error": message}` (a lone surrogate a
+    client sent, quoted in the message, is written escaped)."""
+    if not message.isascii():
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return orjson.dumps({"error": message})

@@ -148,3 +148,50 @@ def test_grpc_pieces_kgen_assembles():
         "kserve.protocol.grpc.servicer.InferenceServicer", f"it takes {parameters[1:]}")
     ExceptionToStatusInterceptor()
     assert callable(grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server)
+
+
+def test_rest_server_takes_uvicorns_tls_options():
+    """kgen serve's --tls-cert / --tls-key reach uvicorn through KServe's
+    `RESTServer(ssl_certfile=, ssl_keyfile=)`."""
+    from kserve.protocol.rest.server import RESTServer
+
+    member = "kserve.protocol.rest.server.RESTServer.__init__"
+    parameters = inspect.signature(RESTServer.__init__).parameters
+    missing = [name for name in ("ssl_certfile", "ssl_keyfile") if name not in parameters]
+    assert not missing, _changed(member, f"it takes no {', '.join(missing)}")
+    # ModelServer moves its default port when given TLS; kgen serve puts
+    # the port it was given back (kgen.serving.server._ModelServer).
+    source = inspect.getsource(kserve.ModelServer.__init__)
+    assert "self.http_port = http_port" in source, _changed(
+        "kserve.ModelServer.__init__", "it no longer sets self.http_port from http_port")
+
+
+def test_repository_routes_and_rpcs_are_where_kgens_front_door_looks():
+    """The repository API switch and the open health routes match KServe's
+    routes and V2 gRPC methods by path: a renamed one would escape them."""
+    import fastapi
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
+
+    from kgen.serving import server
+
+    from fastapi.testclient import TestClient
+
+    app = fastapi.FastAPI()
+    register_v2_endpoints(app, None, None)
+    client = TestClient(app, raise_server_exceptions=False)
+    # 405 (a POST route asked with GET) or 500 (no data plane here): a route.
+    for path in ("/v2/repository/models/m/load", "/v2/repository/models/m/unload"):
+        assert path.startswith(server.REPOSITORY_PREFIX) and \
+            client.get(path).status_code == 405, _changed(
+                "kserve.protocol.rest.v2_endpoints", f"no POST route {path}")
+    for path in (p for p in server.OPEN_PATHS if p.startswith("/v2")):
+        assert client.get(path).status_code != 404, _changed(
+            "kserve.protocol.rest.v2_endpoints", f"no health route {path}")
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    methods = {f"/{service.full_name}/{m.name}" for m in service.methods}
+    assert server.OPEN_RPCS | server.REPOSITORY_RPCS <= methods, _changed(
+        "kserve.protocol.grpc.grpc_predict_v2_pb2",
+        f"no method {sorted((server.OPEN_RPCS | server.REPOSITORY_RPCS) - methods)}")
+    assert {m for m in methods if "Repository" in m} <= server.REPOSITORY_RPCS, _changed(
+        "kserve.protocol.grpc.grpc_predict_v2_pb2", "a repository method kgen does not switch")

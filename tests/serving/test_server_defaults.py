@@ -64,3 +64,20 @@ def test_size_text():
     assert defaults.size_text(32 * 1024 * 1024) == "33554432, 32 MiB"
     assert defaults.size_text(3 << 30) == "3221225472, 3 GiB"
     assert defaults.size_text(1000) == "1000"
+
+
+def test_front_door_flags_default_to_the_constants(capsys):
+    args = cli._parser().parse_args(["serve", "tree"])
+    assert (args.read_timeout, args.request_timeout) == (
+        defaults.READ_TIMEOUT, defaults.REQUEST_TIMEOUT)
+    assert (args.api_key, args.allow_repository_api, args.tls_cert, args.tls_key) == (
+        None, False, None, None)
+    text = _serve_help(capsys)
+    for expected in (f"(default {defaults.READ_TIMEOUT:g})",
+                     f"(default {defaults.REQUEST_TIMEOUT:g})", "$KGEN_API_KEY"):
+        assert expected in text, (expected, text)
+    from kgen.serving.options import network_options
+
+    options = network_options(environ={})
+    assert (options.read_timeout, options.request_timeout) == (
+        defaults.READ_TIMEOUT, defaults.REQUEST_TIMEOUT)
