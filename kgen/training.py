@@ -38,6 +38,7 @@ from kgen import callbacks as kgen_callbacks
 from kgen import config as kgen_config
 from kgen import distribute as kgen_distribute
 from kgen import io as kgen_io
+from kgen import lock as kgen_lock
 from kgen import precision as kgen_precision
 from kgen import recipe as kgen_recipe
 from kgen.callbacks.checkpoints import NonFiniteError  # noqa: F401  (part of the API)
@@ -98,14 +99,32 @@ def _free_run_dir(run_dir):
 
 
 def _read_json(path):
+    """The JSON object in a run's `path` (None when it is missing); a
+    `DamagedFileError` naming the file when it holds no JSON object."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
         raise kgen_io.DamagedFileError(
             f"{path} is damaged ({e}); rerun with --overwrite to start the run again"
         ) from None
+    if not isinstance(value, dict):
+        raise kgen_io.DamagedFileError(
+            f"{path} is damaged (it holds a JSON {_json_kind(value)}, expected an "
+            f"object of the run's record); rerun with --overwrite to start the run again"
+        )
+    return value
+
+
+def _json_kind(value):
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return "string"
+    if value is None:
+        return "null"
+    return "boolean" if isinstance(value, bool) else "number"
 
 
 # What a run writes; `--overwrite` removes these before it starts again.
@@ -206,6 +225,16 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
     if not dist.is_chief:
         return _train_worker(recipe, config, run_dir, settings, dist, verbose,
                              overwrite, callbacks)
+    # Held for the whole run, export included, and taken before anything in
+    # the run directory is read: `overwrite` never clears another process's run.
+    with kgen_lock.hold(run_dir):
+        return _train_chief(recipe, config, run_dir, settings, dist, export_to,
+                            verbose, overwrite, callbacks)
+
+
+def _train_chief(recipe, config, run_dir, settings, dist, export_to, verbose,
+                 overwrite, callbacks):
+    """`train` in the process that writes the run directory (it holds its lock)."""
     previous = _check_earlier_run(run_dir, settings, overwrite)
     if previous is not None:
         for directory in (run_dir, run_dir / "samples"):
@@ -230,13 +259,13 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
     wall = run.fit()
     state = {"status": "trained", "checkpoint": run.checkpoint_path.name,
              "best": run.checkpoint.best, "epochs": config["epochs"],
-             "logs": run.history_log.last_logs, "exported": None}
+             "logs": run.history_log.last_logs, "wall_s": wall, "exported": None}
     _write_state(run_dir, state)
     # Only once the run is recorded as trained: a kill before this line
     # resumes from the last backup instead of training again from scratch.
     shutil.rmtree(run_dir / "backup", ignore_errors=True)
     result = _finished(run_dir, state, export_to, verbose=0)
-    result.update(wall_s=wall, up_to_date=False)
+    result.update(wall_s=wall, up_to_date=False, trained_earlier=False)
     return result
 
 
@@ -417,8 +446,11 @@ def _finished(run_dir, state, export_to, verbose):
             f"{best_path} is missing although {run_dir / 'state.json'} records a "
             f"finished run; rerun with --overwrite to train again"
         )
-    result = {"run_dir": run_dir, "best": best_path, "wall_s": 0.0,
-              "logs": state.get("logs") or {}, "exported": None, "up_to_date": True}
+    # `trained_earlier`: this call trained nothing; `wall_s` is the time of
+    # the training that did (None for a run recorded before it was kept).
+    result = {"run_dir": run_dir, "best": best_path, "wall_s": state.get("wall_s"),
+              "logs": state.get("logs") or {}, "exported": None, "up_to_date": True,
+              "trained_earlier": True}
     exported = state.get("exported")
     if export_to:
         base = pathlib.Path(export_to)

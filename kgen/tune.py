@@ -74,6 +74,7 @@ import time
 
 from kgen import config as kgen_config
 from kgen import io as kgen_io
+from kgen import lock as kgen_lock
 from kgen import recipe as kgen_recipe
 from kgen.config import ConfigError
 from kgen.errors import first_line
@@ -375,15 +376,30 @@ def _values(rows, objective):
 
 def run_trial(study, trial, search, verbose):
     """Train one trial; tells the study how it ended. Returns its state."""
+    from optuna.trial import TrialState
+
+    sets = {**search["sets"], **{k: kgen_config.format_value(v)
+                                 for k, v in trial.params.items()}}
+    run_dir = search["dir"] / trial.user_attrs["run_dir"]
+    # The trial's run directory is this process's from its first epoch to
+    # its recorded end (a pruned trial's state.json included).
+    try:
+        with kgen_lock.hold(run_dir):
+            return _train_trial(study, trial, search, verbose, sets, run_dir)
+    except kgen_lock.RunLockedError as e:
+        trial.set_user_attr("error", first_line(e))
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        raise
+
+
+def _train_trial(study, trial, search, verbose, sets, run_dir):
+    """`run_trial` once it holds the trial's run directory."""
     import json
 
     from optuna.trial import TrialState
 
     from kgen import training
 
-    sets = {**search["sets"], **{k: kgen_config.format_value(v)
-                                 for k, v in trial.params.items()}}
-    run_dir = search["dir"] / trial.user_attrs["run_dir"]
     # A retried trial's run resumes: the pruner sees its earlier epochs too.
     for epoch, value in _values(_history(run_dir), search["objective"]):
         trial.report(value, epoch)
