@@ -410,6 +410,34 @@ class _Run:
         return time.time() - start
 
 
+def logged_values(model, data, config):
+    """The names a run of this built model logs each epoch (what
+    `history.csv` and the callbacks see), sorted: the model's metrics
+    (those given to `compile()` by their names), the same prefixed `val_`
+    where the run validates (as `_Run` decides), and `val_kid` where set."""
+    names = {m.name for m in model.metrics if m.name != "compile_metrics"}
+    compiled = model.get_compile_config() if model.compiled else None
+    for key in ("metrics", "weighted_metrics"):
+        names.update(_metric_names((compiled or {}).get(key)))
+    if getattr(model, "checkpoint_monitor", "val_loss") and data.validation is not None:
+        names |= {f"val_{name}" for name in names}
+    if config.get("val_kid"):
+        names.add("val_kid")
+    return sorted(names)
+
+
+def _metric_names(spec):
+    """The names of `compile(metrics=...)`'s metrics, as Keras logs them."""
+    if spec is None:
+        return []
+    if isinstance(spec, str):
+        return [spec]
+    if isinstance(spec, dict) and "class_name" in spec:  # one serialized metric
+        return [(spec.get("config") or {}).get("name") or spec["class_name"]]
+    values = spec.values() if isinstance(spec, dict) else spec
+    return [name for value in values for name in _metric_names(value)]
+
+
 def _validation_kid(model, data, recipe, config):
     """The `ValidationKID` callback a run's `val_kid` setting asks for
     (`None` when it is unset): `val_kid_n` samples, drawn with

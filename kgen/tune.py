@@ -528,13 +528,60 @@ def best_line(study, sets):
 # === The search ===
 
 
+def check_against_recipe(loaded, space, sets, objective):
+    """Build the recipe's model (not train it) with each range end and each
+    choice of `space` in turn, the other settings at `sets` and the
+    recipe's defaults, so that a value the recipe refuses is named before
+    trial 1; and check that every one of these models logs `objective`.
+
+    Raises:
+        TuneError: naming the `--space` item and its value, or the
+            objective with the values the recipe logs.
+    """
+    import gc
+
+    import keras
+
+    from kgen import training
+
+    def build(item, values):
+        config = kgen_config.apply_overrides(loaded.CONFIG, values)
+        try:
+            config = training._resolve_precision(config, verbose=0)
+            keras.utils.set_random_seed(config.get("seed", 0))
+            model, data = loaded.build(config)
+        except ConfigError as e:
+            if not item:
+                raise
+            key = item.partition("=")[0]
+            # The settings without this value built: the value is the culprit.
+            reason = first_line(e.__cause__) if e.__cause__ is not None else first_line(e)
+            raise TuneError(f"--space {item}: {key}={values[key]} is refused by recipe "
+                            f"{loaded.name} ({reason})") from None
+        logged = training.logged_values(model, data, config)
+        del model, data
+        gc.collect()
+        if objective not in logged:
+            where = (f"with --space {item} at {values[item.partition('=')[0]]}"
+                     if item else f"by recipe {loaded.name}")
+            raise TuneError(
+                f"--objective {objective}: not logged {where}; the logged values "
+                f"are: {', '.join(logged) or '(none)'}")
+
+    build(None, sets)
+    for param in space.values():
+        for value in param.edge_values():
+            build(f"{param.key}={param.spec}",
+                  {**sets, param.key: kgen_config.format_value(value)})
+
+
 def _search(recipe, space, objective, direction, sets, directory, storage, study):
     loaded = kgen_recipe.load(recipe)
     params = parse_space(space, kgen_config.with_common(loaded.CONFIG), loaded.name, sets)
     kgen_config.apply_overrides(loaded.CONFIG, sets)  # a bad --set is named now
     directory = pathlib.Path(directory or pathlib.Path("tunes") / loaded.name)
     storage = storage or f"sqlite:///{directory.resolve() / 'study.db'}"
-    return {"recipe": str(recipe), "recipe_name": loaded.name, "sets": sets,
+    return {"recipe": str(recipe), "recipe_name": loaded.name, "loaded": loaded, "sets": sets,
             "space": params, "dir": directory, "storage": storage,
             "study": study or directory.name, "objective": objective,
             "direction": direction}
@@ -603,6 +650,8 @@ def tune(recipe, space, objective, trials, *, direction="minimize", sets=None,
     search = _search(recipe, space, objective, direction, sets, directory, storage, study)
     if not objective or not objective.strip():
         raise TuneError("--objective: give the logged value to optimize, e.g. val_loss")
+    if worker_index is None:  # the workers it starts run the search it checked
+        check_against_recipe(search["loaded"], search["space"], sets, objective)
     search["dir"].mkdir(parents=True, exist_ok=True)
     if pruner_startup is not None and pruner != "median":
         raise TuneError(f"--pruner-startup {pruner_startup}: only the median pruner "
