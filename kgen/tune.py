@@ -647,6 +647,8 @@ def tune(recipe, space, objective, trials, *, direction="minimize", sets=None,
     if direction not in DIRECTIONS:
         raise TuneError(f"--direction {direction}: expected one of {', '.join(DIRECTIONS)}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # kgen prints its own lines
+    if worker_index is not None:
+        _die_with_parent()
     search = _search(recipe, space, objective, direction, sets, directory, storage, study)
     if not objective or not objective.strip():
         raise TuneError("--objective: give the logged value to optimize, e.g. val_loss")
@@ -708,28 +710,73 @@ def _run_workers(command, workers, run_here):
     others."""
     import keras
 
-    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
+    # A worker dies with this process (`_die_with_parent`), killed or not.
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(),
+           _PARENT_ENV: str(os.getpid())}
     processes = [subprocess.Popen([*command, "--worker-index", str(i)], env=env)
                  for i in range(1, workers)]
     try:
         run_here()
         codes = [p.wait() for p in processes]
     except BaseException as e:
-        # Ctrl-C reached the workers too: let them record their trial. Any
-        # other failure stops them; their running trials are retried when
+        # A Ctrl-C at the terminal reached the workers too: they are given a
+        # moment to record their trial. Otherwise (SIGTERM, a SIGINT sent to
+        # this process alone, a failure) they are stopped with SIGTERM, on
+        # which they record it too; their running trials are retried when
         # the search runs again.
-        for p in processes:
-            if not isinstance(e, KeyboardInterrupt):
-                p.terminate()
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        _stop_workers(processes, grace=_CTRL_C_GRACE_S if type(e) is KeyboardInterrupt else 0)
         raise
     bad = [f"worker {i} exited {c}" for i, c in enumerate(codes, start=1) if c]
     if bad:
         raise TuneError(f"{'; '.join(bad)} (its message is above)")
+
+
+# The environment variable that tells a worker its parent's process id.
+_PARENT_ENV = "KGEN_TUNE_PARENT"
+# How long workers that a Ctrl-C reached are given to stop by themselves.
+_CTRL_C_GRACE_S = 5.0
+# How long a stopped worker is given to record its trial before SIGKILL.
+_STOP_WAIT_S = 60.0
+
+
+def _stop_workers(processes, grace):
+    """Stop the worker processes: wait `grace` seconds for them to end by
+    themselves, then SIGTERM, then SIGKILL those still running after
+    `_STOP_WAIT_S`."""
+    deadline = time.monotonic() + grace
+    for p in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+    for p in processes:
+        if p.poll() is None:
+            p.terminate()
+    for p in processes:
+        try:
+            p.wait(timeout=_STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _die_with_parent():
+    """In a worker process: receive SIGTERM when the `kgen tune` process
+    that started it ends, even by SIGKILL (Linux's PR_SET_PDEATHSIG; the
+    `kgen` command turns SIGTERM into an interruption that records the
+    trial). A parent already gone ends the worker at once."""
+    parent = os.environ.get(_PARENT_ENV, "")
+    if not sys.platform.startswith("linux") or not parent.isdigit():
+        return
+    import ctypes
+    import ctypes.util
+    import signal
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) != 0:
+        return
+    if os.getppid() != int(parent):  # it ended before the call above
+        raise TuneError(f"the kgen tune process {parent} that started this worker "
+                        f"has ended; worker stopped")
 
 
 def worker(study, search, n_trials, timeout=None, index=None):
