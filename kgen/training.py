@@ -198,8 +198,11 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
 
     Returns:
         A dict: `run_dir`, `best` (the checkpoint), `wall_s`, `logs` (the
-        last epoch's), `exported` (a version directory or `None`) and
-        `up_to_date` (True when the run had finished before this call).
+        last epoch's), `exported` (a version directory or `None`),
+        `up_to_date` (True when the run had finished before this call and
+        nothing was written) and `trained_earlier` (True when this call
+        trained nothing; `wall_s` is then the earlier training's time, or
+        `None` when that run was resumed).
 
     Raises:
         ConfigError: a bad setting, or a run with other settings in `run_dir`.
@@ -259,7 +262,9 @@ def _train_chief(recipe, config, run_dir, settings, dist, export_to, verbose,
     wall = run.fit()
     state = {"status": "trained", "checkpoint": run.checkpoint_path.name,
              "best": run.checkpoint.best, "epochs": config["epochs"],
-             "logs": run.history_log.last_logs, "wall_s": wall, "exported": None}
+             "logs": run.history_log.last_logs,
+             # The whole training's time; a resumed run knows only its own part.
+             "wall_s": wall if run.initial_epoch == 0 else None, "exported": None}
     _write_state(run_dir, state)
     # Only once the run is recorded as trained: a kill before this line
     # resumes from the last backup instead of training again from scratch.
