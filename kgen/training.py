@@ -13,7 +13,12 @@ runs/NAME/best.keras      the model of the best epoch (lowest val_loss), or
 runs/NAME/last.keras      the last epoch's, for families no loss ranks (GAN)
 runs/NAME/backup/         the last two epochs' training state, while unfinished
 runs/NAME/state.json      "training" or "trained", the final logs, the export
+runs/NAME/kgen.lock       while a process works in it (`kgen.lock`)
 ```
+
+The run directory belongs to the process that trains it: `train` holds its
+lock (`kgen.lock.hold`) from before it reads anything there to the end of
+the export, so a second process on it is refused, naming the first.
 
 Every one of these files is written to a temporary sibling and renamed, so
 a kill at any instant leaves the previous good file. Run again with the

@@ -37,6 +37,11 @@ Search space (`--space KEY=SPEC`, KEY a setting of the recipe):
   `3e-4`); a setting that is itself a list takes `|` between its choices
   (`choice:32,64|64,128`).
 
+The search is checked before trial 1 (`check_against_recipe`): the
+recipe's model is built, not trained, with each choice and each range end
+in turn, and the objective must be among what every one of these models
+logs; a refusal names the value and leaves nothing in `--dir`.
+
 Where the study lives: `DIR/study.db` (SQLite, through Optuna's RDB
 storage) unless `--storage URL` names another database Optuna supports
 (`postgresql://...`), which lets several machines work on one study. The
@@ -55,7 +60,9 @@ Several processes (`--workers N`, or the same command on several machines
 with one `--storage`): each worker takes the next trial under a file lock
 (`DIR/tune.lock`) after counting the trials finished or running, so the
 workers of one machine run `--trials` trials in total and never the same
-trial twice. Workers on other machines count through the database without
+trial twice. The workers end with the process that started them (even one
+killed by SIGKILL: Linux's PR_SET_PDEATHSIG), recording their trial to be
+resumed; each trial holds its run directory's lock (`kgen.lock`). Workers on other machines count through the database without
 a shared lock, so a study shared by machines may run a few trials over N.
 SQLite is used through Optuna's RDB storage with a 60 s busy timeout: a
 write that meets another process's lock waits for it instead of failing,
