@@ -20,7 +20,7 @@ run directory is read or written, and released (the file removed) when the
 
 A second process asking for a held lock gets a `RunLockedError` naming the
 holder. A lock left behind by a process that died without releasing it
-(SIGKILL, a crash, a power cut) is stale when its holder ran on this
+(`kill -9`, a crash, a power cut) is stale when its holder ran on this
 machine and is no longer running (its process id is gone, or now belongs
 to a process started later); the next process takes it over and says so
 on stderr. A lock recorded by another machine (a run directory on a shared

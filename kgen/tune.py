@@ -61,7 +61,7 @@ with one `--storage`): each worker takes the next trial under a file lock
 (`DIR/tune.lock`) after counting the trials finished or running, so the
 workers of one machine run `--trials` trials in total and never the same
 trial twice. The workers end with the process that started them (even one
-killed by SIGKILL: Linux's PR_SET_PDEATHSIG), recording their trial to be
+killed by `kill -9`: Linux's PR_SET_PDEATHSIG), recording their trial to be
 resumed; each trial holds its run directory's lock (`kgen.lock`). Workers on other machines count through the database without
 a shared lock, so a study shared by machines may run a few trials over N.
 SQLite is used through Optuna's RDB storage with a 60 s busy timeout: a
@@ -742,13 +742,13 @@ def _run_workers(command, workers, run_here):
 _PARENT_ENV = "KGEN_TUNE_PARENT"
 # How long workers that a Ctrl-C reached are given to stop by themselves.
 _CTRL_C_GRACE_S = 5.0
-# How long a stopped worker is given to record its trial before SIGKILL.
+# How long a stopped worker is given to record its trial before it is killed.
 _STOP_WAIT_S = 60.0
 
 
 def _stop_workers(processes, grace):
     """Stop the worker processes: wait `grace` seconds for them to end by
-    themselves, then SIGTERM, then SIGKILL those still running after
+    themselves, then SIGTERM, then kill (`kill -9`) those still running after
     `_STOP_WAIT_S`."""
     deadline = time.monotonic() + grace
     for p in processes:
@@ -767,7 +767,7 @@ def _stop_workers(processes, grace):
 
 def _die_with_parent():
     """In a worker process: receive SIGTERM when the `kgen tune` process
-    that started it ends, even by SIGKILL (Linux's PR_SET_PDEATHSIG; the
+    that started it ends, even by `kill -9` (Linux's PR_SET_PDEATHSIG; the
     `kgen` command turns SIGTERM into an interruption that records the
     trial). A parent already gone ends the worker at once."""
     parent = os.environ.get(_PARENT_ENV, "")
