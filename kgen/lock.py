@@ -124,7 +124,9 @@ def hold(run_dir, command=None):
         if entry is not None:
             entry[1] += 1
     if entry is None:
-        made = _make_dirs(pathlib.Path(run_dir))
+        # Made and released by absolute path (the working directory may
+        # change meanwhile); named as given in messages.
+        made = _make_dirs(pathlib.Path(os.path.abspath(run_dir)))
         try:
             fd = _acquire(pathlib.Path(run_dir), command or _command_line())
         except BaseException:
@@ -142,7 +144,7 @@ def hold(run_dir, command=None):
             if last:
                 del _held[key]
         if last:
-            _release(pathlib.Path(run_dir), entry[0])
+            _release(pathlib.Path(key), entry[0])
             _remove_empty(entry[2])
 
 
