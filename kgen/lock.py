@@ -170,24 +170,54 @@ def hold_run_of(model_path, command=None):
     return hold(run_dir, command)
 
 
+# The `termination_deferred` blocks the main thread is in, and whether a
+# SIGTERM came meanwhile.
+_deferral = {"depth": 0, "pending": False}
+
+
+def _terminate():
+    """Raise `Terminated`; a second SIGTERM from now on ends the process."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated()
+
+
+def _on_sigterm(signum, frame):
+    if _deferral["depth"]:
+        _deferral["pending"] = True
+        return
+    _terminate()
+
+
 @contextlib.contextmanager
 def terminate_as_interrupt(enabled=True):
     """Within the block, SIGTERM raises `Terminated` (a `KeyboardInterrupt`)
-    in the main thread, once; a second SIGTERM meanwhile is ignored. Does
-    nothing off the main thread or when `enabled` is false."""
+    in the main thread (at the end of a `termination_deferred` block it
+    comes in); a second SIGTERM ends the process. Does nothing off the main
+    thread or when `enabled` is false."""
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def _raise(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, _raise)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _deferral["pending"] = False
+
+
+@contextlib.contextmanager
+def termination_deferred():
+    """A SIGTERM that comes within the block raises `Terminated` at its end
+    (see `terminate_as_interrupt`), so that a database write in the block
+    is not cut in half. An exception of the block's own goes first."""
+    _deferral["depth"] += 1
+    try:
+        yield
+    finally:
+        _deferral["depth"] -= 1
+    if not _deferral["depth"] and _deferral["pending"]:
+        _deferral["pending"] = False
+        _terminate()
 
 
 # === Taking and releasing ===

@@ -355,8 +355,10 @@ def _objective_callback(trial, objective):
                 raise TuneError(
                     f"--objective {objective}: not logged by this recipe; the logged "
                     f"values are: {', '.join(sorted(logs)) or '(none)'}")
-            trial.report(float(logs[objective]), epoch)
-            if trial.should_prune():
+            with kgen_lock.termination_deferred():  # a database write
+                trial.report(float(logs[objective]), epoch)
+                prune = trial.should_prune()
+            if prune:
                 self.pruned_at = epoch
                 self.model.stop_training = True
 
@@ -401,15 +403,14 @@ def run_trial(study, trial, search, verbose):
 
 def _train_trial(study, trial, search, verbose, sets, run_dir):
     """`run_trial` once it holds the trial's run directory."""
-    import json
-
     from optuna.trial import TrialState
 
     from kgen import training
 
     # A retried trial's run resumes: the pruner sees its earlier epochs too.
-    for epoch, value in _values(_history(run_dir), search["objective"]):
-        trial.report(value, epoch)
+    with kgen_lock.termination_deferred():
+        for epoch, value in _values(_history(run_dir), search["objective"]):
+            trial.report(value, epoch)
     callback = _objective_callback(trial, search["objective"])
     try:
         training.train(search["recipe"], sets=sets, run_dir=run_dir, export_to=None,
@@ -427,6 +428,16 @@ def _train_trial(study, trial, search, verbose, sets, run_dir):
         trial.set_user_attr("error", first_line(e))
         study.tell(trial, state=TrialState.FAIL)
         raise
+    with kgen_lock.termination_deferred():
+        return _record_trial(study, trial, search, run_dir, callback)
+
+
+def _record_trial(study, trial, search, run_dir, callback):
+    """Tell the study how a trained trial ended; returns its state."""
+    import json
+
+    from optuna.trial import TrialState
+
     values = _values(_history(run_dir), search["objective"])
     trial.set_user_attr("epochs", len(values))
     if callback.pruned_at is not None:
@@ -799,7 +810,8 @@ def worker(study, search, n_trials, timeout=None, index=None):
         if timeout is not None and time.time() - start >= timeout:
             print(f"{prefix}--timeout {timeout:g}s reached: no new trial started", flush=True)
             break
-        with _file_lock(lock):
+        # A SIGTERM waits for the database writes of these blocks to end.
+        with _file_lock(lock), kgen_lock.termination_deferred():
             retried = retry_stale_trials(study)
             for number in retried:
                 print(f"{prefix}trial #{number} was left running by a process that is "
@@ -819,8 +831,10 @@ def worker(study, search, n_trials, timeout=None, index=None):
               f"{search['dir'] / run_dir}): {params}", flush=True)
         ran += 1
         state = run_trial(study, trial, search, verbose=2 if index is None else 0)
-        frozen = study.get_trials(deepcopy=False)[trial.number]
-        write_hparams(search, frozen)
+        with kgen_lock.termination_deferred():
+            frozen = study.get_trials(deepcopy=False)[trial.number]
+            write_hparams(search, frozen)
+            best = best_trial(study)
         value = "" if frozen.value is None else f" {search['objective']}={frozen.value:.4g}"
         if state == TrialState.PRUNED and frozen.intermediate_values:
             last = max(frozen.intermediate_values)
@@ -829,7 +843,6 @@ def worker(study, search, n_trials, timeout=None, index=None):
         if state == TrialState.FAIL:
             value = f": {frozen.user_attrs.get('error', '')}"
         seconds = frozen.duration.total_seconds() if frozen.duration else 0.0
-        best = best_trial(study)
         best_text = ("none yet" if best is None else
                      f"#{best.number} {search['objective']}={best.value:.4g}")
         print(f"{prefix}trial #{trial.number} {state.name}{value} in {seconds:.1f}s; "

@@ -221,3 +221,31 @@ def test_a_second_train_and_an_export_are_refused_while_a_run_trains(tmp_path):
     assert len((run_dir / "history.csv").read_text().splitlines()) == 3
     assert json.loads((run_dir / "state.json").read_text())["status"] == "trained"
     assert not (run_dir / "kgen.lock").exists()
+
+
+@pytest.mark.backend_agnostic
+def test_sigterm_raises_terminated_but_waits_for_a_deferred_block():
+    """`kgen train`, `export` and `tune` turn SIGTERM into `Terminated` (so
+    that the lock is released); a block that writes a database record
+    finishes first."""
+    import signal
+
+    from kgen import lock
+
+    def deliver():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs at the next bytecode
+
+    previous = signal.getsignal(signal.SIGTERM)
+    with lock.terminate_as_interrupt():
+        with pytest.raises(lock.Terminated):
+            deliver()
+    assert signal.getsignal(signal.SIGTERM) is previous
+    finished = []
+    with lock.terminate_as_interrupt():
+        with pytest.raises(lock.Terminated):
+            with lock.termination_deferred():
+                deliver()
+                finished.append(True)
+    assert finished == [True]
+    assert signal.getsignal(signal.SIGTERM) is previous
