@@ -163,9 +163,10 @@ def run_dir_of(model_path):
 
 def hold_run_of(model_path, command=None):
     """`hold` the run directory of `model_path` (see `run_dir_of`); nothing
-    for a model file outside any run."""
+    for a model file outside any run, or in a run this user cannot write
+    (where no kgen process of theirs can train either)."""
     run_dir = run_dir_of(model_path)
-    if run_dir is None:
+    if run_dir is None or not os.access(run_dir, os.W_OK):
         return contextlib.nullcontext()
     return hold(run_dir, command)
 
