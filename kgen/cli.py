@@ -31,6 +31,7 @@ import os
 import pathlib
 import sys
 
+from kgen import lock as kgen_lock
 from kgen.errors import UserError
 from kgen.errors import first_line
 from kgen.serving import defaults as serving_defaults
@@ -539,7 +540,11 @@ def _cmd_train(args):
         return
     logs = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result["logs"].items())
                      if isinstance(v, float))
-    print(f"\ntrained in {result['wall_s']:.1f}s: {logs}")
+    if result.get("trained_earlier"):  # a rerun that only exported the trained run
+        took = "" if result["wall_s"] is None else f" in {result['wall_s']:.1f}s"
+        print(f"\ntrained earlier{took} (this run only exported it): {logs}")
+    else:
+        print(f"\ntrained in {result['wall_s']:.1f}s: {logs}")
     print(f"model:       {result['best']}")
     if (result["run_dir"] / "samples").is_dir():
         print(f"samples:     {result['run_dir'] / 'samples'}")
@@ -592,7 +597,8 @@ def _cmd_export(args):
                 f"{model}: damaged .keras file (the zip archive holds no config.json)"
             )
     # Print the version directory last: callers read it from the last line.
-    print(export_model(model, args.to, max_rows=args.max_rows or DEFAULT_MAX_ROWS))
+    with kgen_lock.hold_run_of(model):  # a run's model: no run writes it meanwhile
+        print(export_model(model, args.to, max_rows=args.max_rows or DEFAULT_MAX_ROWS))
 
 
 def _cmd_sample(args):
@@ -852,10 +858,11 @@ def main(argv=None):
         _EARLY_CHECKS.get(args.command, lambda _: None)(args)
         if args.command in _TENSORFLOW_COMMANDS and not debug:
             _quiet_tensorflow()
-        _COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        print("kgen: interrupted", file=sys.stderr)
-        sys.exit(130)
+        with kgen_lock.terminate_as_interrupt(args.command in ("train", "export", "tune")):
+            _COMMANDS[args.command](args)
+    except KeyboardInterrupt as e:
+        print(f"kgen: {getattr(e, 'word', 'interrupted')}", file=sys.stderr)
+        sys.exit(getattr(e, "status", 130))
     except Exception as e:
         if debug:
             import traceback

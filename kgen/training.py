@@ -13,7 +13,12 @@ runs/NAME/best.keras      the model of the best epoch (lowest val_loss), or
 runs/NAME/last.keras      the last epoch's, for families no loss ranks (GAN)
 runs/NAME/backup/         the last two epochs' training state, while unfinished
 runs/NAME/state.json      "training" or "trained", the final logs, the export
+runs/NAME/kgen.lock       while a process works in it (`kgen.lock`)
 ```
+
+The run directory belongs to the process that trains it: `train` holds its
+lock (`kgen.lock.hold`) from before it reads anything there to the end of
+the export, so a second process on it is refused, naming the first.
 
 Every one of these files is written to a temporary sibling and renamed, so
 a kill at any instant leaves the previous good file. Run again with the
@@ -38,6 +43,7 @@ from kgen import callbacks as kgen_callbacks
 from kgen import config as kgen_config
 from kgen import distribute as kgen_distribute
 from kgen import io as kgen_io
+from kgen import lock as kgen_lock
 from kgen import memory
 from kgen import precision as kgen_precision
 from kgen import recipe as kgen_recipe
@@ -99,14 +105,32 @@ def _free_run_dir(run_dir):
 
 
 def _read_json(path):
+    """The JSON object in a run's `path` (None when it is missing); a
+    `DamagedFileError` naming the file when it holds no JSON object."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
         raise kgen_io.DamagedFileError(
             f"{path} is damaged ({e}); rerun with --overwrite to start the run again"
         ) from None
+    if not isinstance(value, dict):
+        raise kgen_io.DamagedFileError(
+            f"{path} is damaged (it holds a JSON {_json_kind(value)}, expected an "
+            f"object of the run's record); rerun with --overwrite to start the run again"
+        )
+    return value
+
+
+def _json_kind(value):
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return "string"
+    if value is None:
+        return "null"
+    return "boolean" if isinstance(value, bool) else "number"
 
 
 # What a run writes; `--overwrite` removes these before it starts again.
@@ -180,8 +204,11 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
 
     Returns:
         A dict: `run_dir`, `best` (the checkpoint), `wall_s`, `logs` (the
-        last epoch's), `exported` (a version directory or `None`) and
-        `up_to_date` (True when the run had finished before this call).
+        last epoch's), `exported` (a version directory or `None`),
+        `up_to_date` (True when the run had finished before this call and
+        nothing was written) and `trained_earlier` (True when this call
+        trained nothing; `wall_s` is then the earlier training's time, or
+        `None` when that run was resumed).
 
     Raises:
         ConfigError: a bad setting, or a run with other settings in `run_dir`.
@@ -208,6 +235,16 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
     if not dist.is_chief:
         return _train_worker(recipe, config, run_dir, settings, dist, verbose,
                              overwrite, callbacks)
+    # Held for the whole run, export included, and taken before anything in
+    # the run directory is read: `overwrite` never clears another process's run.
+    with kgen_lock.hold(run_dir):
+        return _train_chief(recipe, config, run_dir, settings, dist, export_to,
+                            verbose, overwrite, callbacks)
+
+
+def _train_chief(recipe, config, run_dir, settings, dist, export_to, verbose,
+                 overwrite, callbacks):
+    """`train` in the process that writes the run directory (it holds its lock)."""
     previous = _check_earlier_run(run_dir, settings, overwrite)
     if previous is not None:
         for directory in (run_dir, run_dir / "samples"):
@@ -232,13 +269,15 @@ def train(recipe, sets=None, run_dir=None, export_to=None, strategy="none",
     wall = run.fit()
     state = {"status": "trained", "checkpoint": run.checkpoint_path.name,
              "best": run.checkpoint.best, "epochs": config["epochs"],
-             "logs": run.history_log.last_logs, "exported": None}
+             "logs": run.history_log.last_logs,
+             # The whole training's time; a resumed run knows only its own part.
+             "wall_s": wall if run.initial_epoch == 0 else None, "exported": None}
     _write_state(run_dir, state)
     # Only once the run is recorded as trained: a kill before this line
     # resumes from the last backup instead of training again from scratch.
     shutil.rmtree(run_dir / "backup", ignore_errors=True)
     result = _finished(run_dir, state, export_to, verbose=0)
-    result.update(wall_s=wall, up_to_date=False)
+    result.update(wall_s=wall, up_to_date=False, trained_earlier=False)
     return result
 
 
@@ -383,6 +422,34 @@ class _Run:
         return time.time() - start
 
 
+def logged_values(model, data, config):
+    """The names a run of this built model logs each epoch (what
+    `history.csv` and the callbacks see), sorted: the model's metrics
+    (those given to `compile()` by their names), the same prefixed `val_`
+    where the run validates (as `_Run` decides), and `val_kid` where set."""
+    names = {m.name for m in model.metrics if m.name != "compile_metrics"}
+    compiled = model.get_compile_config() if model.compiled else None
+    for key in ("metrics", "weighted_metrics"):
+        names.update(_metric_names((compiled or {}).get(key)))
+    if getattr(model, "checkpoint_monitor", "val_loss") and data.validation is not None:
+        names |= {f"val_{name}" for name in names}
+    if config.get("val_kid"):
+        names.add("val_kid")
+    return sorted(names)
+
+
+def _metric_names(spec):
+    """The names of `compile(metrics=...)`'s metrics, as Keras logs them."""
+    if spec is None:
+        return []
+    if isinstance(spec, str):
+        return [spec]
+    if isinstance(spec, dict) and "class_name" in spec:  # one serialized metric
+        return [(spec.get("config") or {}).get("name") or spec["class_name"]]
+    values = spec.values() if isinstance(spec, dict) else spec
+    return [name for value in values for name in _metric_names(value)]
+
+
 def _validation_kid(model, data, recipe, config):
     """The `ValidationKID` callback a run's `val_kid` setting asks for
     (`None` when it is unset): `val_kid_n` samples, drawn with
@@ -419,8 +486,11 @@ def _finished(run_dir, state, export_to, verbose):
             f"{best_path} is missing although {run_dir / 'state.json'} records a "
             f"finished run; rerun with --overwrite to train again"
         )
-    result = {"run_dir": run_dir, "best": best_path, "wall_s": 0.0,
-              "logs": state.get("logs") or {}, "exported": None, "up_to_date": True}
+    # `trained_earlier`: this call trained nothing; `wall_s` is the time of
+    # the training that did (None for a run recorded before it was kept).
+    result = {"run_dir": run_dir, "best": best_path, "wall_s": state.get("wall_s"),
+              "logs": state.get("logs") or {}, "exported": None, "up_to_date": True,
+              "trained_earlier": True}
     exported = state.get("exported")
     if export_to:
         base = pathlib.Path(export_to)

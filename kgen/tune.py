@@ -37,6 +37,11 @@ Search space (`--space KEY=SPEC`, KEY a setting of the recipe):
   `3e-4`); a setting that is itself a list takes `|` between its choices
   (`choice:32,64|64,128`).
 
+The search is checked before trial 1 (`check_against_recipe`): the
+recipe's model is built, not trained, with each choice and each range end
+in turn, and the objective must be among what every one of these models
+logs; a refusal names the value and leaves nothing in `--dir`.
+
 Where the study lives: `DIR/study.db` (SQLite, through Optuna's RDB
 storage) unless `--storage URL` names another database Optuna supports
 (`postgresql://...`), which lets several machines work on one study. The
@@ -55,7 +60,9 @@ Several processes (`--workers N`, or the same command on several machines
 with one `--storage`): each worker takes the next trial under a file lock
 (`DIR/tune.lock`) after counting the trials finished or running, so the
 workers of one machine run `--trials` trials in total and never the same
-trial twice. Workers on other machines count through the database without
+trial twice. The workers end with the process that started them (even one
+killed by `kill -9`: Linux's PR_SET_PDEATHSIG), recording their trial to be
+resumed; each trial holds its run directory's lock (`kgen.lock`). Workers on other machines count through the database without
 a shared lock, so a study shared by machines may run a few trials over N.
 SQLite is used through Optuna's RDB storage with a 60 s busy timeout: a
 write that meets another process's lock waits for it instead of failing,
@@ -74,6 +81,7 @@ import time
 
 from kgen import config as kgen_config
 from kgen import io as kgen_io
+from kgen import lock as kgen_lock
 from kgen import recipe as kgen_recipe
 from kgen.config import ConfigError
 from kgen.errors import first_line
@@ -347,8 +355,10 @@ def _objective_callback(trial, objective):
                 raise TuneError(
                     f"--objective {objective}: not logged by this recipe; the logged "
                     f"values are: {', '.join(sorted(logs)) or '(none)'}")
-            trial.report(float(logs[objective]), epoch)
-            if trial.should_prune():
+            with kgen_lock.termination_deferred():  # a database write
+                trial.report(float(logs[objective]), epoch)
+                prune = trial.should_prune()
+            if prune:
                 self.pruned_at = epoch
                 self.model.stop_training = True
 
@@ -375,18 +385,32 @@ def _values(rows, objective):
 
 def run_trial(study, trial, search, verbose):
     """Train one trial; tells the study how it ended. Returns its state."""
-    import json
-
     from optuna.trial import TrialState
-
-    from kgen import training
 
     sets = {**search["sets"], **{k: kgen_config.format_value(v)
                                  for k, v in trial.params.items()}}
     run_dir = search["dir"] / trial.user_attrs["run_dir"]
+    # The trial's run directory is this process's from its first epoch to
+    # its recorded end (a pruned trial's state.json included).
+    try:
+        with kgen_lock.hold(run_dir):
+            return _train_trial(study, trial, search, verbose, sets, run_dir)
+    except kgen_lock.RunLockedError as e:
+        trial.set_user_attr("error", first_line(e))
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        raise
+
+
+def _train_trial(study, trial, search, verbose, sets, run_dir):
+    """`run_trial` once it holds the trial's run directory."""
+    from optuna.trial import TrialState
+
+    from kgen import training
+
     # A retried trial's run resumes: the pruner sees its earlier epochs too.
-    for epoch, value in _values(_history(run_dir), search["objective"]):
-        trial.report(value, epoch)
+    with kgen_lock.termination_deferred():
+        for epoch, value in _values(_history(run_dir), search["objective"]):
+            trial.report(value, epoch)
     callback = _objective_callback(trial, search["objective"])
     try:
         training.train(search["recipe"], sets=sets, run_dir=run_dir, export_to=None,
@@ -404,6 +428,16 @@ def run_trial(study, trial, search, verbose):
         trial.set_user_attr("error", first_line(e))
         study.tell(trial, state=TrialState.FAIL)
         raise
+    with kgen_lock.termination_deferred():
+        return _record_trial(study, trial, search, run_dir, callback)
+
+
+def _record_trial(study, trial, search, run_dir, callback):
+    """Tell the study how a trained trial ended; returns its state."""
+    import json
+
+    from optuna.trial import TrialState
+
     values = _values(_history(run_dir), search["objective"])
     trial.set_user_attr("epochs", len(values))
     if callback.pruned_at is not None:
@@ -512,13 +546,60 @@ def best_line(study, sets):
 # === The search ===
 
 
+def check_against_recipe(loaded, space, sets, objective):
+    """Build the recipe's model (not train it) with each range end and each
+    choice of `space` in turn, the other settings at `sets` and the
+    recipe's defaults, so that a value the recipe refuses is named before
+    trial 1; and check that every one of these models logs `objective`.
+
+    Raises:
+        TuneError: naming the `--space` item and its value, or the
+            objective with the values the recipe logs.
+    """
+    import gc
+
+    import keras
+
+    from kgen import training
+
+    def build(item, values):
+        config = kgen_config.apply_overrides(loaded.CONFIG, values)
+        try:
+            config = training._resolve_precision(config, verbose=0)
+            keras.utils.set_random_seed(config.get("seed", 0))
+            model, data = loaded.build(config)
+        except ConfigError as e:
+            if not item:
+                raise
+            key = item.partition("=")[0]
+            # The settings without this value built: the value is the culprit.
+            reason = first_line(e.__cause__) if e.__cause__ is not None else first_line(e)
+            raise TuneError(f"--space {item}: {key}={values[key]} is refused by recipe "
+                            f"{loaded.name} ({reason})") from None
+        logged = training.logged_values(model, data, config)
+        del model, data
+        gc.collect()
+        if objective not in logged:
+            where = (f"with --space {item} at {values[item.partition('=')[0]]}"
+                     if item else f"by recipe {loaded.name}")
+            raise TuneError(
+                f"--objective {objective}: not logged {where}; the logged values "
+                f"are: {', '.join(logged) or '(none)'}")
+
+    build(None, sets)
+    for param in space.values():
+        for value in param.edge_values():
+            build(f"{param.key}={param.spec}",
+                  {**sets, param.key: kgen_config.format_value(value)})
+
+
 def _search(recipe, space, objective, direction, sets, directory, storage, study):
     loaded = kgen_recipe.load(recipe)
     params = parse_space(space, kgen_config.with_common(loaded.CONFIG), loaded.name, sets)
     kgen_config.apply_overrides(loaded.CONFIG, sets)  # a bad --set is named now
     directory = pathlib.Path(directory or pathlib.Path("tunes") / loaded.name)
     storage = storage or f"sqlite:///{directory.resolve() / 'study.db'}"
-    return {"recipe": str(recipe), "recipe_name": loaded.name, "sets": sets,
+    return {"recipe": str(recipe), "recipe_name": loaded.name, "loaded": loaded, "sets": sets,
             "space": params, "dir": directory, "storage": storage,
             "study": study or directory.name, "objective": objective,
             "direction": direction}
@@ -584,9 +665,13 @@ def tune(recipe, space, objective, trials, *, direction="minimize", sets=None,
     if direction not in DIRECTIONS:
         raise TuneError(f"--direction {direction}: expected one of {', '.join(DIRECTIONS)}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # kgen prints its own lines
+    if worker_index is not None:
+        _die_with_parent()
     search = _search(recipe, space, objective, direction, sets, directory, storage, study)
     if not objective or not objective.strip():
         raise TuneError("--objective: give the logged value to optimize, e.g. val_loss")
+    if worker_index is None:  # the workers it starts run the search it checked
+        check_against_recipe(search["loaded"], search["space"], sets, objective)
     search["dir"].mkdir(parents=True, exist_ok=True)
     if pruner_startup is not None and pruner != "median":
         raise TuneError(f"--pruner-startup {pruner_startup}: only the median pruner "
@@ -643,28 +728,73 @@ def _run_workers(command, workers, run_here):
     others."""
     import keras
 
-    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
+    # A worker dies with this process (`_die_with_parent`), killed or not.
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(),
+           _PARENT_ENV: str(os.getpid())}
     processes = [subprocess.Popen([*command, "--worker-index", str(i)], env=env)
                  for i in range(1, workers)]
     try:
         run_here()
         codes = [p.wait() for p in processes]
     except BaseException as e:
-        # Ctrl-C reached the workers too: let them record their trial. Any
-        # other failure stops them; their running trials are retried when
+        # A Ctrl-C at the terminal reached the workers too: they are given a
+        # moment to record their trial. Otherwise (SIGTERM, a SIGINT sent to
+        # this process alone, a failure) they are stopped with SIGTERM, on
+        # which they record it too; their running trials are retried when
         # the search runs again.
-        for p in processes:
-            if not isinstance(e, KeyboardInterrupt):
-                p.terminate()
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        _stop_workers(processes, grace=_CTRL_C_GRACE_S if type(e) is KeyboardInterrupt else 0)
         raise
     bad = [f"worker {i} exited {c}" for i, c in enumerate(codes, start=1) if c]
     if bad:
         raise TuneError(f"{'; '.join(bad)} (its message is above)")
+
+
+# The environment variable that tells a worker its parent's process id.
+_PARENT_ENV = "KGEN_TUNE_PARENT"
+# How long workers that a Ctrl-C reached are given to stop by themselves.
+_CTRL_C_GRACE_S = 5.0
+# How long a stopped worker is given to record its trial before it is killed.
+_STOP_WAIT_S = 60.0
+
+
+def _stop_workers(processes, grace):
+    """Stop the worker processes: wait `grace` seconds for them to end by
+    themselves, then SIGTERM, then kill (`kill -9`) those still running after
+    `_STOP_WAIT_S`."""
+    deadline = time.monotonic() + grace
+    for p in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+    for p in processes:
+        if p.poll() is None:
+            p.terminate()
+    for p in processes:
+        try:
+            p.wait(timeout=_STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _die_with_parent():
+    """In a worker process: receive SIGTERM when the `kgen tune` process
+    that started it ends, even by `kill -9` (Linux's PR_SET_PDEATHSIG; the
+    `kgen` command turns SIGTERM into an interruption that records the
+    trial). A parent already gone ends the worker at once."""
+    parent = os.environ.get(_PARENT_ENV, "")
+    if not sys.platform.startswith("linux") or not parent.isdigit():
+        return
+    import ctypes
+    import ctypes.util
+    import signal
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) != 0:
+        return
+    if os.getppid() != int(parent):  # it ended before the call above
+        raise TuneError(f"the kgen tune process {parent} that started this worker "
+                        f"has ended; worker stopped")
 
 
 def worker(study, search, n_trials, timeout=None, index=None):
@@ -680,7 +810,8 @@ def worker(study, search, n_trials, timeout=None, index=None):
         if timeout is not None and time.time() - start >= timeout:
             print(f"{prefix}--timeout {timeout:g}s reached: no new trial started", flush=True)
             break
-        with _file_lock(lock):
+        # A SIGTERM waits for the database writes of these blocks to end.
+        with _file_lock(lock), kgen_lock.termination_deferred():
             retried = retry_stale_trials(study)
             for number in retried:
                 print(f"{prefix}trial #{number} was left running by a process that is "
@@ -700,8 +831,10 @@ def worker(study, search, n_trials, timeout=None, index=None):
               f"{search['dir'] / run_dir}): {params}", flush=True)
         ran += 1
         state = run_trial(study, trial, search, verbose=2 if index is None else 0)
-        frozen = study.get_trials(deepcopy=False)[trial.number]
-        write_hparams(search, frozen)
+        with kgen_lock.termination_deferred():
+            frozen = study.get_trials(deepcopy=False)[trial.number]
+            write_hparams(search, frozen)
+            best = best_trial(study)
         value = "" if frozen.value is None else f" {search['objective']}={frozen.value:.4g}"
         if state == TrialState.PRUNED and frozen.intermediate_values:
             last = max(frozen.intermediate_values)
@@ -710,7 +843,6 @@ def worker(study, search, n_trials, timeout=None, index=None):
         if state == TrialState.FAIL:
             value = f": {frozen.user_attrs.get('error', '')}"
         seconds = frozen.duration.total_seconds() if frozen.duration else 0.0
-        best = best_trial(study)
         best_text = ("none yet" if best is None else
                      f"#{best.number} {search['objective']}={best.value:.4g}")
         print(f"{prefix}trial #{trial.number} {state.name}{value} in {seconds:.1f}s; "

@@ -146,6 +146,8 @@ def test_killed_at_every_write_point_then_rerun_ends_as_a_clean_run(tmp_path, cl
 
     again = run_kgen(*args, cwd=tmp_path)
     assert "Epoch" not in again.stdout and "resuming" not in again.stdout
+    # Its training ended in a resumed run, whose time is not the whole's.
+    assert "\ntrained earlier (this run only exported it): " in again.stdout
     assert f"exported:    {base / '1'}" in again.stdout
     assert_like_clean(run, clean / "run")
     assert_one_complete_export(base)

@@ -155,3 +155,48 @@ def test_non_finite_weight_is_named(tmp_path):
     with pytest.raises(NonFiniteError,
                        match=r"weight \S*bias holds nan at the end of epoch 2"):
         check.on_epoch_end(1, {"loss": 1.0})
+
+
+@pytest.mark.backend_agnostic
+@pytest.mark.parametrize("name, text, kind", [
+    ("state.json", "[1, 2]", "list"), ("state.json", '"trained"', "string"),
+    ("config.json", "[]", "list"), ("config.json", "null", "null")])
+def test_a_run_record_holding_no_object_is_named(tmp_path, name, text, kind):
+    """A `state.json` (or `config.json`) that is valid JSON but no object:
+    named, with what was expected, before anything is built."""
+    import json
+
+    from kgen import config as kgen_config
+    from kgen import recipe as kgen_recipe
+    from tests.conftest import kgen_main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    recipe = kgen_recipe.load("vae_digits")
+    config = training._resolve_precision(
+        kgen_config.apply_overrides(recipe.CONFIG, {"epochs": "1"}), verbose=0)
+    (run / "config.json").write_text(json.dumps(training._settings(recipe, config, "none")))
+    (run / name).write_text(text)
+    result = kgen_main("train", "vae_digits", "--set", "epochs=1", "--run-dir", run,
+                       "--no-export", check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"kgen: error: {run / name} is damaged (it holds a JSON {kind}, expected an "
+        f"object of the run's record); rerun with --overwrite to start the run again")
+    assert not (run / "kgen.lock").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.tf_only
+def test_a_rerun_that_only_exports_reports_the_earlier_training(tmp_path):
+    """A trained run not yet exported (as a kill during its export leaves
+    it): the rerun exports it and says when it was trained, not 0.0s."""
+    from tests.conftest import kgen_main
+
+    args = ["train", "vae_digits", "--set", "epochs=1", "--set", "steps_per_epoch=2",
+            "--run-dir", tmp_path / "run"]
+    kgen_main(*args, "--no-export")
+    out = kgen_main(*args, "--export", tmp_path / "export").stdout
+    assert "\ntrained earlier in " in out and "s (this run only exported it): " in out
+    assert "trained in " not in out and "Epoch" not in out
+    assert f"exported:    {tmp_path / 'export' / '1'}" in out

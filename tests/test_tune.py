@@ -5,9 +5,13 @@ trial. The CLI runs on TensorFlow only here: the trials are ordinary kgen
 runs, which the training tests cover on every backend.
 """
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -207,23 +211,47 @@ def test_a_searched_key_cannot_also_be_set():
         tune.parse_space(["beta=float:1:2"], recipe.CONFIG, "vae_digits", {"beta": "1"})
 
 
-def test_missing_objective_names_the_logged_values(tmp_path, capsys, monkeypatch):
-    """In this process (the trial trains here): the error ends the search."""
-    from kgen import cli
+@pytest.mark.parametrize("args, message", [
+    (["--space", "likelihood=choice:bernoulli,bogus"],
+     "--space likelihood=choice:bernoulli,bogus: likelihood=bogus is refused by recipe "
+     "vae_digits (likelihood='bogus': expected one of ('bernoulli', 'gaussian'))"),
+    (["--space", "latent_dim=int:0:4"],
+     "--space latent_dim=int:0:4: latent_dim=0 is refused by recipe vae_digits "
+     "(Received an invalid value for `units`, expected a positive integer. "
+     "Received: units=0)"),
+    (["--space", "beta=float:0.5:2", "--objective", "val_nope"],
+     "--objective val_nope: not logged by recipe vae_digits; the logged values are: "
+     "kl_loss, loss, reconstruction_loss, val_kl_loss, val_loss, val_reconstruction_loss"),
+    (["--space", "val_kid_n=int:50:100", "--objective", "val_kid"],
+     "--objective val_kid: not logged by recipe vae_digits; the logged values are: "
+     "kl_loss, loss, reconstruction_loss, val_kl_loss, val_loss, val_reconstruction_loss"),
+])
+def test_the_search_is_checked_against_the_recipe_before_trial_1(tmp_path, args, message):
+    """Each choice and range end is built (not trained) and the objective
+    looked up among what the built model logs, before any trial and before
+    the study records the search (so a corrected command is accepted)."""
+    result = kgen_main("tune", "vae_digits", "--objective", "val_loss", "--trials", "1",
+                       "--dir", tmp_path / "t", *args, cwd=tmp_path, check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"kgen: error: {message}"
+    assert "trial" not in result.stdout
+    assert not (tmp_path / "t").exists()  # no study, no trial directory
 
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_:
-        cli.main(["tune", "vae_digits", "--space", "beta=float:0.5:2", "--objective",
-                  "val_kid", "--trials", "2", "--dir", "t", "--set", "epochs=1",
-                  "--set", "steps_per_epoch=1"])
-    assert exit_.value.code == 2
-    line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line == ("kgen: error: --objective val_kid: not logged by this recipe; the "
-                    "logged values are: kl_loss, loss, reconstruction_loss, val_kl_loss, "
-                    "val_loss, val_reconstruction_loss")
-    trials = _study(tmp_path / "t").get_trials()
-    assert [t.state.name for t in trials] == ["FAIL"]
-    assert trials[0].user_attrs["error"].startswith("--objective val_kid")
+
+def test_the_objective_is_looked_up_in_every_value_of_the_space(mnist_dir):
+    """`gradient_penalty` is logged only where its weight is above 0."""
+    from kgen import recipe
+    from kgen import tune
+
+    loaded, sets = recipe.load("wgan_gp_mnist"), {"data": str(mnist_dir)}
+    space = tune.parse_space(["gradient_penalty_weight=float:0:10"], loaded.CONFIG,
+                             loaded.name, sets)
+    tune.check_against_recipe(loaded, space, sets, "d_loss")
+    with pytest.raises(tune.TuneError, match=r"^--objective gradient_penalty: not logged "
+                                             r"with --space gradient_penalty_weight="
+                                             r"float:0:10 at 0\.0; the logged values are: "
+                                             r"d_loss, fake_score, g_loss, real_score$"):
+        tune.check_against_recipe(loaded, space, sets, "gradient_penalty")
 
 
 def test_help_documents_the_spec_grammar(capsys):
@@ -342,3 +370,87 @@ def test_worker_command_is_the_same_search(tmp_path):
     assert (args.storage, args.study) == (search["storage"], "s")
     assert (args.pruner, args.pruner_startup, args.timeout) == ("median", 2, 30.0)
     assert (args.workers, args.worker_index) == (1, 1)
+
+
+def _running(pid):
+    """Whether process `pid` runs (a zombie, ended but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc (Linux)")
+def test_workers_end_with_their_parent(tmp_path):
+    """`kgen tune --workers 2` killed (SIGKILL, which it cannot catch) while
+    both train: the kernel tells the worker (PR_SET_PDEATHSIG), which ends
+    too, records its trial for a retry and releases its run directory."""
+    directory = tmp_path / "t"
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "kgen", "tune",
+         "vae_digits", "--space", "beta=float:0.5:2", "--objective", "val_loss",
+         "--trials", "4", "--workers", "2", "--pruner", "none", "--dir", directory,
+         "--set", "epochs=500", "--set", "steps_per_epoch=2"],
+        cwd=tmp_path, env=kgen_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        deadline, worker = time.monotonic() + 300, None
+        while worker is None:
+            assert parent.poll() is None, parent.stderr.read()
+            assert time.monotonic() < deadline, "no worker's trial started"
+            for lock in directory.glob("trial-*/kgen.lock"):
+                with contextlib.suppress(ValueError, OSError):
+                    pid = json.loads(lock.read_text())["pid"]
+                    if pid != parent.pid:
+                        worker, worker_lock = pid, lock
+            time.sleep(0.2)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=120)
+        deadline = time.monotonic() + 120
+        while _running(worker):
+            assert time.monotonic() < deadline, f"worker {worker} outlived its parent"
+            time.sleep(0.2)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+    assert not worker_lock.exists()  # released as it stopped
+    trials = _study(directory).get_trials()
+    own = [t for t in trials if t.user_attrs.get("pid") == worker]
+    assert [t.state.name for t in own] == ["FAIL"]
+    assert any(t.user_attrs.get("retry_of") == own[0].number for t in trials)
+
+
+def test_a_trial_whose_run_directory_is_held_is_refused(tmp_path):
+    """Another process holds `trial-0000` (a `kgen train --run-dir` on it):
+    the trial is refused naming it, recorded FAIL, and nothing is trained."""
+    import textwrap
+
+    from tests.conftest import REPO
+
+    run_dir = tmp_path / "t" / "trial-0000"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys
+            from kgen import lock
+            with lock.hold({str(run_dir)!r}, command="kgen train vae_digits"):
+                print("held", flush=True)
+                sys.stdin.read()
+        """)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        result = kgen_main("tune", "vae_digits", "--space", "beta=float:0.5:2",
+                           "--objective", "val_loss", "--trials", "1", "--dir",
+                           tmp_path / "t", "--set", "epochs=1", cwd=tmp_path, check=False)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"kgen: error: {run_dir}: in use by pid {holder.pid} on host ")
+    trials = _study(tmp_path / "t").get_trials()
+    assert [t.state.name for t in trials] == ["FAIL"]
+    assert trials[0].user_attrs["error"].startswith(f"{run_dir}: in use by pid")
+    assert not (run_dir / "config.json").exists()
