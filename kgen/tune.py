@@ -82,6 +82,7 @@ import time
 from kgen import config as kgen_config
 from kgen import io as kgen_io
 from kgen import lock as kgen_lock
+from kgen import memory
 from kgen import recipe as kgen_recipe
 from kgen.config import ConfigError
 from kgen.errors import first_line
@@ -564,6 +565,13 @@ def check_against_recipe(loaded, space, sets, objective):
 
     def build(item, values):
         config = kgen_config.apply_overrides(loaded.CONFIG, values)
+        try:
+            # A range end too large to build is named before it is built.
+            memory.check(config, None if item else values, loaded.CONFIG,
+                         where=f"--space {item} at {values[item.partition('=')[0]]}"
+                         if item else f"recipe {loaded.name}")
+        except memory.MemoryTooSmallError as e:
+            raise TuneError(first_line(e)) from None
         try:
             config = training._resolve_precision(config, verbose=0)
             keras.utils.set_random_seed(config.get("seed", 0))

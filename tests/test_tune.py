@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import re
 import sys
 import time
 
@@ -236,6 +237,20 @@ def test_the_search_is_checked_against_the_recipe_before_trial_1(tmp_path, args,
     assert result.stderr.strip().splitlines()[-1] == f"kgen: error: {message}"
     assert "trial" not in result.stdout
     assert not (tmp_path / "t").exists()  # no study, no trial directory
+
+
+def test_a_range_end_too_large_for_memory_is_refused_before_it_is_built(tmp_path):
+    """The end of a range is estimated (kgen.memory) before the model is
+    built with it, so a search that reaches an impossible size is named
+    at once instead of building a 400 GiB layer."""
+    result = kgen_main("tune", "vae_digits", "--objective", "val_loss", "--trials", "1",
+                       "--dir", tmp_path / "t", "--space", "latent_dim=int:1:100000000",
+                       cwd=tmp_path, check=False)
+    assert result.returncode == 2, result.stderr
+    assert re.fullmatch(r"kgen: error: --space latent_dim=int:1:100000000 at 100000000: the "
+                        r"model would need about [\d,.]+ GiB .*; this machine has .* GiB "
+                        r"available .*", result.stderr.strip().splitlines()[-1])
+    assert not (tmp_path / "t").exists()
 
 
 def test_the_objective_is_looked_up_in_every_value_of_the_space(mnist_dir):
