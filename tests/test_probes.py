@@ -5,7 +5,8 @@ naming the bad value.
 
 The rows that need a model share one module-scoped set of tiny untrained
 models (`models`): a VAE exported twice (3 rows per call, and 256), a GAN
-and a classifier as `.keras` files, and an exported language model.
+and a classifier as `.keras` files, an exported language model, and a
+one-step `vae_digits` run whose `state.json` was replaced by a list.
 """
 
 import numpy as np
@@ -45,9 +46,14 @@ def models(tmp_path_factory):
     kgen_main("export", root / "vae.keras", "--to", base / "vae")
     kgen_main("export", root / "lm.keras", "--to", base / "lm")
     (root / "empty").mkdir()
+    # A finished one-step run whose state.json was replaced by a list.
+    kgen_main("train", "vae_digits", "--run-dir", root / "listed", "--set", "epochs=1",
+              "--set", "steps_per_epoch=1", "--no-export")
+    (root / "listed" / "state.json").write_text("[1, 2]")
     return {"root": root, "vae_keras": root / "vae.keras", "gan_keras": root / "gan.keras",
             "classifier": root / "classifier.keras", "vae": base / "vae",
-            "lm": base / "lm", "empty": root / "empty"}
+            "lm": base / "lm", "empty": root / "empty",
+            "listed": root / "listed"}
 
 
 # (id, arguments, the values the error line names); "{name}" is a path of
@@ -92,6 +98,10 @@ PROBES = [
      ["lm.png", "'.png'", ".txt"]),
     ("audio_or_images_to_txt", ["sample", "{vae}", "--n", "1", "--out", "grid.txt"],
      ["grid.txt", "'.txt'", ".png"]),
+    ("state_json_holding_a_list",
+     ["train", "vae_digits", "--run-dir", "{listed}", "--set", "epochs=1", "--set",
+      "steps_per_epoch=1", "--no-export"],
+     ["{listed}/state.json", "JSON list", "expected an object"]),
     ("sample_n_beyond_a_grid", ["sample", "{vae}", "--n", "10000000"],
      ["--n 10000000", "--out rows.npy"]),
 ]
