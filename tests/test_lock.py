@@ -5,6 +5,7 @@ process that imports only `kgen.lock`, for a holder that is alive); the
 slow test runs two real `kgen` processes on one run directory.
 """
 
+import contextlib
 import json
 import os
 import pathlib
@@ -20,6 +21,27 @@ from tests.conftest import kgen_env
 from tests.conftest import run_kgen
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def held_elsewhere(run_dir, command):
+    """A live Python process holds `run_dir`'s lock (recorded as running
+    `command`) for the `with` block; yields that process, and checks it
+    ends cleanly once released."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys
+            from kgen import lock
+            with lock.hold({str(run_dir)!r}, command={command!r}):
+                print("held", flush=True)
+                sys.stdin.read()
+        """)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield holder
+    finally:
+        holder.stdin.close()
+        assert holder.wait(timeout=60) == 0
 
 
 def _dead_pid():
@@ -89,25 +111,13 @@ def test_a_live_holder_is_refused(tmp_path):
     from kgen import lock
 
     run_dir = tmp_path / "x"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
-            import sys
-            from kgen import lock
-            with lock.hold({str(run_dir)!r}, command="kgen train holder"):
-                print("held", flush=True)
-                sys.stdin.read()
-        """)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == "held\n"
+    with held_elsewhere(run_dir, "kgen train holder") as holder:
         with pytest.raises(lock.RunLockedError, match=(
                 rf"^{run_dir}: in use by pid {holder.pid} on host .* since .* "
                 rf"\(kgen train holder\); wait for it to end \(or stop it\), or use "
                 rf"another run directory$")):
             with lock.hold(run_dir):
                 pass
-    finally:
-        holder.stdin.close()
-        assert holder.wait(timeout=60) == 0
     assert not (run_dir / "kgen.lock").exists()
     with lock.hold(run_dir):  # free again
         pass

@@ -441,27 +441,13 @@ def test_workers_end_with_their_parent(tmp_path):
 def test_a_trial_whose_run_directory_is_held_is_refused(tmp_path):
     """Another process holds `trial-0000` (a `kgen train --run-dir` on it):
     the trial is refused naming it, recorded FAIL, and nothing is trained."""
-    import textwrap
-
-    from tests.conftest import REPO
+    from tests.test_lock import held_elsewhere
 
     run_dir = tmp_path / "t" / "trial-0000"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
-            import sys
-            from kgen import lock
-            with lock.hold({str(run_dir)!r}, command="kgen train vae_digits"):
-                print("held", flush=True)
-                sys.stdin.read()
-        """)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == "held\n"
+    with held_elsewhere(run_dir, "kgen train vae_digits") as holder:
         result = kgen_main("tune", "vae_digits", "--space", "beta=float:0.5:2",
                            "--objective", "val_loss", "--trials", "1", "--dir",
                            tmp_path / "t", "--set", "epochs=1", cwd=tmp_path, check=False)
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=60)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(
         f"kgen: error: {run_dir}: in use by pid {holder.pid} on host ")
