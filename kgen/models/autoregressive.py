@@ -323,7 +323,7 @@ class CausalLM(GenerativeModel):
             ("decode_step", use_cache), self._step_fn(use_cache), self.variables,
             autograph=False, tiny_ops=True)
         pieces = self._token_bytes()
-        decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in pairs]
+        text = _TextPieces(len(pairs))
         state = prefill(buffer, lengths, ends)
         finished = np.zeros(len(pairs), bool)
         while not finished.all():
@@ -331,13 +331,13 @@ class CausalLM(GenerativeModel):
             token, emitted, finished = (ops.convert_to_numpy(x)
                                         for x in (token, emitted, finished))
             for row in np.flatnonzero(emitted):
-                text = decoders[row].decode(pieces[token[row]])
-                if text:
-                    yield int(row), text
-        for row, decoder in enumerate(decoders):
-            text = decoder.decode(b"", final=True)
-            if text:
-                yield row, text
+                piece = text.add(int(row), pieces[token[row]])
+                if piece:
+                    yield int(row), piece
+        for row in range(len(pairs)):
+            piece = text.flush(row)
+            if piece:
+                yield row, piece
 
     def _token_bytes(self):
         """Each token id's bytes (Python)."""
@@ -425,6 +425,24 @@ class CausalLM(GenerativeModel):
             **super().get_config(),
             "default_prompt": self.default_prompt,
         }
+
+
+class _TextPieces:
+    """Each row's bytes as whole characters: `add(row, data)` returns the
+    characters `data` completes (an incomplete UTF-8 sequence is held until
+    its last byte comes), `flush(row)` what is left at the end. Bytes that
+    are not UTF-8 become U+FFFD, as `Tokenizer.decode` of the whole text
+    gives them."""
+
+    def __init__(self, rows):
+        self.decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace")
+                         for _ in range(rows)]
+
+    def add(self, row, data):
+        return self.decoders[row].decode(data)
+
+    def flush(self, row):
+        return self.decoders[row].decode(b"", final=True)
 
 
 class _Rows:
