@@ -49,6 +49,9 @@ class CausalLM(GenerativeModel):
     refilled from the last half of the context and generation goes on, so
     any number of tokens can be drawn. `use_cache=False` recomputes the
     whole window at every step (the same tokens, for comparison).
+    `stream()` yields the same text as it is made: the loop's two halves,
+    `prefill()` and `decode_step()`, compiled apart and stepped from Python
+    (the export's `prefill` and `decode_step` signatures are the same).
 
     Args:
         network: a `kgen.networks.transformer_lm` model.
@@ -322,7 +325,7 @@ class CausalLM(GenerativeModel):
         step = self.compiled_function(
             ("decode_step", use_cache), self._step_fn(use_cache), self.variables,
             autograph=False, tiny_ops=True)
-        pieces = self._token_bytes()
+        pieces = [bytes(p) for p in self.tokenizer.pieces().numpy()]  # each id's bytes
         text = _TextPieces(len(pairs))
         state = prefill(buffer, lengths, ends)
         finished = np.zeros(len(pairs), bool)
@@ -338,12 +341,6 @@ class CausalLM(GenerativeModel):
             piece = text.flush(row)
             if piece:
                 yield row, piece
-
-    def _token_bytes(self):
-        """Each token id's bytes (Python)."""
-        if not hasattr(self, "_token_bytes_list"):
-            self._token_bytes_list = [bytes(p) for p in self.tokenizer.pieces().numpy()]
-        return self._token_bytes_list
 
     # The compiled halves take and return the loop state flat (a list of
     # tensors, `keras.tree.flatten` order), as every backend's compiler
