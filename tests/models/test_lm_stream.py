@@ -97,6 +97,7 @@ def test_byte_stream_yields_whole_characters(byte_lm):
     assert texts == continuations(byte_lm, 3, **options)
 
 
+@pytest.mark.backend_agnostic
 def test_text_pieces_hold_incomplete_characters():
     text = _TextPieces(2)
     data = "é日😀".encode("utf-8")  # 2 + 3 + 4 bytes
