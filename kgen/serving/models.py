@@ -203,10 +203,11 @@ class Version:
 
     def warm_up(self):
         """Replays `assets.extra/tf_serving_warmup_requests` (PredictionLog
-        records, as TF Serving does) so the first requests run at speed."""
+        records, as TF Serving does), then the streaming signatures once, so
+        the first requests run at speed."""
         path = self.path / WARMUP_FILE
         if not path.is_file():
-            return 0
+            return self._warm_up_streaming()
         import tensorflow as tf
         from tensorflow_serving.apis import prediction_log_pb2
 
@@ -223,7 +224,19 @@ class Version:
             except Exception as e:  # a bad record must not stop the server
                 log.warning("%s version %d: warm-up request failed: %s", self.model,
                             self.number, e)
-        return done
+        return done + self._warm_up_streaming()
+
+    def _warm_up_streaming(self):
+        """The streaming signatures' first calls (`kgen.serving.openai`),
+        which no warm-up record holds."""
+        from kgen.serving import openai
+
+        try:
+            return openai.warm_up(self)
+        except Exception as e:  # must not stop the server
+            log.warning("%s version %d: warm-up of prefill/decode_step failed: %s",
+                        self.model, self.number, e)
+            return 0
 
 
 def _release():

@@ -83,6 +83,7 @@ import orjson
 from openai.types import Completion
 from openai.types import CompletionChoice
 from openai.types import CompletionUsage
+from fastapi import Request
 from starlette.responses import Response
 
 from kgen.export.metadata import output_kind
@@ -364,6 +365,29 @@ def is_text_model(version):
     return output_kind(version.metadata) == "text"
 
 
+def warm_up(version):
+    """Runs `prefill` and two `decode_step`s of one row (blocking), so a
+    version's first completion runs at speed; the number of calls made."""
+    import numpy as np
+
+    names = streaming_signatures(version)
+    if names is None:
+        return 0
+    prompt = (version.metadata.get("defaults") or {}).get("prompt") or "\n"
+    inputs = {"prompt": np.array([prompt.encode("utf-8")], dtype=object),
+              "seed": np.zeros(1, np.int64), "max_new_tokens": np.ones(1, np.int32),
+              "temperature": np.ones(1, np.float32), "top_k": np.zeros(1, np.int32),
+              "top_p": np.ones(1, np.float32), "stop_token": np.array([b""], dtype=object)}
+    state = _call(version.signatures[names[0]], inputs)
+    state_names = set(version.inputs[names[1]]) - set(SAMPLING_INPUTS)
+    for _ in range(2):
+        outputs = _call(version.signatures[names[1]], {
+            **{k: state[k] for k in state_names},
+            **{k: inputs[k] for k in SAMPLING_INPUTS}})
+        state = outputs
+    return 3
+
+
 def _call(fn, inputs):
     """One signature call (in a worker thread) -> its output tensors.
 
@@ -444,10 +468,12 @@ class _Row:
 
 @dataclasses.dataclass
 class _Event:
-    """What one step made: `(row, text)` deltas and the rows that ended."""
+    """What one step made: `(row, text)` deltas, the rows that ended and
+    the number of tokens sampled."""
 
     deltas: list
     finished: list
+    tokens: int
 
 
 class Decoding:
@@ -542,7 +568,7 @@ class Decoding:
         outputs, found = await loop.run_in_executor(
             self.executor, _step, fn, self.state, self.sampling)
         self.state = {name: outputs[name] for name in self.state}
-        deltas, finished = [], []
+        deltas, finished, before = [], [], self.completion_tokens
         for i, row in enumerate(self.rows):
             if row.finish_reason is not None:
                 continue
@@ -554,7 +580,7 @@ class Decoding:
                 finished.append(i)
         if self.first_token is None and found["emitted"].any():
             self.first_token = time.monotonic()
-        return _Event(deltas, finished)
+        return _Event(deltas, finished, self.completion_tokens - before)
 
     @property
     def completion_tokens(self):
@@ -604,7 +630,7 @@ class CompletionModel:
             return self._chunks(decoding, ident, created)
         texts = [""] * request.rows
         while not decoding.done:
-            event = await decoding.step()
+            event = await self._step(decoding)
             for i, delta in event.deltas:
                 texts[i] += delta
             if is_disconnected is not None and await is_disconnected():
@@ -624,7 +650,7 @@ class CompletionModel:
                 choices=choices, usage=usage)
 
         while not decoding.done:
-            event = await decoding.step()
+            event = await self._step(decoding)
             ended = set(event.finished)
             texts = dict(event.deltas)
             for i in sorted(set(texts) | ended):
@@ -636,10 +662,15 @@ class CompletionModel:
         if decoding.request.include_usage:
             yield chunk([], decoding.usage())
 
+    async def _step(self, decoding):
+        event = await decoding.step()
+        if event.tokens:
+            metrics.COMPLETION_TOKENS.labels(*self.labels).inc(event.tokens)
+        return event
+
     def _observe(self, decoding):
         end = time.monotonic()
         tokens = decoding.completion_tokens
-        metrics.COMPLETION_TOKENS.labels(*self.labels).inc(tokens)
         if decoding.first_token is not None:
             metrics.TIME_TO_FIRST_TOKEN.labels(*self.labels).observe(
                 decoding.first_token - decoding.started)
@@ -784,7 +815,7 @@ class OpenAIRoutes:
                              "owned_by": "kgen"})
         return _json({"object": "list", "data": data})
 
-    async def completions(self, request):
+    async def completions(self, request: Request):
         start = time.monotonic()
         labels = ["", ""]
         taken = None
@@ -793,6 +824,7 @@ class OpenAIRoutes:
                 doc = orjson.loads(await request.body())
             except orjson.JSONDecodeError as e:
                 raise OpenAIError(400, f"the request body is not JSON ({e})") from None
+            labels[0] = self._known(doc)
             params = parse_request(doc)
             model = await self._model(params.model)
             labels[:] = [model.served.name, self.step_signature(model)]
@@ -825,6 +857,12 @@ class OpenAIRoutes:
         finally:
             if taken is not None:
                 self.slots.give(taken)
+
+    def _known(self, doc):
+        """The served model a request names, for its metrics, or `""`."""
+        model_id = doc.get("model") if isinstance(doc, dict) else None
+        match = _MODEL_ID.match(model_id) if isinstance(model_id, str) else None
+        return match["name"] if match and self.repository.get_model(match["name"]) else ""
 
     @staticmethod
     def step_signature(model):
