@@ -17,6 +17,9 @@ One `kserve.ModelServer` answers, for every model of the tree
   same port, and its V2 gRPC service on `--grpc-port`, beside TF Serving's
   own `tensorflow.serving.PredictionService` and `ModelService` (one gRPC
   server holds all three);
+- OpenAI-compatible completions for language models, streamed as
+  server-sent events (`POST /openai/v1/completions`, `GET
+  /openai/v1/models`; `kgen.serving.openai`);
 - liveness and readiness (`/`, `/v2/health/live`, `/v2/health/ready`,
   `/v2/models/NAME/ready`) and Prometheus metrics on `/metrics` (KServe's
   and kgen's: `kgen_requests_total`, `kgen_request_errors_total`,
@@ -46,7 +49,9 @@ unless allowed (403 / PERMISSION_DENIED), a declared `Content-Length` over
 has no such limit of its own; 413 is HTTP's status for exactly this; gRPC
 messages over it get RESOURCE_EXHAUSTED, gRPC's own limit), a body not in
 full within `--read-timeout` answered 408, a request not answered within
-`--request-timeout` answered 504 / DEADLINE_EXCEEDED. An exception no
+`--request-timeout` answered 504 / DEADLINE_EXCEEDED (a server-sent
+event stream that started in time runs on under its own bound,
+`--stream-timeout`). An exception no
 route answered is logged with its traceback and answered 500 with a
 generic message (a client's text with a lone surrogate, or a body nested
 too deeply for a JSON reader, is 400), and every answer >= 400 is counted
