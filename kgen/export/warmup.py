@@ -11,8 +11,11 @@ version is published, and the tests replay every family's requests against
 its SavedModel.
 
 kgen writes one record per signature (`generate`, `serving_default` and
-each family's own: VAE `encode`/`decode`, ...), each a small valid request:
-`WARMUP_ROWS` rows with cheap settings (one diffusion step, two new tokens).
+each family's own: VAE `encode`/`decode`, the language model's `prefill` and
+`decode_step`, ...), each a small valid request: `WARMUP_ROWS` rows with
+cheap settings (one diffusion step, two new tokens). A streaming
+`decode_step` (named by `kgen.json`'s `streaming`) gets the loop state of a
+one-token prompt: zero cache and logits, the first position.
 
 Example:
 
@@ -64,10 +67,15 @@ def warmup_inputs(signature_name, specs, metadata):
     if "max_row_steps" in metadata:  # rows x num_steps is bounded too
         rows = max(1, min(rows, int(metadata["max_row_steps"]) // CHEAP["num_steps"]))
     defaults = metadata.get("defaults", {})
+    state = {}
+    if signature_name == metadata.get("streaming", {}).get("decode_step"):
+        state = decode_step_state(rows, int(metadata["context"]))
     inputs = {}
     for name, spec in specs.items():
         dtype = spec.dtype.as_numpy_dtype
-        if name == "seed":
+        if name in state:
+            value = state[name].astype(dtype)
+        elif name == "seed":
             value = np.arange(rows, dtype="int64")
         elif name == "label":
             value = np.zeros(rows, dtype)
@@ -93,6 +101,20 @@ def warmup_inputs(signature_name, specs, metadata):
             )
         inputs[name] = value
     return inputs
+
+
+def decode_step_state(rows, context):
+    """The loop state a streaming `decode_step` reads after `prefill` of a
+    one-token prompt (token 0) asking for `CHEAP["max_new_tokens"]` tokens;
+    the cache and logits (fixed shapes) are zeros."""
+    new = CHEAP["max_new_tokens"]
+    ones = np.ones(rows, "int32")
+    return {
+        "tokens": np.zeros([rows, 1 + new + context], "int32"),
+        "position": ones, "window_start": 0 * ones, "done": np.zeros(rows, bool),
+        "lengths": (1 + new) * ones, "prompt_lengths": ones, "ends": (1 + new) * ones,
+        "stop_id": -ones,
+    }
 
 
 def warmup_requests(endpoints, metadata):

@@ -1,5 +1,7 @@
 """Autoregressive family: a decoder-only Transformer language model."""
 
+import codecs
+
 import keras
 import numpy as np
 from keras import ops
@@ -10,7 +12,9 @@ from kgen.api import kgen_export
 from kgen.family import Family
 from kgen.family import declare_family
 from kgen.data import tokenizers  # noqa: F401  (registers them for .keras files)
+from kgen import random as kgen_random
 from kgen.models.base import GenerativeModel
+from kgen.models.base import check_count
 from kgen.networks import transformer
 from kgen.ops import cache_update
 
@@ -134,21 +138,76 @@ class CausalLM(GenerativeModel):
         rows = _Rows(seeds, prompt_lengths, ends, temperature, top_k, top_p, stop_token)
         decoder = _Decoder(self.network, self.context, ops.shape(tokens)[0], use_cache)
 
-        def cond(i, w, tokens, cache, logits, done, lengths):
-            return ops.any(rows.active(i, done))
+        def cond(*state):
+            return ops.any(rows.active(state[0], state[5]))
 
-        def body(i, w, tokens, cache, logits, done, lengths):
-            tokens, done, lengths = rows.write_token(i, tokens, logits, done, lengths)
-            w, cache, logits = decoder.advance(i, w, tokens, cache)
-            return i + 1, w, tokens, cache, logits, done, lengths
+        def body(*state):
+            return _decode_step(rows, decoder, state)
 
-        start = ops.clip(ops.min(rows.prompt_lengths), 1, self.context)
+        state = ops.while_loop(cond, body, self._prefill(decoder, rows.prompt_lengths,
+                                                         rows.ends, tokens))
+        return state[2], state[6]
+
+    # --- the same computation, one step at a time (streaming) -----------------
+
+    def prefill(self, tokens, prompt_lengths, ends, use_cache=True):
+        """Everything `sample()` does before its loop: the state the first
+        `decode_step()` reads.
+
+        Args:
+            tokens, prompt_lengths, ends: as `sample()`.
+            use_cache: use the self-attention cache (static).
+
+        Returns:
+            The loop state, a tuple `(position, window_start, tokens, cache,
+            logits, done, lengths)`: `position` int32 scalar, the next
+            position to write (the shortest prompt's length); `window_start`
+            int32 scalar (0); `tokens` the buffer; `cache` one `(key, value)`
+            pair per decoder block, each float32 `(batch, context, heads,
+            head_dim)`; `logits` float32 `(batch, vocabulary)`, the next
+            token's; `done` bool `(batch,)` (rows that sampled their stop
+            token); `lengths` int32 `(batch,)` (each row's length so far:
+            its end until it stops).
+        """
+        decoder = _Decoder(self.network, self.context, ops.shape(tokens)[0], use_cache)
+        return self._prefill(decoder, ops.cast(prompt_lengths, "int32"),
+                             ops.cast(ends, "int32"), tokens)
+
+    def _prefill(self, decoder, prompt_lengths, ends, tokens):
+        start = ops.clip(ops.min(prompt_lengths), 1, self.context)
         zero = ops.convert_to_tensor(0, "int32")
         logits, cache = decoder.window_logits(tokens, zero, start - 1)
-        done = ops.zeros(ops.shape(rows.ends), "bool")
-        state = ops.while_loop(cond, body,
-                               (start, zero, tokens, cache, logits, done, rows.ends))
-        return state[2], state[6]
+        done = ops.zeros(ops.shape(ends), "bool")
+        return (start, zero, tokens, cache, logits, done, ends)
+
+    def decode_step(self, state, seeds, *, prompt_lengths, ends, temperature, top_k,
+                    top_p, stop_token, use_cache=True):
+        """One iteration of `sample()`'s loop: write the token at `position`
+        (the prompt's, a sampled one, or 0 for a finished row), then feed it
+        to get the next logits. `sample()` is `prefill()` and this step in a
+        `while_loop`, so stepping from `prefill()` until `finished` is all
+        true gives the same tokens, bit for bit.
+
+        Args:
+            state: the tuple `prefill()` or the previous step returns.
+            seeds, prompt_lengths, ends, temperature, top_k, top_p,
+                stop_token: as `sample()`.
+            use_cache: as `prefill()`.
+
+        Returns:
+            `(state, token, emitted, finished)`: the next state; `token`
+            int32 `(batch,)`, the token written at `position`; `emitted`
+            bool `(batch,)`, whether that token was sampled for the row (it
+            was active and past its prompt); `finished` bool `(batch,)`,
+            whether the row will emit nothing more.
+        """
+        rows = _Rows(seeds, prompt_lengths, ends, temperature, top_k, top_p, stop_token)
+        decoder = _Decoder(self.network, self.context, ops.shape(state[2])[0], use_cache)
+        i, done = state[0], state[5]
+        emitted = rows.emits(i, done)
+        state = _decode_step(rows, decoder, state)
+        token = ops.take(state[2], i, axis=1)
+        return state, token, emitted, ops.logical_not(rows.active(state[0], state[5]))
 
     # --- generate (Python) ------------------------------------------------------
 
@@ -194,7 +253,19 @@ class CausalLM(GenerativeModel):
                       top_p=0.9, stop_token=None, use_cache=True):
         """`generate()` on int32 seed pairs `(n, 2)`: checks and tokenizes
         the options, runs `sample()` compiled, decodes the rows."""
-        n = len(pairs)
+        buffer, lengths, ends, settings = self._sample_args(
+            len(pairs), prompt, prompts, max_new_tokens, sampler, temperature, top_k,
+            top_p, stop_token)
+        fn = self.compiled_function(("sample", bool(use_cache)), self._sample_fn(bool(use_cache)),
+                           self.variables, autograph=False, tiny_ops=True)
+        tokens, out_lengths = fn(pairs, buffer, lengths, ends, *settings)
+        tokens, out_lengths = ops.convert_to_numpy(tokens), ops.convert_to_numpy(out_lengths)
+        return [self.tokenizer.decode(row[:k]) for row, k in zip(tokens, out_lengths)]
+
+    def _sample_args(self, n, prompt, prompts, max_new_tokens, sampler, temperature,
+                     top_k, top_p, stop_token):
+        """The checked options as `sample()`'s NumPy inputs: `(buffer,
+        prompt_lengths, ends, (temperature, top_k, top_p, stop_token))`."""
         settings = samplers.get(sampler).settings(temperature, top_k, top_p)
         new = self.context if max_new_tokens is None else max_new_tokens
         if isinstance(new, bool) or not isinstance(new, (int, np.integer)) or \
@@ -205,18 +276,102 @@ class CausalLM(GenerativeModel):
         prompt_ids = [self.encode_prompt(text, name)
                       for name, text in self._row_prompts(n, prompt, prompts)]
         buffer, lengths = self.prompt_buffer(prompt_ids, int(new))
-        ends = lengths + int(new)
-        fn = self.compiled_function(("sample", bool(use_cache)), self._sample_fn(bool(use_cache)),
-                           self.variables, autograph=False, tiny_ops=True)
-        tokens, out_lengths = fn(
-            pairs, buffer, lengths, ends,
+        return buffer, lengths, lengths + int(new), (
             np.full(n, settings["temperature"], "float32"),
             np.full(n, settings["top_k"], "int32"),
             np.full(n, settings["top_p"], "float32"),
             np.full(n, stop, "int32"),
         )
-        tokens, out_lengths = ops.convert_to_numpy(tokens), ops.convert_to_numpy(out_lengths)
-        return [self.tokenizer.decode(row[:k]) for row, k in zip(tokens, out_lengths)]
+
+    def stream(self, n=1, *, seed=None, prompt=None, prompts=None, max_new_tokens=None,
+               sampler="top_k", temperature=1.0, top_k=10, top_p=0.9, stop_token=None,
+               use_cache=True):
+        """`generate()`'s continuations, piece by piece as they are made.
+
+        A generator of `(row, text)` pairs: `text` is what row `row` (of
+        `n`) has added since its last piece. It runs `prefill()` and then
+        `decode_step()` (each compiled once per backend) until every row is
+        finished, the same computation `generate()` runs in one loop, so the
+        pieces of row `i` joined equal `generate(n, ...)[i]` past its prompt,
+        for the same seed and options. A piece holds whole characters only:
+        the bytes of a character split over several tokens (a
+        `ByteTokenizer`'s) are held back until the character is complete.
+
+        Args:
+            n, seed, prompt, prompts, max_new_tokens, sampler, temperature,
+                top_k, top_p, stop_token, use_cache: as `generate()`.
+
+        Example:
+
+        ```python
+        for _, text in lm.stream(seed=0, prompt="ROMEO:", max_new_tokens=100):
+            print(text, end="", flush=True)
+        ```
+        """
+        n = check_count(n)
+        pairs = kgen_random.seed_pairs(self.row_seeds(n, seed))
+        args = self._sample_args(n, prompt, prompts, max_new_tokens, sampler,
+                                 temperature, top_k, top_p, stop_token)
+        return self._stream(pairs, args, bool(use_cache))
+
+    def _stream(self, pairs, args, use_cache):
+        buffer, lengths, ends, settings = args
+        prefill = self.compiled_function(
+            ("prefill", use_cache), self._prefill_fn(use_cache), self.variables,
+            autograph=False, tiny_ops=True)
+        step = self.compiled_function(
+            ("decode_step", use_cache), self._step_fn(use_cache), self.variables,
+            autograph=False, tiny_ops=True)
+        pieces = self._token_bytes()
+        text = _TextPieces(len(pairs))
+        state = prefill(buffer, lengths, ends)
+        finished = np.zeros(len(pairs), bool)
+        while not finished.all():
+            token, emitted, finished, *state = step(pairs, lengths, ends, *settings, *state)
+            token, emitted, finished = (ops.convert_to_numpy(x)
+                                        for x in (token, emitted, finished))
+            for row in np.flatnonzero(emitted):
+                piece = text.add(int(row), pieces[token[row]])
+                if piece:
+                    yield int(row), piece
+        for row in range(len(pairs)):
+            piece = text.flush(row)
+            if piece:
+                yield row, piece
+
+    def _token_bytes(self):
+        """Each token id's bytes (Python)."""
+        if not hasattr(self, "_token_bytes_list"):
+            self._token_bytes_list = [bytes(p) for p in self.tokenizer.pieces().numpy()]
+        return self._token_bytes_list
+
+    # The compiled halves take and return the loop state flat (a list of
+    # tensors, `keras.tree.flatten` order), as every backend's compiler
+    # passes it.
+
+    def _state_structure(self):
+        blocks = len(transformer.decoder_layers(self.network))
+        return (0, 0, 0, ((0, 0),) * blocks, 0, 0, 0)
+
+    def _prefill_fn(self, use_cache):
+        def fn(tokens, prompt_lengths, ends):
+            return keras.tree.flatten(
+                self.prefill(tokens, prompt_lengths, ends, use_cache=use_cache))
+
+        return fn
+
+    def _step_fn(self, use_cache):
+        structure = self._state_structure()
+
+        def fn(pairs, prompt_lengths, ends, temperature, top_k, top_p, stop, *flat):
+            state = keras.tree.pack_sequence_as(structure, list(flat))
+            state, token, emitted, finished = self.decode_step(
+                state, pairs, prompt_lengths=prompt_lengths, ends=ends,
+                temperature=temperature, top_k=top_k, top_p=top_p, stop_token=stop,
+                use_cache=use_cache)
+            return [token, emitted, finished, *keras.tree.flatten(state)]
+
+        return fn
 
     def _sample_fn(self, use_cache):
         def fn(pairs, tokens, prompt_lengths, ends, temperature, top_k, top_p, stop):
@@ -272,6 +427,24 @@ class CausalLM(GenerativeModel):
         }
 
 
+class _TextPieces:
+    """Each row's bytes as whole characters: `add(row, data)` returns the
+    characters `data` completes (an incomplete UTF-8 sequence is held until
+    its last byte comes), `flush(row)` what is left at the end. Bytes that
+    are not UTF-8 become U+FFFD, as `Tokenizer.decode` of the whole text
+    gives them."""
+
+    def __init__(self, rows):
+        self.decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace")
+                         for _ in range(rows)]
+
+    def add(self, row, data):
+        return self.decoders[row].decode(data)
+
+    def flush(self, row):
+        return self.decoders[row].decode(b"", final=True)
+
+
 class _Rows:
     """Each row's state in the sampling loop: its prompt, end, stop token
     and sampler settings; it chooses and writes the token at position `i`."""
@@ -286,6 +459,10 @@ class _Rows:
     def active(self, i, done):
         return ops.logical_and(i < self.ends, ops.logical_not(done))
 
+    def emits(self, i, done):
+        """Rows whose token at `i` is sampled (active, past the prompt)."""
+        return ops.logical_and(self.active(i, done), i >= self.prompt_lengths)
+
     def write_token(self, i, tokens, logits, done, lengths):
         """Position `i`: the prompt's token inside the prompt, else a sampled
         one (0 for rows already finished); a sampled stop token ends a row."""
@@ -298,6 +475,14 @@ class _Rows:
         stopped = ops.logical_and(ops.logical_and(active, ops.logical_not(in_prompt)),
                                   token == self.stop_token)
         return tokens, ops.logical_or(done, stopped), ops.where(stopped, i + 1, lengths)
+
+
+def _decode_step(rows, decoder, state):
+    """One iteration of the sampling loop (`CausalLM.decode_step`)."""
+    i, w, tokens, cache, logits, done, lengths = state
+    tokens, done, lengths = rows.write_token(i, tokens, logits, done, lengths)
+    w, cache, logits = decoder.advance(i, w, tokens, cache)
+    return i + 1, w, tokens, cache, logits, done, lengths
 
 
 class _Decoder:

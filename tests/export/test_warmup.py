@@ -90,13 +90,26 @@ def test_each_record_replayed_against_the_saved_model_succeeds(exports, tmp_path
     assert set(answers) == {
         "vae/generate", "vae/serving_default", "vae/encode", "vae/decode",
         "gan/generate", "gan/serving_default", "diffusion/generate",
-        "diffusion/serving_default", "lm/generate", "lm/serving_default"}
+        "diffusion/serving_default", "lm/generate", "lm/serving_default", "lm/prefill",
+        "lm/decode_step"}
     assert answers["vae/generate"] == {"images": [[2, 8, 8, 1], True]}
     assert answers["vae/encode"] == {"mean": [[2, 2], True], "log_var": [[2, 2], True]}
     assert answers["vae/decode"] == {"images": [[2, 8, 8, 1], True]}
     assert answers["diffusion/generate"] == {"images": [[2, 8, 8, 1], True]}
     assert answers["gan/serving_default"] == {"images": [[2, 8, 8, 1], True]}
     assert answers["lm/generate"] == {"text": [[2], True], "completion": [[2], True]}
+    # tiny("lm"): a 16-token context, one block of one 8-wide head, 10 tokens.
+    state = {"cache": [[2, 1, 2, 16, 1, 8], True], "logits": [[2, 10], True],
+             **{name: [[2], True] for name in (
+                 "position", "window_start", "done", "lengths", "prompt_lengths", "ends",
+                 "stop_id")}}
+    prefill = answers["lm/prefill"]
+    assert prefill.pop("tokens")[0][0] == 2
+    assert prefill == state
+    step = answers["lm/decode_step"]
+    assert step.pop("tokens") == [[2, 19], True]  # 1 + 2 + 16: the warm-up's buffer
+    assert step == {**state, **{name: [[2], True] for name in (
+        "token", "emitted", "piece", "finished")}}
 
 
 def test_one_row_export_gets_one_row_requests(tmp_path):
