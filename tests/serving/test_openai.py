@@ -52,14 +52,6 @@ def _server_test(fn):
 # === Fixtures ===
 
 
-def _export_lm(path):
-    """The tiny LM, exported as `kgen export` exports it."""
-    from kgen.export import export_model
-    from tests.export.helpers import tiny
-
-    export_model(tiny("lm"), path, max_rows=MAX_ROWS)
-
-
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     from kgen.export import export_model
@@ -67,12 +59,22 @@ def tree(tmp_path_factory):
     from tests.export.helpers import tiny
 
     root = tmp_path_factory.mktemp("openai") / "saved_models"
-    _export_lm(root / "char_lm")
-    if not read_metadata(root / "char_lm" / "1").get("streaming"):
-        pytest.skip("this kgen's LM export has no streaming signatures (prefill, "
-                    "decode_step) yet")
+    export_model(tiny("lm"), root / "char_lm", max_rows=MAX_ROWS)
+    assert read_metadata(root / "char_lm" / "1")["streaming"] == {
+        "prefill": "prefill", "decode_step": "decode_step"}
+    export_model(_byte_lm(), root / "byte_lm", max_rows=MAX_ROWS)
     export_model(tiny("vae"), root / "vae", max_rows=MAX_ROWS)
     return root
+
+
+def _byte_lm():
+    """A tiny LM over UTF-8 bytes: untrained, it samples bytes that are
+    often not whole characters."""
+    from kgen import models, networks
+    from kgen.data import ByteTokenizer
+
+    return models.CausalLM(networks.transformer_lm(256, 16, num_layers=1, num_heads=1,
+                                                   hidden_dim=8), ByteTokenizer())
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +115,7 @@ def _wait_ready(process, url, log):
         try:
             if all(requests.get(f"{url}/v2/models/{name}/ready", timeout=2,
                                 headers={"Authorization": f"Bearer {KEY}"}).ok
-                   for name in ("char_lm", "vae")):
+                   for name in ("char_lm", "byte_lm", "vae")):
                 return
         except requests.ConnectionError:
             pass
@@ -136,9 +138,12 @@ def generate(tree):
     rows of a completion request (row i = prompt i // n, seed seed + i)."""
     import tensorflow as tf
 
-    fn = tf.saved_model.load(str(tree / "char_lm" / "1")).signatures["generate"]
+    signatures = {name: tf.saved_model.load(str(tree / name / "1")).signatures["generate"]
+                  for name in ("char_lm", "byte_lm")}
 
-    def call(prompts, seed, max_tokens, n=1, temperature=1.0, top_p=1.0, stop_token=""):
+    def call(prompts, seed, max_tokens, n=1, temperature=1.0, top_p=1.0, stop_token="",
+             model="char_lm"):
+        fn = signatures[model]
         rows = [p for p in ([prompts] if isinstance(prompts, str) else prompts)
                 for _ in range(n)]
         k = len(rows)
@@ -148,7 +153,8 @@ def generate(tree):
                  temperature=tf.fill([k], 1.0 if greedy else float(temperature)),
                  top_k=tf.fill([k], 1 if greedy else 0), top_p=tf.fill([k], float(top_p)),
                  stop_token=tf.fill([k], stop_token))
-        return [t.decode("utf-8") for t in out["completion"].numpy()]
+        # Bytes that are not UTF-8 are answered as U+FFFD.
+        return [t.decode("utf-8", "replace") for t in out["completion"].numpy()]
 
     return call
 
@@ -204,7 +210,7 @@ def _wait_in_flight(server, value, within=10.0):
 
 @_server_test
 def test_models_lists_the_served_text_models(client):
-    assert [m.id for m in client.models.list()] == ["char_lm"]
+    assert [m.id for m in client.models.list()] == ["byte_lm", "char_lm"]
 
 
 @_server_test
@@ -258,6 +264,19 @@ def test_stream_equals_the_completion_and_generate(client, generate):
     assert {c.id for c in chunks} == {chunks[0].id} and chunks[0].id.startswith("cmpl-")
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 80
     assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
+
+
+@_server_test
+def test_characters_whose_bytes_span_tokens_are_streamed_whole(client, generate):
+    options = dict(model="byte_lm", prompt=["é", "ab€"], max_tokens=40, seed=3, n=2)
+    whole = client.completions.create(**options)
+    texts, chunks, _ = _streamed(client.completions.create(**options, stream=True))
+    expected = generate(["é", "ab€"], 3, 40, n=2, model="byte_lm")
+    assert [texts[i] for i in range(4)] == [c.text for c in whole.choices] == expected
+    assert whole.usage.prompt_tokens == 2 * 2 + 2 * 5  # bytes
+    assert whole.usage.completion_tokens == 4 * 40
+    # Fewer events than tokens: a byte that does not end a character waits.
+    assert len(chunks) < 4 * 40
 
 
 @_server_test
