@@ -24,7 +24,10 @@ One `kserve.ModelServer` answers, for every model of the tree
   `/v2/models/NAME/ready`) and Prometheus metrics on `/metrics` (KServe's
   and kgen's: `kgen_requests_total`, `kgen_request_errors_total`,
   `kgen_request_latency_seconds`, `kgen_rows_generated_total`,
-  `kgen_model_calls_total`, `kgen_batch_requests`, `kgen_model_version`).
+  `kgen_model_calls_total`, `kgen_batch_requests`, `kgen_model_version`, and
+  for completions `kgen_completion_time_to_first_token_seconds`,
+  `kgen_completion_tokens_per_second`, `kgen_completion_tokens_total`,
+  `kgen_completions_in_flight`).
 
 How KServe is extended, through its public API: `_ModelServer` is a
 `kserve.ModelServer` whose `start` registers the models and runs kgen's two
