@@ -56,8 +56,9 @@ setup(
         "torch": ["torch==2.13.0"],
         # `kgen serve` (KServe's model server: TF Serving's REST API as its V1
         # protocol, V2 REST and gRPC, Prometheus metrics), gRPC for
-        # `kgen.serving.Client`, and PyYAML for `kgen deploy`'s manifests.
-        "serving": ["kserve>=0.21", "grpcio", "pyyaml"],
+        # `kgen.serving.Client`, PyYAML for `kgen deploy`'s manifests, and the
+        # OpenAI SDK's response types for the OpenAI-compatible completions.
+        "serving": ["kserve>=0.21", "grpcio", "pyyaml", "openai>=1.40"],
         # `kgen tune`: Optuna's search, pruners and study databases (SQLite
         # through SQLAlchemy; any database Optuna supports for shared studies).
         "tune": ["optuna>=5,<6", "sqlalchemy>=2"],

@@ -249,7 +249,9 @@ def _parser():
                     "KServe's model server, loading each SavedModel with TensorFlow "
                     "alone: TF Serving's REST API (POST /v1/models/NAME:predict, "
                     "status, metadata), KServe's V2 REST and gRPC, TF Serving's gRPC "
-                    "PredictionService, health and Prometheus /metrics. A version "
+                    "PredictionService, OpenAI-compatible completions with token "
+                    "streaming for language models (POST /openai/v1/completions, GET "
+                    "/openai/v1/models), health and Prometheus /metrics. A version "
                     "published while it runs is served without a restart. This runs "
                     "the graphs the SavedModels hold: serve only exports you trust.",
         parents=[common],
@@ -304,6 +306,17 @@ def _parser():
                             "(chain); needs --tls-key")
     serve.add_argument("--tls-key", default=None, metavar="PEM",
                        help="the certificate's private key")
+    serve.add_argument("--max-streams", type=_positive_int,
+                       default=serving_defaults.MAX_STREAMS, metavar="N",
+                       help="OpenAI completions (POST /openai/v1/completions) decoding at "
+                            "once, streamed or not; more are answered 429 (default "
+                            f"{serving_defaults.MAX_STREAMS})")
+    serve.add_argument("--stream-timeout", type=_positive_float,
+                       default=serving_defaults.STREAM_TIMEOUT, metavar="S",
+                       help="seconds a streamed completion may run after its first byte "
+                            "(--request-timeout bounds the time to that byte); it then "
+                            "ends with an error event (default "
+                            f"{serving_defaults.STREAM_TIMEOUT:g})")
 
     evaluate = sub.add_parser(
         "evaluate", help="measure a model's samples against real data, with a real floor",
@@ -678,7 +691,7 @@ def _cmd_serve(args):
           batch_wait_ms=(serving_defaults.BATCH_WAIT_MS if args.batch_wait_ms is None
                          else args.batch_wait_ms),
           poll_seconds=args.poll_seconds, threads=args.threads, debug=args.debug,
-          options=options)
+          options=options, max_streams=args.max_streams, stream_timeout=args.stream_timeout)
     # Stopped cleanly (SIGINT or SIGTERM): nothing is left to write, and the
     # C++ teardown of TensorFlow and gRPC would keep the process seconds longer.
     sys.stdout.flush()

@@ -21,6 +21,10 @@ POLL_SECONDS = 2.0
 READ_TIMEOUT = 30.0
 # Seconds from a request's full body to its answer (504 after).
 REQUEST_TIMEOUT = 60.0
+# The most OpenAI completions decoding at once, streamed or not (429 over it).
+MAX_STREAMS = 16
+# Seconds a streamed completion may run after its first byte.
+STREAM_TIMEOUT = 300.0
 
 
 def size_text(n):

@@ -5,7 +5,9 @@ or `""` for a request that named none that exist), so a client cannot grow
 the label sets. `code` is the HTTP status of the answer (a gRPC status is
 counted as the HTTP status TF Serving maps it to); `protocol` is `v1`
 (TF Serving REST), `v2` (Open Inference Protocol REST or gRPC),
-`tfs_grpc` (TF Serving's gRPC services) or `other` (any other route).
+`tfs_grpc` (TF Serving's gRPC services), `openai` (OpenAI-compatible
+completions, `kgen.serving.openai`, counted with signature `decode_step`)
+or `other` (any other route).
 
 `kgen_requests_total` counts the predict requests a model route answered;
 `kgen_request_errors_total` counts every answer with status >= 400 on any
@@ -41,6 +43,20 @@ CALLS = Counter(
 BATCH_REQUESTS = Histogram(
     "kgen_batch_requests", "Requests answered by one call of a signature's graph",
     ["model", "signature"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+# OpenAI-compatible completions (kgen.serving.openai), by model and version.
+TIME_TO_FIRST_TOKEN = Histogram(
+    "kgen_completion_time_to_first_token_seconds", "Time from a completion "
+    "request's arrival to its first sampled token", ["model", "version"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+TOKENS_PER_SECOND = Histogram(
+    "kgen_completion_tokens_per_second", "Sampled tokens per second of one "
+    "completion (all its choices), after its first token", ["model", "version"],
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000))
+COMPLETION_TOKENS = Counter(
+    "kgen_completion_tokens", "Tokens sampled for completions", ["model", "version"])
+IN_FLIGHT = Gauge(
+    "kgen_completions_in_flight", "Completions decoding now (streamed or not)",
+    ["model", "version"])
 VERSION = Gauge(
     "kgen_model_version", "Newest version each model serves", ["model"])
 

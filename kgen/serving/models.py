@@ -203,14 +203,15 @@ class Version:
 
     def warm_up(self):
         """Replays `assets.extra/tf_serving_warmup_requests` (PredictionLog
-        records, as TF Serving does) so the first requests run at speed."""
+        records, as TF Serving does), and the streaming signatures once when
+        no record holds them, so the first requests run at speed."""
         path = self.path / WARMUP_FILE
         if not path.is_file():
-            return 0
+            return self._warm_up_streaming(set())
         import tensorflow as tf
         from tensorflow_serving.apis import prediction_log_pb2
 
-        done = 0
+        done, warmed = 0, set()
         for record in tf.data.TFRecordDataset(str(path)):
             entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
             if not entry.HasField("predict_log"):
@@ -220,10 +221,26 @@ class Version:
                 signature = self.signature(request.model_spec.signature_name)
                 self.call(signature, {k: tf.make_ndarray(v) for k, v in request.inputs.items()})
                 done += 1
+                warmed.add(signature)
             except Exception as e:  # a bad record must not stop the server
                 log.warning("%s version %d: warm-up request failed: %s", self.model,
                             self.number, e)
-        return done
+        return done + self._warm_up_streaming(warmed)
+
+    def _warm_up_streaming(self, warmed):
+        """The streaming signatures' first calls (`kgen.serving.openai`)
+        when the warm-up records did not make them (`warmed`)."""
+        from kgen.serving import openai
+
+        names = openai.streaming_signatures(self)
+        if names is None or set(names) <= warmed:
+            return 0
+        try:
+            return openai.warm_up(self)
+        except Exception as e:  # must not stop the server
+            log.warning("%s version %d: warm-up of prefill/decode_step failed: %s",
+                        self.model, self.number, e)
+            return 0
 
 
 def _release():

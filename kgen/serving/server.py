@@ -17,11 +17,17 @@ One `kserve.ModelServer` answers, for every model of the tree
   same port, and its V2 gRPC service on `--grpc-port`, beside TF Serving's
   own `tensorflow.serving.PredictionService` and `ModelService` (one gRPC
   server holds all three);
+- OpenAI-compatible completions for language models, streamed as
+  server-sent events (`POST /openai/v1/completions`, `GET
+  /openai/v1/models`; `kgen.serving.openai`);
 - liveness and readiness (`/`, `/v2/health/live`, `/v2/health/ready`,
   `/v2/models/NAME/ready`) and Prometheus metrics on `/metrics` (KServe's
   and kgen's: `kgen_requests_total`, `kgen_request_errors_total`,
   `kgen_request_latency_seconds`, `kgen_rows_generated_total`,
-  `kgen_model_calls_total`, `kgen_batch_requests`, `kgen_model_version`).
+  `kgen_model_calls_total`, `kgen_batch_requests`, `kgen_model_version`, and
+  for completions `kgen_completion_time_to_first_token_seconds`,
+  `kgen_completion_tokens_per_second`, `kgen_completion_tokens_total`,
+  `kgen_completions_in_flight`).
 
 How KServe is extended, through its public API: `_ModelServer` is a
 `kserve.ModelServer` whose `start` registers the models and runs kgen's two
@@ -46,7 +52,9 @@ unless allowed (403 / PERMISSION_DENIED), a declared `Content-Length` over
 has no such limit of its own; 413 is HTTP's status for exactly this; gRPC
 messages over it get RESOURCE_EXHAUSTED, gRPC's own limit), a body not in
 full within `--read-timeout` answered 408, a request not answered within
-`--request-timeout` answered 504 / DEADLINE_EXCEEDED. An exception no
+`--request-timeout` answered 504 / DEADLINE_EXCEEDED (a server-sent
+event stream that started in time runs on under its own bound,
+`--stream-timeout`). An exception no
 route answered is logged with its traceback and answered 500 with a
 generic message (a client's text with a lone surrogate, or a body nested
 too deeply for a JSON reader, is 400), and every answer >= 400 is counted
@@ -74,6 +82,7 @@ from kgen.serving.errors import ServingError
 from kgen.serving.errors import invalid
 from kgen.serving.models import Repository
 from kgen.serving.models import Settings
+from kgen.serving.openai import OpenAIRoutes
 from kgen.serving.options import network_options
 from kgen.serving.tensors import TensorError
 from kgen.serving.tensors import columnar_inputs
@@ -247,6 +256,8 @@ class _Guard:
         async def tracked(message):
             if message["type"] == "http.response.start":
                 sent["status"] = message["status"]
+                sent["stream"] = (b"content-type", b"text/event-stream") in [
+                    (k.lower(), v.split(b";")[0].strip()) for k, v in message["headers"]]
                 # Counted before the client can read the answer.
                 if message["status"] >= 400:
                     metrics.record_error(*self._labels(scope), message["status"], answer)
@@ -279,9 +290,19 @@ class _Guard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
+        answering = asyncio.ensure_future(self.app(scope, replay, send))
         try:
-            await asyncio.wait_for(self.app(scope, replay, send),
-                                   self.options.request_timeout)
+            done, _ = await asyncio.wait({answering}, timeout=self.options.request_timeout)
+            if done:
+                answering.result()
+            elif sent.get("stream"):
+                # A stream started in time runs under its own bound
+                # (--stream-timeout), ending with an error event.
+                await answering
+            else:
+                answering.cancel()
+                await asyncio.gather(answering, return_exceptions=True)
+                raise asyncio.TimeoutError
         except asyncio.TimeoutError:
             if "status" not in sent:
                 await _answer(send, 504, f"no answer within --request-timeout "
@@ -294,6 +315,10 @@ class _Guard:
             if "status" not in sent:
                 await _answer(send, 500 if fault is None else 400, fault or INTERNAL_ERROR,
                               close=False)
+        finally:
+            if not answering.done():
+                answering.cancel()
+                await asyncio.gather(answering, return_exceptions=True)
 
     def _unauthorized(self, scope):
         """None when the request carries the key, else the refusal's message."""
@@ -371,6 +396,8 @@ class _Guard:
             return model, "v1"
         if path.startswith("/v2/") or path == "/v2":
             return model, "v2"
+        if path.startswith("/openai/"):
+            return "", "openai"
         return model, "other"
 
 
@@ -420,13 +447,14 @@ class _RestServer(RESTServer):
     kgen's front door (`_Guard`) before every route; HTTPS through
     uvicorn's own TLS when `options` name a certificate."""
 
-    def __init__(self, *args, host, repository, max_body_bytes, options, **kwargs):
+    def __init__(self, *args, host, repository, max_body_bytes, options, openai, **kwargs):
         super().__init__(*args, ssl_certfile=options.tls_cert, ssl_keyfile=options.tls_key,
                          **kwargs)
         self.config.host = host
         self.repository = repository
         self.max_body_bytes = max_body_bytes
         self.options = options
+        self.openai = openai
         self.server = uvicorn.Server(self.config)
 
     def create_application(self):
@@ -436,6 +464,9 @@ class _RestServer(RESTServer):
         # Before KServe's own /v1 routes: the first matching route answers.
         app.add_api_route("/v1/models/{path:path}", routes.handle, methods=["GET", "POST"],
                           include_in_schema=False)
+        # OpenAI-compatible completions on KServe's /openai prefix
+        # (kgen.serving.openai says why KServe's own module is not used).
+        self.openai.register(app)
 
         async def serving_error(request, error):
             return _json({"error": error.message}, error.http_status)
@@ -610,7 +641,7 @@ class _ModelServer(kserve.ModelServer):
     """`kserve.ModelServer` starting kgen's REST and gRPC servers."""
 
     def __init__(self, repository, host, port, grpc_port, max_body_bytes, poll_seconds,
-                 options):
+                 options, openai):
         taken = kserve_compat.reset_model_server_arguments()
         if taken:
             log.warning("KServe's flags on this command line are not used by kgen "
@@ -635,6 +666,7 @@ class _ModelServer(kserve.ModelServer):
         self.host = host
         self.max_body_bytes = max_body_bytes
         self.poll_seconds = poll_seconds
+        self.openai = openai
         self.rest = None
         self.grpc = None
 
@@ -653,7 +685,7 @@ class _ModelServer(kserve.ModelServer):
             self.http_port, grace_period=self.grace_period, event_loop=self.event_loop,
             timeout_keep_alive=self.timeout_keep_alive, host=self.host,
             repository=self.repository, max_body_bytes=self.max_body_bytes,
-            options=self.options)
+            options=self.options, openai=self.openai)
         self.grpc = _GrpcServer(
             self.host, self.grpc_port, self.dataplane, self.model_repository_extension,
             self.repository, max_receive_bytes=self.max_body_bytes,
@@ -737,7 +769,8 @@ def _client_errors_filter(record):
 def serve(root, host=defaults.HOST, port=defaults.REST_PORT, grpc_port=defaults.GRPC_PORT,
           max_body_bytes=defaults.MAX_BODY_BYTES, batching=True,
           batch_size=defaults.BATCH_SIZE, batch_wait_ms=defaults.BATCH_WAIT_MS,
-          poll_seconds=defaults.POLL_SECONDS, threads=None, debug=False, options=None):
+          poll_seconds=defaults.POLL_SECONDS, threads=None, debug=False, options=None,
+          max_streams=defaults.MAX_STREAMS, stream_timeout=defaults.STREAM_TIMEOUT):
     """Serves every model under `root` until interrupted (SIGINT or SIGTERM).
 
     Args:
@@ -755,6 +788,10 @@ def serve(root, host=defaults.HOST, port=defaults.REST_PORT, grpc_port=defaults.
         options: the front door's `kgen.serving.options.NetworkOptions`
             (API key, repository API, read and request deadlines, TLS);
             default: `network_options()`, which reads `KGEN_API_KEY`.
+        max_streams: the most OpenAI completions decoding at once, streamed
+            or not (429 over it).
+        stream_timeout: seconds a streamed completion may run after its
+            first byte (it then ends with an error event).
     """
     if options is None:
         options = network_options()
@@ -770,6 +807,10 @@ def serve(root, host=defaults.HOST, port=defaults.REST_PORT, grpc_port=defaults.
         raise ServeError(f"--batch-wait-ms {batch_wait_ms}: must be >= 0")
     if not poll_seconds > 0:
         raise ServeError(f"--poll-seconds {poll_seconds}: must be > 0")
+    if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
+        raise ServeError(f"--max-streams {max_streams}: must be a whole number >= 1")
+    if not stream_timeout > 0:
+        raise ServeError(f"--stream-timeout {stream_timeout}: must be a number of seconds > 0")
     names = check_tree(root)
     _check_port(host, port, "--port")
     _check_port(host, grpc_port, "--grpc-port")
@@ -785,10 +826,13 @@ def serve(root, host=defaults.HOST, port=defaults.REST_PORT, grpc_port=defaults.
     if not models:
         raise ServeError(f"{root}: none of the models ({', '.join(names)}) could be loaded "
                          "(see the errors above)")
+    openai = OpenAIRoutes(repository, executor, max_streams=max_streams,
+                          stream_timeout=stream_timeout)
     server = _ModelServer(repository, host, port, grpc_port, max_body_bytes, poll_seconds,
-                          options)
+                          options, openai)
     _configure_logging(debug)
-    log.info("REST %s://%s:%d (TF Serving /v1, V2 /v2, /metrics), gRPC %s%s "
+    log.info("REST %s://%s:%d (TF Serving /v1, V2 /v2, OpenAI /openai/v1, /metrics), "
+             "gRPC %s%s "
              "(V2 and tensorflow.serving.PredictionService); batching %s",
              "https" if options.tls else "http", host, port, _address(host, grpc_port),
              " with TLS" if options.tls else "",
