@@ -46,11 +46,23 @@ class ProgressiveDistillation(EMATrainer, keras.Model):
         x~ = (z_t'' - (sigma_t'' / sigma_t) z_t) / (alpha_t'' - sigma_t'' alpha_t / sigma_t)
 
     and the loss is Salimans & Ho's truncated-SNR weighted x-space error
-    `max(SNR_t, 1) * |x^ - x~|^2`, with `x^` the student's predicted clean
-    sample as DDIM computes it (from the student's own parameterization,
-    clipped when the scheduler clips): the distance between where the
-    student's one step lands and where the teacher's two land, scaled
-    back to x-space.
+    `w_t * |x^ - x~|^2`, `w_t = max(SNR_t, 1)`, with `x^` the clean sample
+    the student's output gives in its own parameterization (unclipped, as
+    in the paper; sampling clips it as the teacher's steps do). Since one
+    DDIM step from `z_t` lands on `(alpha_t'' - sigma_t'' alpha_t /
+    sigma_t) x^ + (sigma_t'' / sigma_t) z_t`, this is the distance between
+    where the student's one step lands and where the teacher's two land,
+    scaled back to x-space.
+
+    An epsilon-predicting student recovers `x^ = (z_t - sigma_t eps^) /
+    alpha_t`, so its x-space error is its epsilon error over `sqrt(SNR_t)`,
+    without bound at the noisiest step (`alpha_{T-1}` is nearly 0 on the
+    cosine schedule): there the truncated weight would weigh the epsilon
+    error by `1 / SNR_t`. An epsilon student is weighted `w_t = SNR_t`
+    instead, which is the plain epsilon loss `|eps^ - eps~|^2` against the
+    target's epsilon `eps~ = (z_t - alpha_t x~) / sigma_t` (Ho et al.'s
+    weighting). Such a student cannot change the clean sample its first
+    step (from `T - 1`) predicts; a v-predicting teacher's student can.
 
     Guidance: for a conditional teacher the target is its guided prediction
     `uncond + guidance_scale * (cond - uncond)` (the "no label" class gives
@@ -166,10 +178,17 @@ class ProgressiveDistillation(EMATrainer, keras.Model):
         target = (z_end - _rows(ratio, z) * z) / _rows(alpha_end - ratio * alpha, z)
         student_inputs = [z, t] if labels is None else [z, t, labels]
         output = to_float32(self.student.denoiser(student_inputs, training=training))
-        x_pred, _ = sched.predict_x0_and_eps(output, t, z)
+        kind = sched.prediction_type
+        if kind == "epsilon":
+            x_pred = (z - _rows(sigma, z) * output) / _rows(alpha, z)
+        elif kind == "v_prediction":
+            x_pred = _rows(alpha, z) * z - _rows(sigma, z) * output
+        else:
+            x_pred = output
         snr = a_t / ops.maximum(1.0 - a_t, 1e-12)
+        weight = snr if kind == "epsilon" else ops.maximum(snr, 1.0)
         return {"prediction": x_pred, "target": ops.stop_gradient(target),
-                "weight": ops.maximum(snr, 1.0)}
+                "weight": weight}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
                      training=True):
