@@ -114,6 +114,9 @@ class ProgressiveDistillation(EMATrainer, keras.Model):
         self.teacher_scheduler = teacher.get_scheduler("ddim")
         # === State ===
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # Teacher and student arrive built: a backup's weights load before
+        # the first step.
+        self.built = True
 
     def build(self, input_shape):
         pass  # teacher and student arrive built
