@@ -33,7 +33,6 @@ import json
 import math
 import pathlib
 import shutil
-import sys
 import time
 
 from kgen import config as kgen_config
@@ -485,9 +484,3 @@ def _finish(run_dir, state, export_to, plan, wall, say):
             result["up_to_date"] = False
     return result
 
-
-def print_help_settings(stream=sys.stdout):
-    width = max(map(len, DEFAULTS))
-    for key, default in DEFAULTS.items():
-        print(f"  {key:<{width}}  {kgen_config.format_value(default):<8}  "
-              f"{SETTINGS_HELP[key]}", file=stream)

@@ -7,7 +7,6 @@ the inputs it refuses.
 """
 
 import json
-import shutil
 import signal
 import subprocess
 
