@@ -11,6 +11,7 @@ kgen sample --url http://HOST:8501/v1/models/NAME [--version N] [--n 16] ...
 kgen serve saved_models/ [--host 127.0.0.1] [--port 8501] [--grpc-port 8500]
 kgen deploy saved_models/ --out deploy/ [--overwrite] [--enable-batching] ...
 kgen tune RECIPE --space KEY=SPEC... --objective NAME --trials N [--workers N] ...
+kgen distill RUN_OR_RECIPE [--steps 4] [--set key=value]... [--run-dir DIR] ...
 kgen evaluate saved_models/NAME --data DATA --classifier CLASSIFIER.keras ...  (images, audio)
 kgen evaluate saved_models/NAME|MODEL.keras --data TEXT [--keras MODEL.keras] ...  (text)
 ```
@@ -38,7 +39,7 @@ from kgen.serving import defaults as serving_defaults
 
 BACKENDS = ("tensorflow", "jax", "torch")
 # Commands that import TensorFlow (to train, export or run a SavedModel).
-_TENSORFLOW_COMMANDS = ("train", "export", "sample", "tune", "evaluate")
+_TENSORFLOW_COMMANDS = ("train", "export", "sample", "tune", "evaluate", "distill")
 
 
 class CommandError(UserError, ValueError):
@@ -426,6 +427,8 @@ def _positive_seconds(text):
 
 
 def _tune_parser(sub, common):
+    _add_distill_parser(sub, common)
+
     tune = sub.add_parser(
         "tune", help="search recipe settings with Optuna",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -708,6 +711,74 @@ def _require_extra(module, what, extra):
         raise CommandError(f"{what}: pip install 'kgen[{extra}]'")
 
 
+def _add_distill_parser(sub, common):
+    """`kgen distill`'s arguments (its settings are `kgen.distill.DEFAULTS`)."""
+    distill = sub.add_parser(
+        "distill", help="distil a trained diffusion run into a few-step student",
+        description=(
+            "Progressive distillation (Salimans & Ho, 2022): starting from the "
+            "teacher's DDIM sampler at start_steps steps, each round trains a "
+            "student to take in one step what its teacher takes in two, halving "
+            "the step count down to --steps. The student is a diffusion model "
+            "sampling with DDIM at --steps steps by default, exported and served "
+            "like any other. A killed run resumes where it stopped when the same "
+            "command runs again; the teacher's run is only read. Settings "
+            "(--set KEY=VALUE): steps, start_steps, epochs_per_round, "
+            "steps_per_epoch, batch_size, learning_rate, guidance_scale, "
+            "label_dropout, ema_decay, data, seed."),
+        parents=[common],
+    )
+    distill.add_argument("run", metavar="RUN_OR_RECIPE",
+                         help="the run directory of a trained diffusion model, or a "
+                              "recipe name whose runs/RECIPE is one")
+    distill.add_argument("--steps", type=_positive_int, default=None,
+                         help="the student's step count (default 4)")
+    distill.add_argument("--set", dest="sets", action="append", default=[],
+                         metavar="KEY=VALUE",
+                         help="one distillation setting; repeat for more (e.g. --set "
+                              "start_steps=64 --set epochs_per_round=3 --set data=DIR)")
+    distill.add_argument("--backend", choices=BACKENDS,
+                         help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
+    distill.add_argument("--run-dir", type=pathlib.Path,
+                         help="where the rounds' checkpoints and logs go (default: "
+                              "runs/<teacher run>-distill<steps>)")
+    distill.add_argument("--overwrite", action="store_true",
+                         help="replace an earlier distillation in the run directory "
+                              "that had other settings")
+    group = distill.add_mutually_exclusive_group()
+    group.add_argument("--export", type=pathlib.Path, metavar="saved_models/NAME",
+                       help="base path to publish the student to (default: "
+                            "saved_models/<run directory name>)")
+    group.add_argument("--no-export", action="store_true", help="do not export")
+
+
+def _cmd_distill(args):
+    from kgen import distill
+
+    sets = _parse_sets(args.sets)
+    if args.steps is not None:
+        if "steps" in sets and sets["steps"] != str(args.steps):
+            raise CommandError(f"--steps {args.steps} and --set steps={sets['steps']}: "
+                               "give the step count once")
+        sets["steps"] = str(args.steps)
+    export_to = None if args.no_export else (args.export or "default")
+    verbose = "auto" if _is_terminal(sys.stdout) else 2
+    result = distill.distill(args.run, sets=sets, run_dir=args.run_dir,
+                             export_to=export_to, overwrite=args.overwrite,
+                             verbose=verbose)
+    steps = " -> ".join([str(result["rounds"][0][0])]
+                        + [str(student) for _, student in result["rounds"]])
+    if result["wall_s"] is None:
+        print(f"{result['run_dir']} is a finished distillation with these settings "
+              f"(steps {steps}): nothing trained")
+    else:
+        print(f"\ndistilled in {result['wall_s']:.1f}s (steps {steps})")
+    print(f"model:       {result['best']}")
+    print(f"TensorBoard: tensorboard --logdir {result['run_dir'] / 'logs'}")
+    if result["exported"]:
+        print(f"exported:    {result['exported']}")
+
+
 def _cmd_tune(args):
     from kgen import tune
 
@@ -748,7 +819,7 @@ def _cmd_evaluate(args):
 
 _COMMANDS = {"recipes": _cmd_recipes, "train": _cmd_train, "export": _cmd_export,
              "sample": _cmd_sample, "deploy": _cmd_deploy, "serve": _cmd_serve,
-             "tune": _cmd_tune, "evaluate": _cmd_evaluate}
+             "tune": _cmd_tune, "evaluate": _cmd_evaluate, "distill": _cmd_distill}
 
 
 def _fail(message, status=2):
@@ -871,7 +942,7 @@ def main(argv=None):
         _EARLY_CHECKS.get(args.command, lambda _: None)(args)
         if args.command in _TENSORFLOW_COMMANDS and not debug:
             _quiet_tensorflow()
-        with kgen_lock.terminate_as_interrupt(args.command in ("train", "export", "tune")):
+        with kgen_lock.terminate_as_interrupt(args.command in ("train", "export", "tune", "distill")):
             _COMMANDS[args.command](args)
     except KeyboardInterrupt as e:
         print(f"kgen: {getattr(e, 'word', 'interrupted')}", file=sys.stderr)

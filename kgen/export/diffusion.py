@@ -162,7 +162,16 @@ def metadata(model, scheduler, bounds):
                    f"({model.num_classes}: no label)")
     inputs += (f", num_steps int32 [batch] (same in every row, 1..{T}), "
                "guidance_scale float32 [batch]")
+    distilled = getattr(model, "distilled", None)
+    num_steps = distilled["steps"] if distilled else default_num_steps(scheduler)
+    record = {}
+    if distilled:  # a few-step student of `kgen distill`
+        record["distilled"] = dict(distilled)
+        record["distilled"]["guidance"] = (
+            "in the weights: the guidance_scale input is ignored"
+            if conditional else "none (unconditional)")
     return {
+        **record,
         "output_kind": "images",
         "image_shape": [int(d) for d in model.image_shape],
         "num_classes": model.num_classes or 0,
@@ -171,7 +180,7 @@ def metadata(model, scheduler, bounds):
         "num_train_timesteps": T,
         "max_row_steps": bounds["max_row_steps"],
         "uses_ema_weights": model.ema_denoiser is not None,
-        "defaults": {"num_steps": default_num_steps(scheduler),
+        "defaults": {"num_steps": num_steps,
                      "guidance_scale": default_guidance_scale(conditional, model)},
         "signatures": {
             "generate": (f"{inputs} -> images float32 [batch, h, w, c] in [0, 1]; "

@@ -90,6 +90,13 @@ class DiffusionModel(EMATrainer, GenerativeModel):
             one `kgen sample`, `kgen evaluate` and the export's `kgen.json`
             use. The larger, the more class-typical (and the less varied)
             the samples.
+        distilled: `None`, or what `kgen distill` records in a few-step
+            student (`kgen.distill`): `{"steps", "teacher_steps", "method",
+            "guidance_scale"}`. The student samples with `steps` steps by
+            default (in `generate()` and the export's `kgen.json`), and a
+            conditional student, trained on its teacher's guided prediction
+            at `guidance_scale`, takes one denoiser pass per step: its own
+            `guidance_scale` argument is ignored (`denoise`).
         seed: seed of the training randomness.
 
     Example:
@@ -112,7 +119,7 @@ class DiffusionModel(EMATrainer, GenerativeModel):
     def __init__(self, denoiser, scheduler="ddpm", num_classes=None,
                  label_dropout=0.1, loss="mse", ema_decay=0.999,
                  sampler="ddim", guidance_scale=2.0, min_snr_gamma=None, seed=None,
-                 **kwargs):
+                 distilled=None, **kwargs):
         if isinstance(scheduler, str):
             scheduler = kgen_schedulers.get(scheduler)()
         if loss not in LOSSES:
@@ -130,6 +137,7 @@ class DiffusionModel(EMATrainer, GenerativeModel):
         kgen_schedulers.get(sampler)  # fail early on a bad name
         guidance_scale = _check_guidance(guidance_scale)
         min_snr_gamma = _check_min_snr_gamma(min_snr_gamma)
+        distilled = _check_distilled(distilled, scheduler.num_train_timesteps)
         super().__init__(seed=seed, **kwargs)
         # === Layers ===
         self.denoiser = denoiser
@@ -143,6 +151,7 @@ class DiffusionModel(EMATrainer, GenerativeModel):
         self.sampler = sampler
         self.guidance_scale = guidance_scale
         self.min_snr_gamma = min_snr_gamma
+        self.distilled = distilled
         self.image_shape = tuple(denoiser.inputs[0].shape[1:])
         # === State ===
         self.ema_updates = ema.update_counter(self) if ema_decay is not None else None
@@ -277,6 +286,18 @@ class DiffusionModel(EMATrainer, GenerativeModel):
         cls = kgen_schedulers.get(self.sampler if scheduler is None else scheduler)
         return cls.from_config(self.scheduler.get_config())
 
+    @property
+    def default_num_steps(self):
+        """The step count `generate()` samples with when not asked: a
+        distilled student's own (`distilled["steps"]`), else 50."""
+        return self.distilled["steps"] if self.distilled else 50
+
+    @property
+    def guidance_distilled(self):
+        """True for a conditional student trained on its teacher's guided
+        prediction: one conditional pass a step, `guidance_scale` unused."""
+        return bool(self.distilled) and self.num_classes is not None
+
     def default_labels(self, seeds):
         """No labels given: the "no label" class, unguided (see `sample`)."""
         return None
@@ -300,6 +321,9 @@ class DiffusionModel(EMATrainer, GenerativeModel):
             labels = ops.full((batch,), self.num_classes, dtype="int32")
             t = ops.full((batch,), timestep, dtype="int32")
             return denoiser([x, t, labels], training=False)
+        if self.guidance_distilled:  # the guidance is in the weights
+            t = ops.full((batch,), timestep, dtype="int32")
+            return denoiser([x, t, ops.cast(labels, "int32")], training=False)
         t = ops.full((2 * batch,), timestep, dtype="int32")
         both = denoiser([
             ops.concatenate([x, x], axis=0), t,
@@ -352,7 +376,7 @@ class DiffusionModel(EMATrainer, GenerativeModel):
         x, _, _ = ops.fori_loop(0, num_steps, body, (x, *scheduler.initial_state(x)))
         return ops.clip((x + 1.0) / 2.0, 0.0, 1.0)
 
-    def generate(self, n, *, seed=None, labels=None, num_steps=50, scheduler=None,
+    def generate(self, n, *, seed=None, labels=None, num_steps=None, scheduler=None,
                  guidance_scale=None):
         """Draw `n` images; returns numpy `(n, h, w, c)` in [0, 1].
 
@@ -366,13 +390,17 @@ class DiffusionModel(EMATrainer, GenerativeModel):
             labels: for a conditional model, an int or `n` ints (guided
                 sampling), or `None` for unconditional samples (the "no
                 label" class; `guidance_scale` is then not used).
-            num_steps: sampling steps, 1 to `num_train_timesteps`.
+            num_steps: sampling steps, 1 to `num_train_timesteps`; `None`:
+                `default_num_steps` (50, or a distilled student's own).
             scheduler: a scheduler name or instance (default `sampler`).
             guidance_scale: classifier-free guidance weight (1: plain
                 conditional; larger: more class-typical); `None`: the
-                model's `guidance_scale`.
+                model's `guidance_scale`. A distilled conditional student
+                ignores it (`guidance_distilled`).
         """
         scheduler = self.get_scheduler(scheduler)
+        if num_steps is None:
+            num_steps = self.default_num_steps
         if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
             raise ValueError(f"num_steps={num_steps!r}: must be an int")
         scheduler.check_num_steps(num_steps)
@@ -414,6 +442,7 @@ class DiffusionModel(EMATrainer, GenerativeModel):
             "sampler": self.sampler,
             "guidance_scale": self.guidance_scale,
             "min_snr_gamma": self.min_snr_gamma,
+            "distilled": self.distilled,
         }
 
     @classmethod
@@ -437,6 +466,29 @@ def _finite_number(name, value, requirement="must be a finite number"):
 def _check_guidance(guidance_scale):
     """A finite guidance weight as a float, or a ValueError naming it."""
     return _finite_number("guidance_scale", guidance_scale)
+
+
+DISTILLED_KEYS = ("steps", "teacher_steps", "method", "guidance_scale")
+
+
+def _check_distilled(distilled, num_train_timesteps):
+    """`None`, or a distilled student's record as a plain dict; else a
+    ValueError naming it."""
+    if distilled is None:
+        return None
+    if not isinstance(distilled, dict) or set(distilled) != set(DISTILLED_KEYS):
+        raise ValueError(f"distilled={distilled!r}: expected None or a dict with "
+                         f"keys {DISTILLED_KEYS}")
+    steps, teacher_steps = distilled["steps"], distilled["teacher_steps"]
+    for name, value in (("steps", steps), ("teacher_steps", teacher_steps)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+                or not 1 <= value <= num_train_timesteps:
+            raise ValueError(f"distilled[{name!r}]={value!r}: must be an int in "
+                             f"[1, {num_train_timesteps}]")
+    return {"steps": int(steps), "teacher_steps": int(teacher_steps),
+            "method": str(distilled["method"]),
+            "guidance_scale": _finite_number("distilled['guidance_scale']",
+                                             distilled["guidance_scale"])}
 
 
 def _check_min_snr_gamma(gamma):
