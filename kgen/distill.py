@@ -185,20 +185,26 @@ def _read_json(path):
 
 
 def teacher_checkpoint(run_dir):
-    """`(settings, checkpoint path)` of a finished `kgen train` run."""
+    """`(settings, checkpoint path, finished)` of a `kgen train` run.
+
+    Call it holding the run's lock (`kgen.lock.hold`), so that no live
+    `kgen train` writes the run meanwhile: a run whose `state.json` still
+    says "training" then stopped before its last epoch (killed or
+    interrupted), and its best epoch so far (`best.keras`, written whole
+    after every epoch) is the teacher (`finished` is False).
+    """
     settings = _read_json(run_dir / "config.json")
     if settings is None or "recipe" not in settings:
         raise DistillError(f"{run_dir}: not a kgen train run directory (no config.json "
                            f"naming its recipe)")
     state = _read_json(run_dir / "state.json") or {}
-    if state.get("status") == "training":
-        raise DistillError(f"{run_dir}: its training has not finished (state.json: "
-                           f"training); finish it with `kgen train` first")
+    finished = state.get("status") != "training"
     name = state.get("checkpoint") or "best.keras"
     path = run_dir / name
     if not path.is_file():
-        raise DistillError(f"{run_dir}: holds no trained model ({name} is missing)")
-    return settings, path
+        stopped = "" if finished else " (its training stopped before its first epoch ended)"
+        raise DistillError(f"{run_dir}: holds no trained model ({name} is missing){stopped}")
+    return settings, path, finished
 
 
 def load_model(path):
@@ -308,7 +314,11 @@ def distill(run_or_recipe, sets=None, run_dir=None, export_to="default", overwri
     if export_to == "default":
         export_to = pathlib.Path("saved_models") / run_dir.name
     with kgen_lock.hold(teacher_dir, command="kgen distill (reading the teacher)"):
-        teacher_settings, teacher_path = teacher_checkpoint(teacher_dir)
+        teacher_settings, teacher_path, finished = teacher_checkpoint(teacher_dir)
+    if not finished:
+        say(f"{teacher_dir}: its training stopped before its last epoch; distilling its "
+            f"best epoch so far ({teacher_path.name}); `kgen train` with the same "
+            f"settings resumes it")
     import keras
 
     settings = json.loads(json.dumps({

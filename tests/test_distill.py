@@ -262,12 +262,15 @@ def test_bad_settings_are_refused_naming_the_value(capfd, tmp_path, args, named)
 
 
 @pytest.mark.backend_agnostic
-def test_an_unfinished_teacher_run_is_refused(capfd, tmp_path):
+def test_a_teacher_run_stopped_before_its_first_epoch_is_refused(capfd, tmp_path):
+    # Killed before any best.keras: nothing to distil. (A run stopped later
+    # is distilled from its best epoch so far; one still training is held
+    # by its lock, which `kgen distill` takes to read it.)
     run = tmp_path / "teacher"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"recipe": "ddpm_digits", "config": {}}))
     (run / "state.json").write_text(json.dumps({"status": "training"}))
-    assert_refused(capfd, ["distill", run], str(run), "not finished")
+    assert_refused(capfd, ["distill", run], str(run), "best.keras is missing")
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "state.json"]
 
 
