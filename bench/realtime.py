@@ -33,16 +33,15 @@ import http.client
 import json
 import os
 import pathlib
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 
 import _results
+import serve
+from kgen.serving import defaults
+from serve import stop_server
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PROMPT = "ROMEO:"
@@ -146,41 +145,9 @@ def image_inputs(seeds, steps, defaults):
 # --- through the server -----------------------------------------------------------
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(tree, log):
-    port, grpc_port = free_port(), free_port()
-    command = [sys.executable, "-m", "kgen", "serve", str(tree), "--port", str(port),
-               "--grpc-port", str(grpc_port)]
-    env = {k: v for k, v in os.environ.items() if k != "KGEN_API_KEY"}
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"kgen serve exited with {process.returncode}; see {log.name}")
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            connection.request("GET", "/v2/health/ready")
-            if connection.getresponse().status == 200:
-                return process, port
-        except OSError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise SystemExit(f"kgen serve was not ready in 300 s; see {log.name}")
-
-
-def stop_server(process):
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    """`kgen serve` on the tree with its default batching (`bench/serve.py`'s)."""
+    return serve.start_server(tree, True, defaults.BATCH_SIZE, defaults.BATCH_WAIT_MS, log)
 
 
 def post(port, path, body):
