@@ -235,6 +235,13 @@ def _check_ranges(context, vocabulary, rows, width, tokens, logits, position,
         all_true(tf.logical_and(stop_id >= -1, stop_id < vocabulary),
                  f"stop_id must be -1 (none) or a token id in [0, {vocabulary})"),
         tf.debugging.assert_all_finite(logits, message="logits must be finite"),
+    ] + check_settings(temperature, top_k, top_p)
+
+
+def check_settings(temperature, top_k, top_p):
+    """The per-row sampler settings' ranges (`generate`, `prefill` and
+    `decode_step` alike), each check naming its input."""
+    return [
         tf.debugging.assert_all_finite(
             temperature, message="temperature must be finite and > 0"),
         tf.debugging.assert_greater(
@@ -266,16 +273,7 @@ def check_inputs(model, max_rows, prompt, seed, max_new_tokens, temperature, top
         tf.debugging.assert_less_equal(
             max_new_tokens, MAX_NEW_TOKENS,
             message=f"max_new_tokens must be in [1, {MAX_NEW_TOKENS}]"),
-        tf.debugging.assert_all_finite(
-            temperature, message="temperature must be finite and > 0"),
-        tf.debugging.assert_greater(
-            temperature, 0.0, message="temperature must be finite and > 0"),
-        tf.debugging.assert_greater_equal(
-            top_k, 0, message="top_k must be >= 0 (0: off)"),
-        tf.debugging.assert_greater(
-            top_p, 0.0, message="top_p must be in (0, 1] (1: off)"),
-        tf.debugging.assert_less_equal(
-            top_p, 1.0, message="top_p must be in (0, 1] (1: off)"),
+    ] + check_settings(temperature, top_k, top_p) + [
         tf.debugging.assert_less_equal(
             tf.strings.length(stop_token), 4,
             message="stop_token must be one token or empty"),
