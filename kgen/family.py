@@ -79,6 +79,16 @@ class Family:
             (or its `"module:function"` path): the defaults of the
             `generate` inputs that are the same in every export of the
             family, for a server that publishes no `kgen.json`.
+        evaluator: for an `evaluation` `kgen evaluate` does not know (it
+            knows `"images"`, `"audio"` and `"text"`), the evaluation
+            itself: a callable (or its `"module:function"` path)
+            `(source, *, data, n, classifier, seed, batch, keras_path,
+            features, inception_weights, settings, progress) -> report`,
+            called as `kgen.evaluate.evaluate` calls its own.
+        writer: for an `output_kind` `kgen sample` does not write itself
+            (it writes images, audio and text), an `OutputWriter` (or its
+            `"module:attribute"` path) that checks the output path and
+            writes the rows.
     """
 
     name: str
@@ -89,6 +99,8 @@ class Family:
     evaluation: Optional[str] = None
     evaluation_metrics: Tuple[str, ...] = ()
     served_defaults: Union[str, Callable, None] = None
+    evaluator: Union[str, Callable, None] = None
+    writer: Any = None
 
     def __post_init__(self):
         if self.output_kind not in OUTPUT_KINDS:
@@ -114,6 +126,14 @@ class Family:
             return {}
         return dict(_resolve(self.served_defaults)(frozenset(input_names)))
 
+    def evaluation_function(self):
+        """The declared `evaluator` (imported on first use), or None."""
+        return None if self.evaluator is None else _resolve(self.evaluator)
+
+    def output_writer(self):
+        """The declared `writer` (imported on first use), or None."""
+        return None if self.writer is None else _resolve(self.writer)
+
     def export_metadata(self):
         """What an export records of the declaration in `kgen.json`, so that
         serving, deploy and `kgen sample` read it with no model code."""
@@ -126,8 +146,54 @@ class Family:
         }
 
 
+class OutputWriter:
+    """How `kgen sample` writes the rows of one output kind (a family's
+    `writer`, for a kind beyond images, audio and text).
+
+    Subclass it and declare an instance (or its `"module:attribute"`
+    path) as the family's `writer`.
+
+    Attributes:
+        kind: the output kind it writes (the `generate` output's name).
+        default_out: the file written when `--out` is not given.
+    """
+
+    kind = None
+    default_out = None
+
+    def check_path(self, out):
+        """The output path (`out`, or `default_out` when None), checked
+        writable, before any row is drawn; raises
+        `kgen.media.OutputError` naming a path it cannot write."""
+        raise NotImplementedError
+
+    def write(self, out, values, inputs, columns=None):
+        """Write `values` (the `generate` output, finite float32 rows)
+        to the checked `out`; `inputs` are the `generate` inputs of the
+        rows. Returns the path written (or the first of several)."""
+        raise NotImplementedError
+
+
+def writer_for(kind):
+    """The `OutputWriter` a registered family declares for output kind
+    `kind`, or None."""
+    for declaration in families().values():
+        if declaration.output_kind == kind and declaration.writer is not None:
+            return declaration.output_writer()
+    return None
+
+
+def evaluator_for(evaluation):
+    """The evaluation function a registered family declares for the
+    evaluation named `evaluation`, or None."""
+    for declaration in families().values():
+        if declaration.evaluation == evaluation and declaration.evaluator is not None:
+            return declaration.evaluation_function()
+    return None
+
+
 def _resolve(target):
-    if callable(target):
+    if callable(target) or (target is not None and not isinstance(target, str)):
         return target
     module, _, name = str(target).partition(":")
     if not module or not name:
