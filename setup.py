@@ -62,6 +62,9 @@ setup(
         # `kgen tune`: Optuna's search, pruners and study databases (SQLite
         # through SQLAlchemy; any database Optuna supports for shared studies).
         "tune": ["optuna>=5,<6", "sqlalchemy>=2"],
+        # Video clips as MP4 (imageio with the ffmpeg binary its wheel ships)
+        # and GIF/MP4 clip folders as training data; GIFs alone need only Pillow.
+        "video": ["imageio>=2.30", "imageio-ffmpeg>=0.5"],
         "test": ["pytest>=8"],
         # The documentation site: `mkdocs build --strict` (mkdocs.yml, docs/).
         "docs": ["mkdocs-material>=9.5"],
