@@ -193,8 +193,10 @@ def _parser():
                              "prompt=ROMEO:); repeat for more")
     sample.add_argument("--out", type=pathlib.Path,
                         help="output file, e.g. grid.png, or rows.npy for the float32 "
-                             "array; for audio a folder (one WAV per row) or x.wav "
-                             "(default: samples.png, or samples/ for audio)")
+                             "array; for audio a folder (one WAV per row) or x.wav; for "
+                             "video clips.gif or clips.mp4 (with a PNG contact sheet "
+                             "beside it) (default: samples.png, samples/ for audio, "
+                             "samples.txt for text, samples.gif for video)")
     deploy = sub.add_parser(
         "deploy", help="write TF Serving's models.config, a Compose file and KServe YAML",
         description="From a tree of exported models (saved_models/NAME/<version>/), "

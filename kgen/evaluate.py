@@ -643,19 +643,23 @@ def evaluate(model, *, version=None, data=None, n=1000, classifier=None, seed=0,
         raise EvaluateError(f"--batch {batch}: must be an integer >= 1")
     source = _source(model, version)
     source.check(settings)
-    evaluator = _EVALUATIONS.get(source.evaluation)
+    from kgen.family import evaluator_for
+
+    evaluator = _EVALUATIONS.get(source.evaluation) or evaluator_for(source.evaluation)
     if evaluator is None:
         raise EvaluateError(
             f"{model}: cannot evaluate a model of family {source.family!r} (its "
-            f"evaluation {source.evaluation!r} is none of {', '.join(_EVALUATIONS)})")
+            f"evaluation {source.evaluation!r} is none of {', '.join(_EVALUATIONS)}, "
+            "and no model family declares an evaluator for it)")
     return evaluator(source, data=data, n=n, classifier=classifier, seed=seed, batch=batch,
                      keras_path=keras_path, features=features,
                      inception_weights=inception_weights, settings=settings,
                      progress=progress)
 
 
-# The evaluations a family may declare (`kgen.family.Family.evaluation`),
-# named by the kind of what it generates.
+# The evaluations kgen runs itself, named by the kind of what a family
+# generates (`kgen.family.Family.evaluation`); a family with another
+# evaluation declares it (`kgen.family.Family.evaluator`).
 _EVALUATIONS = {"images": _evaluate_images, "audio": _evaluate_audio,
                 "text": _evaluate_text}
 
@@ -670,9 +674,15 @@ def format_report(report):
             lines.append(f"note: {report[key]}")
     samples, floor = report.get("samples"), report.get("floor", {})
     if samples is not None:
-        lines.append(f"{'metric':<12}{'samples':>24}{'real floor':>24}")
-        for name in ("fid", "kid", "precision", "recall", "accuracy", "peak", "rms_dbfs",
-                     "sounding_s"):
+        width = max([12] + [len(k) + 2 for k in (*samples, *floor)])
+        lines.append(f"{'metric':<{width}}{'samples':>24}{'real floor':>24}")
+        known = ("fid", "kid", "precision", "recall", "accuracy", "peak", "rms_dbfs",
+                 "sounding_s")
+        # Then an evaluator's own metrics, in its report's order.
+        others = [k for k in (*samples, *floor) if k not in known and k != "kid_std"
+                  and isinstance((samples.get(k) if k in samples else floor.get(k)),
+                                 (int, float))]
+        for name in (*known, *dict.fromkeys(others)):
             if name not in samples and name not in floor:
                 continue
             cells = []
@@ -684,7 +694,7 @@ def format_report(report):
                     cells.append(f"{value:.4g} ± {where['kid_std']:.2g}")
                 else:
                     cells.append(f"{value:.4f}")
-            lines.append(f"{name:<12}{cells[0]:>24}{cells[1]:>24}")
+            lines.append(f"{name:<{width}}{cells[0]:>24}{cells[1]:>24}")
         if "per_class" in samples:
             lines.append("per-class accuracy (samples / real):")
             real = floor.get("per_class") or [None] * len(samples["per_class"])

@@ -338,3 +338,40 @@ def test_a_model_with_no_family_is_not_exported(tmp_path):
     with pytest.raises(TypeError, match="no serving signatures for Sequential"):
         export_model(plain, tmp_path / "plain")
     assert not (tmp_path / "plain" / "1").exists()
+
+
+# === An evaluation the family brings itself ===
+
+
+def mean_brightness(source, *, n, seed, settings, **_):
+    """A family's own evaluation: the mean pixel of `n` samples."""
+    rows = source.generate(seed, n, None, settings)
+    return {"family": source.family, "n": n, "seed": seed,
+            "samples": {"mean_brightness": float(np.mean(rows))}, "floor": {}}
+
+
+@declare_family(Family(
+    name="judged echo",
+    output_kind="images",
+    signatures=echo_signatures,
+    options={"brightness": "float32"},
+    uniform_inputs=("brightness",),
+    evaluation="mean brightness",
+    evaluator=mean_brightness,
+))
+class JudgedEchoModel(EchoModel):
+    """An echo model whose evaluation is its own (not kgen's image one)."""
+
+
+@tf_only
+def test_evaluate_runs_an_evaluator_the_family_declares(tmp_path):
+    from kgen import evaluate
+    from kgen.export import export_model
+
+    version = export_model(JudgedEchoModel(), tmp_path / "judged", max_rows=4)
+    report = evaluate.evaluate(version.parent, n=6, seed=3, progress=False,
+                               settings={"brightness": "0.5"})
+    assert report["family"] == "JudgedEchoModel" and report["n"] == 6
+    # sigmoid of standard normal noise has mean 1/2; times brightness 0.5.
+    assert 0.18 < report["samples"]["mean_brightness"] < 0.32
+    assert "mean_brightness" in evaluate.format_report(report)

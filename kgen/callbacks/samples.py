@@ -17,8 +17,11 @@ class SampleLogger(keras.callbacks.Callback):
     `tf.summary.text` and `.txt` files; audio (`output_kind = "audio"`,
     float clips `(n, samples)` in [-1, 1] at the model's `sample_rate`) as
     `tf.summary.audio`, one clip per row, and 16-bit WAV files
-    `out_dir/epoch_NNN/row_RR_label_L.wav`. The seeds stay fixed, so the grids of
-    successive epochs show the same draws improving.
+    `out_dir/epoch_NNN/row_RR_label_L.wav`. Any other output kind is logged
+    as images when the model has a `preview_images(samples)` method
+    returning `(n, h, w, c)` floats in [0, 1] (a video model's frame
+    strips). The seeds stay fixed, so the grids of successive epochs show
+    the same draws improving.
 
     Args:
         log_dir: TensorBoard log directory (samples go to `log_dir/samples`).
@@ -64,10 +67,12 @@ class SampleLogger(keras.callbacks.Callback):
         if (epoch + 1) % self.every:
             return
         kind = getattr(self.model, "output_kind", "images")
-        if kind not in self.KINDS:
+        preview = getattr(self.model, "preview_images", None)
+        if kind not in self.KINDS and not callable(preview):
             raise ValueError(
                 f"{type(self.model).__name__}.output_kind={kind!r}: SampleLogger "
-                f"logs one of {', '.join(self.KINDS)}"
+                f"logs one of {', '.join(self.KINDS)}, or what the model's "
+                "preview_images(samples) makes of its samples"
             )
         kwargs = dict(self.generate_kwargs)
         classes = getattr(self.model, "num_classes", None)
@@ -75,7 +80,9 @@ class SampleLogger(keras.callbacks.Callback):
             # One class per row, in turn (each row's seed mod num_classes).
             kwargs["labels"] = (self.seed + np.arange(self.n)) % classes
         samples = self.model.generate(self.n, seed=self.seed, **kwargs)
-        if kind == "audio":
+        if kind not in self.KINDS:
+            self._log_images(preview(samples), epoch, columns=1)
+        elif kind == "audio":
             self._log_audio(samples, epoch, kwargs.get("labels"))
         else:
             getattr(self, f"_log_{kind}")(samples, epoch)
@@ -86,15 +93,16 @@ class SampleLogger(keras.callbacks.Callback):
             self._writer.close()
             self._writer = None
 
-    def _log_images(self, images, epoch):
+    def _log_images(self, images, epoch, columns=None):
         import tensorflow as tf
 
-        grid = media.image_grid(images)
+        grid = media.image_grid(images, columns=columns)
         with self.writer.as_default():
             tf.summary.image("samples", grid[None], step=epoch)
         if self.out_dir:
             kgen_io.atomic_write(self.out_dir / f"epoch_{epoch + 1:03d}.png",
-                                 lambda p: media.save_image_grid(p, images), suffix=".png")
+                                 lambda p: media.save_image_grid(p, images, columns=columns),
+                                 suffix=".png")
 
     def _log_text(self, texts, epoch):
         import tensorflow as tf

@@ -227,9 +227,29 @@ def _labels(metadata, n, seed, label):
     return (seed % classes + np.arange(n)) % classes
 
 
+# The output kinds `kgen sample` writes itself; a family with another kind
+# declares its `kgen.family.OutputWriter`.
+BUILTIN_KINDS = ("images", "audio", "text")
+
+
+def _writer(kind):
+    """The declared `OutputWriter` of an output kind kgen does not write
+    itself, or a SampleError naming the kind."""
+    from kgen.family import writer_for
+
+    writer = writer_for(kind)
+    if writer is None:
+        raise SampleError(f"kgen sample cannot write {kind!r} samples (no model family "
+                          "declares a writer for them)")
+    return writer
+
+
 def _output_path(out, kind):
     if out is not None and pathlib.Path(out).suffix.lower() == ".npy" and kind != "text":
         return media.check_writable(pathlib.Path(out))
+    if kind not in BUILTIN_KINDS:
+        writer = _writer(kind)
+        return pathlib.Path(writer.check_path(out if out is not None else writer.default_out))
     if kind == "audio":
         out = pathlib.Path(out or "samples")
         if out.suffix.lower() == ".wav":
@@ -341,7 +361,7 @@ def check_output_rows(n, out, kind):
     once: a `.npy` array or a text file takes any number, chunk by chunk."""
     if _streamed(out, kind) or n <= MAX_VIEW_ROWS:
         return
-    what = "an image grid" if kind == "images" else "WAV audio"
+    what = {"images": "an image grid", "audio": "WAV audio"}.get(kind, f"a {kind} file")
     raise SampleError(
         f"--n {n}: {out} would be {what} of {n} samples, more than the "
         f"{MAX_VIEW_ROWS} a person can look at; write them as a float32 array "
@@ -456,7 +476,8 @@ def write_samples(out, outputs, kind, seed, columns, where, inputs):
     Args:
         out: the checked output path.
         outputs: `{output name: array}` of the `generate` signature.
-        kind: `"images"`, `"audio"` or `"text"`.
+        kind: `"images"`, `"audio"`, `"text"`, or a kind whose family
+            declares its `OutputWriter`.
         seed: the first row's seed (named when a row is not finite).
         columns: the image grid's columns (None: square).
         where: the export or server named in errors.
@@ -471,12 +492,14 @@ def write_samples(out, outputs, kind, seed, columns, where, inputs):
         return _save_audio(out, values, outputs.get("sample_rate"), where, inputs)
     if kind == "images":
         return media.save_image_grid(out, values, columns=columns or None)
+    if kind not in BUILTIN_KINDS:
+        return _writer(kind).write(out, values, inputs, columns=columns or None)
     texts = [t.decode("utf-8", "replace") for t in values]
     return media.save_text(out, TEXT_SEPARATOR.join(texts))
 
 
 def _output_values(outputs, kind, where):
-    values = outputs.get(kind if kind in ("images", "audio") else "text")
+    values = outputs.get(kind)
     if values is None:
         raise SampleError(
             f"{where}: the generate signature has no {kind!r} output "
@@ -576,9 +599,16 @@ def parse_model_url(url, version=None):
     return server, urllib.parse.unquote(found.group("name")), version
 
 
-# The output kinds `kgen sample` writes, in the order a signature's outputs
-# are searched for them.
-_WRITABLE_KINDS = ("images", "audio", "text")
+
+def _writable_kinds():
+    """The output kinds `kgen sample` writes, in the order a signature's
+    outputs are searched for them: its own, then those families declare
+    writers for."""
+    from kgen.family import families
+
+    declared = [f.output_kind for f in families().values()
+                if f.writer is not None and f.output_kind not in BUILTIN_KINDS]
+    return BUILTIN_KINDS + tuple(dict.fromkeys(declared))
 # TF Serving's dtype names -> numpy, for the inputs `kgen sample` fills.
 _DTYPES = {"DT_INT64": "int64", "DT_INT32": "int32", "DT_FLOAT": "float32",
            "DT_DOUBLE": "float64", "DT_STRING": "object", "DT_BOOL": "bool"}
@@ -594,11 +624,12 @@ def served_metadata(signature):
     from kgen.family import families
 
     inputs, outputs = signature["inputs"], signature["outputs"]
-    kind = next((k for k in _WRITABLE_KINDS if k in outputs), None)
+    writable = _writable_kinds()
+    kind = next((k for k in writable if k in outputs), None)
     if kind is None:
         raise SampleError(
             f"the generate signature returns {', '.join(sorted(outputs))}; kgen sample "
-            f"writes {', '.join(repr(k) for k in _WRITABLE_KINDS)}")
+            f"writes {', '.join(repr(k) for k in writable)}")
     defaults = {}
     for declaration in families().values():
         if declaration.output_kind == kind and set(declaration.options) <= set(inputs):
