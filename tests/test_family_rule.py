@@ -50,8 +50,10 @@ adds the files in `FAMILY_MODULES` (plus one import line in
 `kgen/models/__init__.py`, so that `.keras` files find the class) and
 edits none of `SHARED_MODULES`: a shared module names no family class in
 its code (documentation may, as an example) and imports no concrete model
-class. A new output kind (beyond images, audio and text) is not a new
-family: it also needs a writer for `kgen sample` and an evaluation.
+class. A family whose output kind kgen does not write or judge itself
+(beyond images, audio and text, e.g. video) declares those too: its
+`OutputWriter` for `kgen sample` and its evaluator for `kgen evaluate`,
+in its own files.
 """
 
 
