@@ -58,7 +58,9 @@ def warmup_inputs(signature_name, specs, metadata):
         signature_name: the signature's name (for error messages).
         specs: `{input name: tf.TensorSpec}`.
         metadata: what the family's builder records in `kgen.json`
-            (`max_rows`, `defaults`, `image_shape`, `latent_dim`, ...).
+            (`max_rows`, `defaults`, `image_shape`, `latent_dim`, ...,
+            and `warmup`: `{input: {"shape": row shape, "fill": value}}`
+            for an input of the family's own, e.g. a video's known frames).
 
     Raises:
         WarmupError: naming an input this module has no value for.
@@ -92,6 +94,11 @@ def warmup_inputs(signature_name, specs, metadata):
             value = np.full([rows, *metadata["image_shape"]], 0.5, dtype)
         elif name == "latents" and "latent_dim" in metadata:
             value = np.zeros([rows, int(metadata["latent_dim"])], dtype)
+        elif name in metadata.get("warmup", {}):
+            # A family's own input, as its builder records it in kgen.json:
+            # {"shape": one row's shape, "fill": the value of every element}.
+            value = np.full([rows, *metadata["warmup"][name]["shape"]],
+                            metadata["warmup"][name]["fill"], dtype)
         elif spec.shape.rank is not None and spec.shape[1:].is_fully_defined():
             value = np.zeros([rows, *spec.shape[1:].as_list()], dtype)
         else:

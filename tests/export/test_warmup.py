@@ -130,6 +130,17 @@ def test_an_input_without_a_warmup_value_is_named():
         warmup_inputs("decode", specs, {"max_rows": 4})
 
 
+def test_a_familys_own_input_takes_the_value_its_kgen_json_records():
+    import tensorflow as tf
+
+    specs = {"seed": tf.TensorSpec([None], tf.int64, name="seed"),
+             "waveform": tf.TensorSpec([None, None], tf.float32, name="waveform")}
+    metadata = {"max_rows": 4, "warmup": {"waveform": {"shape": [3], "fill": 0.25}}}
+    inputs = warmup_inputs("decode", specs, metadata)
+    assert inputs["waveform"].shape == (2, 3) and (inputs["waveform"] == 0.25).all()
+    assert inputs["waveform"].dtype == "float32"
+
+
 def test_a_request_that_does_not_fit_its_signature_is_refused():
     import numpy as np
     import tensorflow as tf
