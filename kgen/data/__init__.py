@@ -28,3 +28,8 @@ from kgen.data.text import text_datasets
 from kgen.data.tokenizers import ByteTokenizer
 from kgen.data.tokenizers import CharTokenizer
 from kgen.data.tokenizers import make_tokenizer
+from kgen.data.video import VideoData
+from kgen.data.video import load_video_data
+from kgen.data.video import load_video_folder
+from kgen.data.video import mnist_digits
+from kgen.data.video import moving_mnist
