@@ -504,6 +504,12 @@ def _per_class(read, labels, classes):
     return [_share(hits[labels == c]) for c in range(classes)]
 
 
+def _steps(centres):
+    """How far the centre of mass moves between neighbouring frames,
+    `(n, F - 1)` pixels (NaN next to a frame with no ink)."""
+    return np.hypot(*np.moveaxis(np.diff(centres, axis=1), -1, 0))
+
+
 def _clip_scores(read, labels, videos, settings, classes):
     """The measures a set of whole clips gets: label, identity, motion."""
     scores = {}
@@ -514,6 +520,7 @@ def _clip_scores(read, labels, videos, settings, classes):
     centres = centre_of_mass(videos)
     scores["motion_error_px"] = _mean(
         motion_error(centres, settings["size"], settings["digit_size"]))
+    scores["speed_px"] = _mean(_steps(centres))
     scores["empty_frames"] = _share(np.isnan(centres[..., 0]))
     return scores
 
@@ -547,6 +554,9 @@ def evaluate_video(source, *, data, n, classifier, seed, batch, keras_path=None,
       `per_class` the same per label;
     - `identity`: the share of clips whose frames all read as one digit;
     - `motion_error_px`: the mean `motion_error` of the clips' paths;
+    - `speed_px`: how far the digit moves per frame, on average (a digit
+      standing still follows a bounce path of speed 0 exactly, so the
+      motion error alone would not tell it from a moving one);
     - `empty_frames`: the share of frames with no ink (left out of the
       paths);
     - `fd_clips`: the Fréchet distance of `clip_features` against the real
