@@ -37,6 +37,11 @@ EXTEND_POSITION_FRAMES = 4
 MAX_VIDEO_N = 5_000
 # The clip settings a video model records, and what each must be.
 CLIP_SETTINGS = ("frames", "size", "digit_size", "num_digits")
+# The measures of a report's `samples` and `floor`, in the order a
+# terminal shows them (`per_class` aside).
+REPORT_METRICS = ("frame_accuracy", "identity", "motion_error_px", "speed_px",
+                  "empty_frames", "fd_clips", "extend_identity", "extend_position_error_px",
+                  "extend_still_position_error_px", "extend_empty_frames")
 # The bounce fit's first grid (pixels, pixels per frame) and its finer
 # rounds around the best point (each 5 times finer).
 PHASE_STEP, SPEED_STEP, REFINEMENTS = 0.25, 0.05, 2
@@ -397,16 +402,17 @@ def _real_clips(data, n, seed, settings):
 
 
 def _checked_clips(values, settings, what):
+    """`values` as float32 clips of the model's clip settings, finite."""
     from kgen.evaluate import EvaluateError
 
     values = np.asarray(values, "float32")
     expected = (settings["frames"], settings["size"], settings["size"])
     if values.ndim != 5 or tuple(values.shape[1:4]) != expected:
-        raise EvaluateError(f"the model {what} clips of shape {tuple(values.shape[1:])}, "
-                            f"expected {expected + (1,)} (its clip_settings)")
+        raise EvaluateError(f"the {what} clips have shape {tuple(values.shape[1:])}, "
+                            f"expected {expected + (1,)} (the model's clip_settings)")
     if not np.isfinite(values).all():
-        raise EvaluateError(f"the model {what} non-finite values (NaN or inf); its weights "
-                            "are probably not finite")
+        raise EvaluateError(f"the {what} clips hold non-finite values (NaN or inf); the "
+                            "model's weights are probably not finite")
     return values
 
 
@@ -542,10 +548,11 @@ def evaluate_video(source, *, data, n, classifier, seed, batch, keras_path=None,
     did not train on) with the model's clip settings and `seed`; the model
     makes one clip for each real clip's label (row `i` with seed
     `seed + i`) and continues each real clip from its first `frames // 2`
-    frames. Every frame's digit is cut out (`digit_crops`) and read by the
-    MNIST classifier. Only clips of one digit are judged: for
-    `num_digits > 1` a frame's centre of mass, its crop and its path
-    would mix the digits, so the evaluation is refused.
+    frames (row `i` again with seed `seed + i`). Every frame's digit is
+    cut out (`digit_crops`) and read by the MNIST classifier. Only clips
+    of one digit are judged: for `num_digits > 1` a frame's centre of
+    mass, its crop and its path would mix the digits, so the evaluation
+    is refused.
 
     The report's `samples` and `floor` (the same measures on the real
     clips) hold:
@@ -615,8 +622,7 @@ def evaluate_video(source, *, data, n, classifier, seed, batch, keras_path=None,
         raise EvaluateError(f"--classifier {classifier}: it knows {model.output_shape[-1]} "
                             f"classes, the clips show digits 0-9")
     step = min(batch or 64, source.max_rows or batch or 64)
-    known = clip["frames"] // 2
-    size, digit_size = clip["size"], clip["digit_size"]
+    known, digit_size = clip["frames"] // 2, clip["digit_size"]
 
     real = _real_clips(data, n, seed, clip)
     other = _real_clips(data, n, seed + n, clip)
@@ -625,11 +631,11 @@ def evaluate_video(source, *, data, n, classifier, seed, batch, keras_path=None,
 
     asked = labels.astype("int32") if classes else None
     samples = _checked_clips(_generate(source, n, asked, seed, step, settings,
-                                       _Progress("sampling", n, progress)), clip, "made")
+                                       _Progress("sampling", n, progress)), clip, "generated")
     extended = _extend(source, videos[:, :known], seed, step, settings,
                        _Progress("extending", n, progress))
     if extended is not None:
-        extended = _checked_clips(extended, clip, "extended into")
+        extended = _checked_clips(extended, clip, "extended")
 
     bar = _Progress("judging", 4 * n, progress)
     real_read, real_features = _read(model, feature_model, videos, digit_size, 256)
@@ -646,7 +652,8 @@ def evaluate_video(source, *, data, n, classifier, seed, batch, keras_path=None,
 
     shown = min(EXTEND_POSITION_FRAMES, clip["frames"] - known)
     truth = videos[:, known:known + shown]
-    report_floor["extend_identity"] = _share((real_read[:, known:] == labels[:, None]).all(axis=1))
+    report_floor["extend_identity"] = _share(
+        (real_read[:, known:] == labels[:, None]).all(axis=1))
     report_floor["extend_position_error_px"] = 0.0
     report_floor["extend_still_position_error_px"] = _position_error(
         np.repeat(videos[:, known - 1:known], shown, axis=1), truth)
