@@ -179,7 +179,7 @@ def _squared_errors(observed, mask, paths):
     return squares - residual_sum ** 2 / count
 
 
-def _fit_axis(observed, mask, travel, max_speed, chunk=128):
+def _fit_axis(observed, mask, travel, max_speed):
     """The best bounce path of one axis per clip: `(n, F)` positions of
     the box (before the offset)."""
     n, count = observed.shape
@@ -192,6 +192,7 @@ def _fit_axis(observed, mask, travel, max_speed, chunk=128):
     grid_phase, grid_speed = (a.ravel() for a in np.meshgrid(phases, speeds, indexing="ij"))
     grid = _fold(grid_phase[:, None] + grid_speed[:, None] * t, travel)[None]
     best_phase, best_speed = np.empty(n), np.empty(n)
+    chunk = max(1, 2_000_000 // len(grid_phase))     # clips x paths held at once
     for start in range(0, n, chunk):
         part = slice(start, start + chunk)
         errors = _squared_errors(observed[part], mask[part], grid)
