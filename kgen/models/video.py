@@ -172,6 +172,8 @@ class VideoDiffusionModel(DiffusionModel):
         """The denoiser's input `(batch, frames, h, w, 2c + 1)`: the noisy
         clip with its known frames clean, the known frames (zero
         elsewhere), the mask."""
+        noisy, clean, mask = (ops.convert_to_tensor(t, "float32")
+                              for t in (noisy, clean, mask))
         known = clean * mask
         return ops.concatenate([
             ops.where(mask > 0, clean, noisy), known,
