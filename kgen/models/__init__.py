@@ -6,3 +6,4 @@ from kgen.models.base import GenerativeModel
 from kgen.models.diffusion import DiffusionModel
 from kgen.models.gan import GAN
 from kgen.models.vae import VAE
+from kgen.models.video import VideoDiffusionModel

@@ -9,3 +9,5 @@ from kgen.networks.transformer import DecoderBlock
 from kgen.networks.transformer import transformer_lm
 from kgen.networks.unet import SinusoidalEmbedding
 from kgen.networks.unet import unet
+from kgen.networks.video_unet import TemporalAttention
+from kgen.networks.video_unet import video_unet
