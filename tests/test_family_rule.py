@@ -80,7 +80,8 @@ SHARED_MODULES = (
     "kgen/cli.py",
 )
 
-FAMILY_CLASSES = ("VAE", "GAN", "DiffusionModel", "AudioDiffusionModel", "CausalLM")
+FAMILY_CLASSES = ("VAE", "GAN", "DiffusionModel", "AudioDiffusionModel", "CausalLM",
+                  "VideoDiffusionModel")
 
 
 def shared_files():

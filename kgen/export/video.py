@@ -16,22 +16,20 @@ graph, behind the diffusion export's request bounds
 `extend` inputs (one row = one clip to continue; unguided, "no label"):
 
 - `seed` int64 `[batch]`.
-- `frames` float32 `[batch, frames - 1, h, w, c]` in [0, 1]: each row's
-  first frames, padded to `frames - 1` (what follows a row's `num_known`
-  frames is ignored, but must be in [0, 1] as well: zeros will do).
-- `num_known` int32 `[batch]`: how many of the row's frames are given,
-  in `[1, frames - 1]` (rows may differ).
+- `frames` float32 `[batch, k, h, w, c]` in [0, 1]: each row's first `k`
+  frames, `k` in `[1, frames - 1]` (one `k` per request).
 - `num_steps` int32 `[batch]`: the same in every row, in `[1, T]`.
 
-Row `r` equals `model.extend(frames[r:r + 1, :num_known[r]],
-seed=seed[r], num_steps=...)`: Python pads the frames the same way and runs
-the same traced function. Outputs: `video` float32 `[batch, frames, h, w,
-c]` in [0, 1], whose first `num_known` frames (extend) are the given ones.
+Row `r` equals `model.extend(frames[r:r + 1], seed=seed[r],
+num_steps=...)`: both pad the known frames with zeros to `frames - 1` and
+run the same traced loop. Outputs: `video` float32 `[batch, frames, h, w,
+c]` in [0, 1], whose first `k` frames (extend) are the given ones.
 
 Bounds, each refused with INVALID_ARGUMENT naming the input: 1 to
 `max_rows` rows, one value per row in every input, `num_steps` uniform and
-in range, `rows x num_steps <= max_row_steps`, labels in range, `num_known`
-in range, frames finite and in [0, 1].
+in range, `rows x num_steps <= max_row_steps`, labels in range, `k`
+in range, frames of the clip's height, width and channels, finite and in
+[0, 1].
 """
 
 import tensorflow as tf
@@ -63,29 +61,42 @@ def video_signatures(model, max_rows, scheduler=None, max_row_steps=None):
     endpoints, metadata = diffusion_signatures(model, max_rows, scheduler,
                                                bounds["max_row_steps"])
     F = model.frames
-    known_shape = [F - 1, *model.video_shape[1:]]
+    frame_shape = [int(d) for d in model.video_shape[1:]]
+    shape = ", ".join(str(d) for d in frame_shape)
 
     @tf.function(input_signature=[
         common.SEED_SPEC,
-        tf.TensorSpec([None, *known_shape], tf.float32, name="frames"),
-        tf.TensorSpec([None], tf.int32, name="num_known"),
+        tf.TensorSpec([None, None, *frame_shape], tf.float32, name="frames"),
         tf.TensorSpec([None], tf.int32, name="num_steps"),
     ])
-    def extend(seed, frames, num_known, num_steps):
-        message = f"num_known must be between 1 and {F - 1}"
+    def extend(seed, frames, num_steps):
+        k = tf.shape(frames)[1]
+        message = f"frames must hold 1 to {F - 1} known frames (clips have {F})"
         checks = common.check_rows(seed, bounds["max_rows"])
-        checks += common.check_same_rows(seed, frames=frames, num_known=num_known,
-                                         num_steps=num_steps)
+        checks += common.check_same_rows(seed, frames=frames, num_steps=num_steps)
+        checks += [
+            tf.debugging.assert_equal(
+                tf.shape(frames)[2:], tf.constant(frame_shape, tf.int32),
+                message=f"frames must have shape [batch, k, {shape}]"),
+            tf.debugging.assert_greater_equal(k, 1, message=message),
+            tf.debugging.assert_less_equal(k, F - 1, message=message),
+        ]
         checks += common.check_finite(frames, "frames")
-        checks += common.check_images(frames, known_shape, name="frames")
-        checks += [tf.debugging.assert_greater_equal(num_known, 1, message=message),
-                   tf.debugging.assert_less_equal(num_known, F - 1, message=message)]
+        with tf.control_dependencies(checks):
+            checks = [
+                tf.debugging.assert_greater_equal(frames, 0.0,
+                                                  message="frames must be in [0, 1]"),
+                tf.debugging.assert_less_equal(frames, 1.0,
+                                               message="frames must be in [0, 1]")]
         with tf.control_dependencies(checks):
             steps = tf.reduce_max(num_steps)
+            # As `model.extend`: zeros past the known frames, k per row.
+            known = tf.pad(frames, [[0, 0], [0, F - 1 - k], [0, 0], [0, 0], [0, 0]])
+            known = tf.ensure_shape(known, [None, F - 1, *frame_shape])
+            num_known = tf.fill(tf.shape(seed), k)
         with tf.control_dependencies(step_checks(seed, num_steps, steps, bounds)):
             videos = model.sample(common.seed_pairs(seed), None, 1.0, tf.identity(steps),
-                                  scheduler, known=tf.identity(frames),
-                                  num_known=tf.identity(num_known))
+                                  scheduler, known=known, num_known=num_known)
         return {"video": tf.cast(videos, tf.float32)}
 
     endpoints["extend"] = extend
@@ -93,7 +104,6 @@ def video_signatures(model, max_rows, scheduler=None, max_row_steps=None):
     head, _, bound = metadata["signatures"]["generate"].partition(" -> ")
     bound = bound.split("; ", 1)[1]
     T = bounds["num_train_timesteps"]
-    shape = ", ".join(str(d) for d in known_shape)
     metadata.update({
         "output_kind": "video",
         "video_shape": video_shape,
@@ -102,15 +112,14 @@ def video_signatures(model, max_rows, scheduler=None, max_row_steps=None):
         "signatures": {
             "generate": (f"{head} -> video float32 [batch, frames, h, w, c] in [0, 1]; "
                          f"{bound}"),
-            "extend": (f"seed int64 [batch], frames float32 [batch, {shape}] in [0, 1] "
-                       f"(each row's first num_known frames, padded), num_known int32 "
-                       f"[batch] (1..{F - 1}), num_steps int32 [batch] (same in every "
-                       f"row, 1..{T}) -> video float32 [batch, frames, h, w, c] in "
-                       f"[0, 1] (unguided; its first num_known frames are the given "
-                       f"ones); {bound}"),
+            "extend": (f"seed int64 [batch], frames float32 [batch, k, {shape}] in "
+                       f"[0, 1] (each row's first k frames, k in 1..{F - 1}), num_steps "
+                       f"int32 [batch] (same in every row, 1..{T}) -> video float32 "
+                       f"[batch, frames, h, w, c] in [0, 1] (unguided; its first k "
+                       f"frames are the given ones); {bound}"),
         },
     })
-    # The warm-up request of `extend` (kgen.export.warmup) reads its
-    # `num_known` here; `kgen sample` reads only `generate`'s inputs.
-    metadata["defaults"] = {**metadata["defaults"], "num_known": 1}
+    # The warm-up request of `extend` (kgen.export.warmup): one mid-grey
+    # known frame per row.
+    metadata["warmup"] = {"frames": {"shape": [1, *frame_shape], "fill": 0.5}}
     return endpoints, metadata

@@ -374,9 +374,9 @@ class VideoDiffusionModel(DiffusionModel):
     def preview_images(self, videos):
         """Each clip as a horizontal strip of its frames: float `(n, h,
         frames * w, c)` (a TensorBoard image)."""
-        videos = np.asarray(ops.convert_to_numpy(videos), "float32")
-        n, F, h, w, c = videos.shape
-        return np.transpose(videos, (0, 2, 1, 3, 4)).reshape(n, h, F * w, c)
+        from kgen.video import frame_strips
+
+        return frame_strips(np.asarray(ops.convert_to_numpy(videos), "float32"))
 
     # --- config ------------------------------------------------------------
 

@@ -62,7 +62,8 @@ def test_metadata(exported):
     assert meta["uniform_inputs"] == ["num_steps"]
     assert meta["evaluation"] == {"kind": "video", "metrics": []}
     assert "video float32 [batch, frames, h, w, c]" in meta["signatures"]["generate"]
-    assert "frames float32 [batch, 3, 8, 8, 1]" in meta["signatures"]["extend"]
+    assert "frames float32 [batch, k, 8, 8, 1]" in meta["signatures"]["extend"]
+    assert meta["warmup"] == {"frames": {"shape": [1, 8, 8, 1], "fill": 0.5}}
     # One warm-up request per signature, extend's included.
     logs = read_warmup_file(exported["dir"] / WARMUP_FILE)
     assert sorted(log.predict_log.request.model_spec.signature_name for log in logs) == [
@@ -79,7 +80,7 @@ NO_KGEN = textwrap.dedent("""
     m = tf.saved_model.load(sys.argv[1])
     feeds = json.loads(sys.argv[2])
     specs = {"seed": tf.int64, "label": tf.int32, "num_steps": tf.int32,
-             "guidance_scale": tf.float32, "frames": tf.float32, "num_known": tf.int32}
+             "guidance_scale": tf.float32, "frames": tf.float32}
 
     def run(name, **inputs):
         return m.signatures[name](
@@ -95,10 +96,10 @@ NO_KGEN = textwrap.dedent("""
     gen, ext = feeds["generate"], feeds["extend"]
     generated = run("generate", **gen)
     default = run("serving_default", **gen)
-    extended = run("extend", **ext)
-    alone = run("extend", **{k: v[1:2] for k, v in ext.items()})
-    frames = np.array(ext["frames"], "float32")
-    one = dict(seed=[1], frames=frames[:1].tolist(), num_known=[1], num_steps=[2])
+    extended = [run("extend", **e) for e in ext]
+    alone = run("extend", **{k: v[1:2] for k, v in ext[0].items()})
+    frames = np.array(ext[0]["frames"], "float32")
+    one = dict(seed=[1], frames=frames[:1].tolist(), num_steps=[2])
     g1 = dict(seed=[1], label=[0], num_steps=[2], guidance_scale=[1.0])
     errors = {
         "generate_rows": refused("generate", seed=list(range(5)), label=[0] * 5,
@@ -109,24 +110,24 @@ NO_KGEN = textwrap.dedent("""
         "label": refused("generate", **dict(g1, label=[11])),
         "row_steps": refused("generate", seed=list(range(4)), label=[0] * 4,
                              num_steps=[51] * 4, guidance_scale=[1.0] * 4),
-        "known_zero": refused("extend", **dict(one, num_known=[0])),
-        "known_all": refused("extend", **dict(one, num_known=[4])),
+        "known_zero": refused("extend", **dict(one, frames=np.zeros((1, 0, 8, 8, 1)))),
+        "known_all": refused("extend", **dict(one, frames=np.zeros((1, 4, 8, 8, 1)).tolist())),
         "frames_size": refused("extend", **dict(one, frames=frames[:1, :, :4].tolist())),
         "frames_range": refused("extend", **dict(one, frames=(frames[:1] + 1.5).tolist())),
         "frames_nan": refused("extend", **dict(one, frames=(frames[:1] * np.nan).tolist())),
         "extend_rows": refused("extend", seed=list(range(5)),
                                frames=np.zeros((5, 3, 8, 8, 1)).tolist(),
-                               num_known=[1] * 5, num_steps=[2] * 5),
+                               num_steps=[2] * 5),
         "extend_steps": refused("extend", **dict(one, seed=[1, 2],
                                                  frames=frames[:2].tolist(),
-                                                 num_known=[1, 1], num_steps=[2, 3])),
-        "extend_known_rows": refused("extend", **dict(one, seed=[1, 2],
-                                                      frames=frames[:2].tolist(),
+                                                 num_steps=[2, 3])),
+        "extend_frame_rows": refused("extend", **dict(one, seed=[1, 2],
                                                       num_steps=[2, 2])),
     }
-    print(json.dumps({"generate": generated.tolist(), "extend": extended.tolist(),
+    print(json.dumps({"generate": generated.tolist(),
+                      "extend": [e.tolist() for e in extended],
                       "default_matches": bool(np.array_equal(default, generated)),
-                      "alone": bool(np.allclose(alone[0], extended[1], atol=1e-5)),
+                      "alone": bool(np.allclose(alone[0], extended[0][1], atol=1e-5)),
                       "errors": errors}))
 """)
 
@@ -134,24 +135,21 @@ NO_KGEN = textwrap.dedent("""
 def test_export_rows_equal_python_rows_and_refuse_bad_requests(exported, tmp_path):
     """Loaded without kgen: `generate` row r is `generate(1, seed=s + r,
     labels=label[r])` (label 10 = no label), and `extend` row r is
-    `extend(frames[r:r+1, :num_known[r]], seed=s + r)`, rows of several k in
-    one request; each bound is refused by name."""
+    `extend(frames[r:r+1], seed=s + r)` for requests of each k; each bound
+    is refused by name."""
     model, s = exported["model"], 2**40 + 3  # seeds use all 64 bits
     clips = moving_squares(3, seed=9)
     known = [1, 3, 2]
-    padded = clips[:, :3].copy()
-    for r, k in enumerate(known):
-        padded[r, k:] = 0.0
     feeds = {
         "generate": dict(seed=[s, s + 1, s + 2], label=[3, 7, 10], num_steps=[3] * 3,
                          guidance_scale=[2.0] * 3),
-        "extend": dict(seed=[s, s + 1, s + 2], frames=padded.tolist(), num_known=known,
-                       num_steps=[3] * 3),
+        "extend": [dict(seed=[s, s + 1, s + 2], frames=clips[:, :k].tolist(),
+                        num_steps=[3] * 3) for k in known],
     }
     out = run_without_kgen(tmp_path, NO_KGEN, exported["dir"], json.dumps(feeds))
     generated = np.array(out["generate"], "float32")
-    extended = np.array(out["extend"], "float32")
-    assert generated.shape == extended.shape == (3, *SHAPE)
+    extended = [np.array(e, "float32") for e in out["extend"]]
+    assert generated.shape == extended[0].shape == extended[1].shape == (3, *SHAPE)
     assert 0.0 <= generated.min() and generated.max() <= 1.0
     assert out["default_matches"] and out["alone"]
     atol = tolerance(model, 1e-5)
@@ -160,12 +158,12 @@ def test_export_rows_equal_python_rows_and_refuse_bad_requests(exported, tmp_pat
                                       guidance_scale=2.0), atol=atol)
     np.testing.assert_allclose(generated[2], model.generate(1, seed=s + 2, num_steps=3)[0],
                                atol=atol)
-    for r, k in enumerate(known):
-        row = model.extend(clips[r:r + 1, :k], seed=s + r, num_steps=3)[0]
-        np.testing.assert_allclose(extended[r], row, atol=atol)
-        np.testing.assert_array_equal(extended[r, :k], clips[r, :k])
-    same_k = model.extend(clips[:2, :1], seed=s, num_steps=3)  # row 0: k = 1
-    np.testing.assert_allclose(extended[0], same_k[0], atol=atol)
+    for i, k in enumerate(known):
+        np.testing.assert_allclose(
+            extended[i], model.extend(clips[:, :k], seed=s, num_steps=3), atol=atol)
+        np.testing.assert_array_equal(extended[i][:, :k], clips[:, :k])
+    row = model.extend(clips[2:3, :2], seed=s + 2, num_steps=3)[0]  # row 2 alone
+    np.testing.assert_allclose(extended[2][2], row, atol=atol)
 
     errors = out["errors"]
     assert "seed has more rows than this export allows (max_rows=4)" in errors["generate_rows"]
@@ -175,8 +173,8 @@ def test_export_rows_equal_python_rows_and_refuse_bad_requests(exported, tmp_pat
     assert "label must be in [0, 10] (10: no label)" in errors["label"]
     assert "rows (seed) x num_steps must be at most 200" in errors["row_steps"]
     for name in ("known_zero", "known_all"):
-        assert "num_known must be between 1 and 3" in errors[name]
-    assert "frames must have shape [batch, 3, 8, 8, 1]" in errors["frames_size"]
+        assert "frames must hold 1 to 3 known frames (clips have 4)" in errors[name]
+    assert "frames must have shape [batch, k, 8, 8, 1]" in errors["frames_size"]
     assert "frames must be in [0, 1]" in errors["frames_range"]
     assert "frames must be finite" in errors["frames_nan"]
-    assert "num_known must have one value per row (as seed)" in errors["extend_known_rows"]
+    assert "frames must have one value per row (as seed)" in errors["extend_frame_rows"]
