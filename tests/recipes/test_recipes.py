@@ -7,6 +7,7 @@ absent (see tests/conftest.py).
 import json
 import math
 
+import numpy as np
 import pytest
 
 from kgen import config
@@ -40,6 +41,10 @@ DATA = {
                            "filters": "8,16", "sample_steps": "2",
                            "griffin_lim_iters": "2", "sample_count": "2"},
     "mnist_classifier": lambda: {**MNIST(), "filters": "8,16"},
+    # Moving MNIST: few clips, a narrow U-Net, two solver steps per strip.
+    "video_moving_mnist": lambda: {**MNIST(), "filters": "8,16", "train_clips": "32",
+                                   "validation_clips": "8", "batch_size": "4",
+                                   "sample_steps": "2", "sample_count": "2"},
     "digits_classifier": lambda: {"filters": "8,16"},
 }
 # Recipes whose model judges samples rather than drawing them: no samples.
@@ -60,6 +65,14 @@ def test_recipe_runs_a_few_steps(name, tmp_path):
     if name == "audio_fsdd":  # one WAV file per clip
         assert sorted(p.name for p in (samples / "epoch_002").iterdir()) == [
             "row_00_label_0.wav", "row_01_label_1.wav"]
+        return
+    if name == "video_moving_mnist":  # one strip of frames per clip, stacked
+        from PIL import Image
+
+        with Image.open(samples / "epoch_002.png") as image:
+            strips = np.asarray(image, "float32") / 255.0
+        assert strips.shape[1] > 5 * strips.shape[0] / 2  # 2 strips of 10 frames
+        assert strips.std() > 1e-3
         return
     assert list(samples.glob("epoch_002.png")) or list(samples.glob("epoch_002.txt"))
     if (samples / "epoch_002.png").exists():
