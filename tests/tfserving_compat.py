@@ -28,7 +28,7 @@ import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-FAMILIES = ("vae", "gan", "diffusion", "audio", "lm")
+FAMILIES = ("vae", "gan", "diffusion", "video", "audio", "lm")
 
 # Run in the release's TensorFlow: load each export and run every
 # signature on its own warm-up request (the one TF Serving replays when it

@@ -58,9 +58,10 @@ def graph_op_types(version_dir):
 
 
 def tiny(family):
-    """An untrained model of `family` (vae, gan, diffusion, audio, lm) at
-    8x8, a 16x64 spectrogram of one second at 8 kHz, or a 16-token context:
-    the smallest export of each family."""
+    """An untrained model of `family` (vae, gan, diffusion, video, audio,
+    lm) at 8x8 (four frames of it for video), a 16x64 spectrogram of one
+    second at 8 kHz, or a 16-token context: the smallest export of each
+    family."""
     from kgen import models, networks, schedulers
     from kgen.data import CharTokenizer
 
@@ -75,6 +76,11 @@ def tiny(family):
         return models.DiffusionModel(
             networks.unet(shape, filters=(8, 16), num_classes=10, groups=4),
             schedulers.DDPMScheduler(100), num_classes=10, sampler="ddim")
+    if family == "video":
+        return models.VideoDiffusionModel(
+            networks.video_unet((4, *shape), filters=(8, 16), num_classes=10, groups=4),
+            schedulers.DDPMScheduler(100), num_classes=10, sampler="ddim",
+            clip_settings={"frames": 4, "size": 8, "digit_size": 4, "num_digits": 1})
     if family == "audio":
         from kgen.audio import LogMel
 

@@ -211,8 +211,8 @@ def test_refusals_name_the_bad_value(trained):
 def test_preview_images_are_strips_of_frames(trained):
     clips = moving_squares(2, seed=3)
     strips = trained.preview_images(clips)
-    assert strips.shape == (2, 8, 4 * 8, 1)
-    np.testing.assert_array_equal(strips[1, :, 16:24], clips[1, 2])
+    assert strips.shape == (2, 8, 4 * 8 + 3, 1)  # one-pixel gaps between frames
+    np.testing.assert_array_equal(strips[1, :, 18:26], clips[1, 2])
 
 
 def test_keras_file_round_trip(trained, tmp_path):
