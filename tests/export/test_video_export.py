@@ -29,21 +29,27 @@ SHAPE = (4, 8, 8, 1)
 CLIP_SETTINGS = {"frames": 4, "size": 8, "square": 3}
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A conditional model trained a few steps, saved as `.keras` and
-    exported."""
-    tmp = tmp_path_factory.mktemp("video_export")
+def trained_tiny(clip_settings):
+    """A conditional video model of `SHAPE` clips, trained a few steps."""
     keras.utils.set_random_seed(0)
     model = VideoDiffusionModel(
         video_unet(SHAPE, filters=(8, 16), num_classes=10, groups=4),
         # v-prediction: a barely trained denoiser still gives clips that
         # depend on the step count (see test_diffusion_export.py).
         DDPMScheduler(100, "cosine", prediction_type="v"), num_classes=10,
-        sampler="ddim", guidance_scale=3.0, clip_settings=CLIP_SETTINGS, seed=0)
+        sampler="ddim", guidance_scale=3.0, clip_settings=clip_settings, seed=0)
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     model.fit({"videos": moving_squares(16), "labels": np.arange(16) % 10},
               batch_size=8, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A conditional model trained a few steps, saved as `.keras` and
+    exported."""
+    tmp = tmp_path_factory.mktemp("video_export")
+    model = trained_tiny(CLIP_SETTINGS)
     model.save(tmp / "model.keras")
     base = tmp / "saved_models" / "video"
     version_dir = export_model(tmp / "model.keras", base, max_rows=MAX_ROWS)

@@ -20,6 +20,8 @@ from kgen.serving import Client
 from kgen.serving import ServerError
 from tests.conftest import kgen_env
 from tests.conftest import shared
+from tests.export.test_video_export import SHAPE
+from tests.export.test_video_export import trained_tiny
 from tests.models.test_video import moving_squares
 from tests.serving.test_client import free_port
 
@@ -28,26 +30,14 @@ pytestmark = pytest.mark.skipif(
     reason="exports are TensorFlow graphs whatever the training backend; checked once")
 pytestmark = [pytestmark, pytest.mark.tf_only]
 
-SHAPE = (4, 8, 8, 1)
 CLIP_SETTINGS = {"frames": 4, "size": 8, "digit_size": 4, "num_digits": 1}
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A conditional video model trained a few steps, saved and exported."""
-    from kgen.models import VideoDiffusionModel
-    from kgen.networks import video_unet
-    from kgen.schedulers import DDPMScheduler
-
     root = tmp_path_factory.mktemp("video_serving")
-    keras.utils.set_random_seed(0)
-    model = VideoDiffusionModel(
-        video_unet(SHAPE, filters=(8, 16), num_classes=10, groups=4),
-        DDPMScheduler(100, "cosine", prediction_type="v"), num_classes=10,
-        sampler="ddim", guidance_scale=3.0, clip_settings=CLIP_SETTINGS, seed=0)
-    model.compile(optimizer=keras.optimizers.Adam(1e-2))
-    model.fit({"videos": moving_squares(16), "labels": np.arange(16) % 10},
-              batch_size=8, verbose=0)
+    model = trained_tiny(CLIP_SETTINGS)
     model.save(root / "model.keras")
     version = export_model(root / "model.keras", root / "saved_models" / "video", max_rows=4)
     return {"root": root, "tree": root / "saved_models", "base": version.parent,
