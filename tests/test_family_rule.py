@@ -29,6 +29,9 @@ FAMILY_MODULES = (
     "kgen/models/__init__.py",
     "kgen/export/<family>.py",
     "kgen/networks/<network>.py",
+    "kgen/data/<modality>.py",
+    "kgen/metrics/<family>.py",
+    "kgen/<output kind>.py",
     "recipes/<recipe>.py",
     "tests/models/test_<family>.py",
     "tests/export/test_<family>_export.py",
@@ -47,7 +50,9 @@ inherit the declaration. `kgen export` records these facts in the export's
 `kgen.json`; `kgen sample`, `kgen serve`, `kgen deploy` and
 `kgen evaluate` read them there (or from the declaration). So a new family
 adds the files in `FAMILY_MODULES` (plus one import line in
-`kgen/models/__init__.py`, so that `.keras` files find the class) and
+`kgen/models/__init__.py`, so that `.keras` files find the class, and in
+`kgen/networks/__init__.py` or `kgen/data/__init__.py` for a new network
+or loader) and
 edits none of `SHARED_MODULES`: a shared module names no family class in
 its code (documentation may, as an example) and imports no concrete model
 class. A family whose output kind kgen does not write or judge itself
