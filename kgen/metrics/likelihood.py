@@ -8,6 +8,7 @@ from keras import ops
 from kgen import random as kgen_random
 from kgen.api import kgen_export
 from kgen.models.base import batch_images
+from kgen.precision import to_float32
 
 # kgen.random stream of the evaluation's posterior draws (sampling uses 0).
 ELBO_STREAM = 7
@@ -53,9 +54,12 @@ def _negative_elbo(model, images, first):
     eps = kgen_random.normal(pairs, (model.latent_dim,), stream=ELBO_STREAM)
     z = mean + ops.exp(0.5 * log_var) * ops.cast(eps, mean.dtype)
     logits = model.decoder(z, training=False)
+    # The bound in float32 whatever the model's compute dtype (a mixed
+    # bfloat16 or float16 model's encoder and decoder compute in it).
     reconstruction, kl = model.example_terms(
-        images, {"z_mean": mean, "z_log_var": log_var, "logits": logits})
-    return reconstruction + kl
+        images, {"z_mean": to_float32(mean), "z_log_var": to_float32(log_var),
+                 "logits": to_float32(logits)})
+    return ops.cast(reconstruction, "float32") + ops.cast(kl, "float32")
 
 
 @kgen_export("kgen.metrics.NegativeELBO")
