@@ -297,19 +297,26 @@ def _load_real(data, image_shape):
     return images, labels, len(images) - held
 
 
+def load_classifier(classifier):
+    """`(classifier, its feature model)` from a `.keras` file, or an
+    EvaluateError naming `--classifier` and why it cannot be used."""
+    from kgen.metrics.features import load_feature_extractor
+
+    try:
+        return load_feature_extractor(classifier)
+    except FileNotFoundError as e:
+        raise EvaluateError(f"--classifier {classifier}: {first_line(e)}") from None
+    except ValueError as e:
+        reason = first_line(e).removeprefix(f"{classifier}: ")
+        raise EvaluateError(f"--classifier {classifier}: {reason}") from None
+
+
 def _feature_extractor(classifier, features, inception_weights, image_shape):
     from kgen.metrics.features import inception_feature_extractor
-    from kgen.metrics.features import load_feature_extractor
 
     model = None
     if classifier is not None:
-        try:
-            model, feature_model = load_feature_extractor(classifier)
-        except FileNotFoundError as e:
-            raise EvaluateError(f"--classifier {classifier}: {first_line(e)}") from None
-        except ValueError as e:
-            reason = first_line(e).removeprefix(f"{classifier}: ")
-            raise EvaluateError(f"--classifier {classifier}: {reason}") from None
+        model, feature_model = load_classifier(classifier)
         expected = tuple(model.input_shape[1:])
         if tuple(image_shape) != expected:
             raise EvaluateError(

@@ -368,17 +368,10 @@ def clip_settings(source):
 def _judge(classifier):
     """The classifier and its feature model, loaded as `kgen evaluate`
     loads them for images; refused unless it takes square grey images."""
-    from kgen.errors import first_line
     from kgen.evaluate import EvaluateError
-    from kgen.metrics.features import load_feature_extractor
+    from kgen.evaluate import load_classifier
 
-    try:
-        model, features = load_feature_extractor(classifier)
-    except FileNotFoundError as e:
-        raise EvaluateError(f"--classifier {classifier}: {first_line(e)}") from None
-    except ValueError as e:
-        reason = first_line(e).removeprefix(f"{classifier}: ")
-        raise EvaluateError(f"--classifier {classifier}: {reason}") from None
+    model, features = load_classifier(classifier)
     shape = tuple(model.input_shape[1:])
     if shape[-1] != 1 or shape[0] != shape[1]:
         raise EvaluateError(f"--classifier {classifier}: it takes images of shape {shape}; "

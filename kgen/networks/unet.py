@@ -81,6 +81,30 @@ def _attention_block(x, groups, num_heads, name):
     return layers.Add(name=f"{name}_out")([x, h])
 
 
+def conditioning(features, embedding_dim, num_classes=None):
+    """A denoiser's `timesteps` (and `labels`) inputs and their embedding.
+
+    Timesteps get sinusoidal features and a two-layer MLP; a conditional
+    network adds a learned embedding of its label (`num_classes` + 1
+    entries: label `num_classes` is the "no label" class).
+
+    Returns:
+        `([timesteps] or [timesteps, labels], embedding (b, embedding_dim))`.
+    """
+    timesteps = keras.Input((), dtype="int32", name="timesteps")
+    inputs = [timesteps]
+    emb = SinusoidalEmbedding(features, name="time_features")(timesteps)
+    emb = layers.Dense(embedding_dim, activation="swish", name="time_mlp1")(emb)
+    emb = layers.Dense(embedding_dim, name="time_mlp2")(emb)
+    if num_classes is not None:
+        labels = keras.Input((), dtype="int32", name="labels")
+        inputs.append(labels)
+        label_emb = layers.Embedding(num_classes + 1, embedding_dim,
+                                     name="label_embedding")(labels)
+        emb = layers.Add(name="conditioning")([emb, label_emb])
+    return inputs, emb
+
+
 def unet(image_shape, filters=(32, 64), blocks_per_level=1, num_classes=None,
          attention=True, embedding_dim=None, groups=8, num_heads=1,
          name="unet"):
@@ -129,17 +153,8 @@ def unet(image_shape, filters=(32, 64), blocks_per_level=1, num_classes=None,
     embedding_dim = embedding_dim or 4 * filters[0]
 
     images = keras.Input(tuple(image_shape), name="images")
-    timesteps = keras.Input((), dtype="int32", name="timesteps")
-    inputs = [images, timesteps]
-    emb = SinusoidalEmbedding(filters[0], name="time_features")(timesteps)
-    emb = layers.Dense(embedding_dim, activation="swish", name="time_mlp1")(emb)
-    emb = layers.Dense(embedding_dim, name="time_mlp2")(emb)
-    if num_classes is not None:
-        labels = keras.Input((), dtype="int32", name="labels")
-        inputs.append(labels)
-        label_emb = layers.Embedding(num_classes + 1, embedding_dim,
-                                     name="label_embedding")(labels)
-        emb = layers.Add(name="conditioning")([emb, label_emb])
+    conditions, emb = conditioning(filters[0], embedding_dim, num_classes)
+    inputs = [images, *conditions]
 
     x = layers.Conv2D(filters[0], 3, padding="same", name="stem")(images)
     skips = []

@@ -7,7 +7,7 @@ from keras import layers
 from keras import ops
 
 from kgen.api import kgen_export
-from kgen.networks.unet import SinusoidalEmbedding
+from kgen.networks.unet import conditioning
 from kgen.networks.unet import _groups
 
 
@@ -154,17 +154,8 @@ def video_unet(video_shape, filters=(32, 64), blocks_per_level=1, num_classes=No
     c_in = 2 * channels + 1 if context else channels
 
     clips = keras.Input((frames, height, width_px, c_in), name="clips")
-    timesteps = keras.Input((), dtype="int32", name="timesteps")
-    inputs = [clips, timesteps]
-    emb = SinusoidalEmbedding(filters[0], name="time_features")(timesteps)
-    emb = layers.Dense(embedding_dim, activation="swish", name="time_mlp1")(emb)
-    emb = layers.Dense(embedding_dim, name="time_mlp2")(emb)
-    if num_classes is not None:
-        labels = keras.Input((), dtype="int32", name="labels")
-        inputs.append(labels)
-        label_emb = layers.Embedding(num_classes + 1, embedding_dim,
-                                     name="label_embedding")(labels)
-        emb = layers.Add(name="conditioning")([emb, label_emb])
+    conditions, emb = conditioning(filters[0], embedding_dim, num_classes)
+    inputs = [clips, *conditions]
 
     def attend(x, level, block_name):
         if level in attention_levels:
