@@ -72,16 +72,21 @@ def normal_per_row(seeds, shape, dtype=tf.float32):
     )
 
 
-def check_images(images, image_shape, name="images"):
-    """Assert `images` is `[batch, *image_shape]` float in [0, 1]."""
-    return check_shape(images, image_shape, name) + [
+def check_unit_range(x, name):
+    """Checks that every value of `x` is in [0, 1]."""
+    return [
         tf.debugging.assert_greater_equal(
-            images, tf.zeros([], images.dtype), message=f"{name} must be in [0, 1]"
+            x, tf.zeros([], x.dtype), message=f"{name} must be in [0, 1]"
         ),
         tf.debugging.assert_less_equal(
-            images, tf.ones([], images.dtype), message=f"{name} must be in [0, 1]"
+            x, tf.ones([], x.dtype), message=f"{name} must be in [0, 1]"
         ),
     ]
+
+
+def check_images(images, image_shape, name="images"):
+    """Assert `images` is `[batch, *image_shape]` float in [0, 1]."""
+    return check_shape(images, image_shape, name) + check_unit_range(images, name)
 
 
 def check_finite(x, name):

@@ -82,12 +82,8 @@ def video_signatures(model, max_rows, scheduler=None, max_row_steps=None):
             tf.debugging.assert_less_equal(k, F - 1, message=message),
         ]
         checks += common.check_finite(frames, "frames")
-        with tf.control_dependencies(checks):
-            checks = [
-                tf.debugging.assert_greater_equal(frames, 0.0,
-                                                  message="frames must be in [0, 1]"),
-                tf.debugging.assert_less_equal(frames, 1.0,
-                                               message="frames must be in [0, 1]")]
+        with tf.control_dependencies(checks):  # NaN is named before the range
+            checks = common.check_unit_range(frames, "frames")
         with tf.control_dependencies(checks):
             steps = tf.reduce_max(num_steps)
             # As `model.extend`: zeros past the known frames, k per row.
