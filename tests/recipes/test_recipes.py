@@ -47,6 +47,20 @@ DATA = {
                                    "sample_steps": "2", "sample_count": "2"},
     "digits_classifier": lambda: {"filters": "8,16"},
 }
+
+
+def smoke_settings(name):
+    """Two epochs of three steps on batches of 8, validating on 1% of the
+    data where the recipe holds a share out: the recipe's code path at any
+    size, at the cost of a smoke run (unoptimized XLA code, tests/conftest.py,
+    runs a batch of 64 MNIST images slower than it compiles, and PyTorch
+    steps through a validation split batch by batch)."""
+    sets = {"epochs": "2", "steps_per_epoch": "3", "batch_size": "8"}
+    if "validation_fraction" in config.load_recipe(name).CONFIG:
+        sets["validation_fraction"] = "0.01"
+    return sets
+
+
 # Recipes whose model judges samples rather than drawing them: no samples.
 CLASSIFIERS = ("digit_classifier_fsdd", "mnist_classifier", "digits_classifier")
 
@@ -54,7 +68,7 @@ CLASSIFIERS = ("digit_classifier_fsdd", "mnist_classifier", "digits_classifier")
 @pytest.mark.slow
 @pytest.mark.parametrize("name", config.recipe_names())
 def test_recipe_runs_a_few_steps(name, tmp_path):
-    sets = {"epochs": "2", "steps_per_epoch": "3", **DATA.get(name, dict)()}
+    sets = {**smoke_settings(name), **DATA.get(name, dict)()}
     result = training.train(name, sets=sets, run_dir=tmp_path / "run", verbose=0)
     assert result["best"].exists()
     assert all(math.isfinite(v) for v in result["logs"].values())
