@@ -119,33 +119,41 @@ def hold(run_dir, command=None):
         RunLockedError: another live process (or another machine) holds it.
     """
     key = os.path.realpath(run_dir)
-    with _held_guard:
-        entry = _held.get(key)
-        if entry is not None:
-            entry[1] += 1
-    if entry is None:
-        # Made and released by absolute path (the working directory may
-        # change meanwhile); named as given in messages.
-        made = _make_dirs(pathlib.Path(os.path.abspath(run_dir)))
-        try:
-            fd = _acquire(pathlib.Path(run_dir), command or _command_line())
-        except BaseException:
-            _remove_empty(made)
-            raise
-        entry = [fd, 1, made]
-        with _held_guard:
-            _held[key] = entry
+    entry = None
     try:
+        # A SIGTERM while the lock is taken comes in at the end of this
+        # block, once the lock is registered here, so that the `finally`
+        # below releases it (a record written and then abandoned would
+        # name this process after it ended).
+        with termination_deferred():
+            with _held_guard:
+                held = _held.get(key)
+                if held is not None:
+                    held[1] += 1
+            if held is None:
+                # Made and released by absolute path (the working directory
+                # may change meanwhile); named as given in messages.
+                made = _make_dirs(pathlib.Path(os.path.abspath(run_dir)))
+                try:
+                    fd = _acquire(pathlib.Path(run_dir), command or _command_line())
+                except BaseException:
+                    _remove_empty(made)
+                    raise
+                held = [fd, 1, made]
+                with _held_guard:
+                    _held[key] = held
+            entry = held
         yield
     finally:
-        with _held_guard:
-            entry[1] -= 1
-            last = entry[1] == 0
+        if entry is not None:
+            with _held_guard:
+                entry[1] -= 1
+                last = entry[1] == 0
+                if last:
+                    del _held[key]
             if last:
-                del _held[key]
-        if last:
-            _release(pathlib.Path(key), entry[0])
-            _remove_empty(entry[2])
+                _release(pathlib.Path(key), entry[0])
+                _remove_empty(entry[2])
 
 
 # The files that make a directory a run directory (`kgen.training`).

@@ -259,3 +259,32 @@ def test_sigterm_raises_terminated_but_waits_for_a_deferred_block():
                 finished.append(True)
     assert finished == [True]
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+@pytest.mark.backend_agnostic
+def test_a_sigterm_as_the_lock_is_taken_still_releases_it(tmp_path, monkeypatch):
+    """SIGTERM the moment the lock's record is written (a `kgen tune`
+    worker whose parent was killed as the worker's trial began): the record
+    is removed as `Terminated` unwinds, not left naming a process that
+    ended."""
+    import signal
+
+    from kgen import lock
+
+    write_record = lock._write_record
+
+    def write_then_signal(fd, record):
+        write_record(fd, record)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs at the next bytecode
+
+    monkeypatch.setattr(lock, "_write_record", write_then_signal)
+    run_dir = tmp_path / "run"
+    entered = []
+    with lock.terminate_as_interrupt():
+        with pytest.raises(lock.Terminated):
+            with lock.hold(run_dir):
+                entered.append(True)
+    assert entered == []  # the SIGTERM came in before the block began
+    assert not (run_dir / "kgen.lock").exists()
+    assert not run_dir.exists()  # made for the lock alone, removed with it
