@@ -8,7 +8,9 @@ student's denoiser, and `compute_loss()` compares where they land, all in
 `keras.ops`. Keras' own trainers compute the student's gradients (the
 teacher's weights are not trainable) and `kgen.trainers.EMATrainer` then
 updates the student's EMA weights, as `kgen train` does for a diffusion
-model. `kgen.distill` chains the rounds.
+model. Like every kgen model it mixes in `kgen.trainers.DistributedTrainer`,
+so that TensorFlow's `fit()` traces its step once, not twice (see
+`kgen.compat.keras`). `kgen.distill` chains the rounds.
 """
 
 import keras
@@ -16,6 +18,7 @@ from keras import ops
 
 from kgen.api import kgen_export
 from kgen.precision import to_float32
+from kgen.trainers import DistributedTrainer
 from kgen.trainers import EMATrainer
 
 
@@ -25,7 +28,7 @@ def _rows(values, like):
 
 
 @kgen_export("kgen.models.ProgressiveDistillation")
-class ProgressiveDistillation(EMATrainer, keras.Model):
+class ProgressiveDistillation(EMATrainer, DistributedTrainer, keras.Model):
     """Distil two DDIM steps of `teacher` into one step of `student`.
 
     A training row: clean images `x` (in [0, 1], scaled to [-1, 1]), a
