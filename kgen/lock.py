@@ -218,7 +218,12 @@ def terminate_as_interrupt(enabled=True):
 def termination_deferred():
     """A SIGTERM that comes within the block raises `Terminated` at its end
     (see `terminate_as_interrupt`), so that a database write in the block
-    is not cut in half. An exception of the block's own goes first."""
+    is not cut in half. An exception of the block's own goes first. Does
+    nothing off the main thread, where SIGTERM is never raised (and a
+    deferral there would end in another thread's `Terminated`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _deferral["depth"] += 1
     try:
         yield

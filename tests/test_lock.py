@@ -288,3 +288,26 @@ def test_a_sigterm_as_the_lock_is_taken_still_releases_it(tmp_path, monkeypatch)
     assert entered == []  # the SIGTERM came in before the block began
     assert not (run_dir / "kgen.lock").exists()
     assert not run_dir.exists()  # made for the lock alone, removed with it
+
+
+@pytest.mark.backend_agnostic
+def test_a_lock_taken_off_the_main_thread_defers_no_sigterm(tmp_path):
+    """`kgen.training.train` may run in a library user's thread: its lock
+    takes no part in the main thread's SIGTERM deferral."""
+    import threading
+
+    from kgen import lock
+
+    depths = []
+
+    def take():
+        with lock.hold(tmp_path / "run"):
+            depths.append(lock._deferral["depth"])
+
+    thread = threading.Thread(target=take)
+    with lock.termination_deferred():  # the main thread's own block
+        thread.start()
+        thread.join()
+        assert lock._deferral["depth"] == 1
+    assert depths == [1] and lock._deferral["depth"] == 0
+    assert not (tmp_path / "run" / "kgen.lock").exists()
